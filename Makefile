@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export COHORTS_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/cohorts
+export COHORTS_REDIS_URL ?= redis://127.0.0.1:6379/0
+export COHORTS_STORE_DIR ?= $(CURDIR)/var/store
+SAMPLE_USERS ?= 20000
+SAMPLE_EVENTS ?= 400000
+
+.PHONY: run test bench lint services migrate sample demo clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required (apt-get install python3)"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+services:
+	@bash scripts/ensure-services.sh
+
+migrate: $(BIN)/.installed services
+	$(BIN)/cohorts migrate
+
+sample: migrate
+	$(BIN)/cohorts sample --users $(SAMPLE_USERS) --events $(SAMPLE_EVENTS) --seed 7 --out var/sample --if-store-empty --ingest
+
+demo: sample
+	$(BIN)/cohorts demo
+
+run: demo
+
+test: $(BIN)/.installed services
+	$(BIN)/python -m pytest -q
+
+bench: migrate
+	$(BIN)/python -m benchmarks.run
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf var

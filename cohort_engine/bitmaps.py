@@ -1,0 +1,57 @@
+"""Roaring bitmaps: building them from id arrays, and storing cohort versions in Redis."""
+
+from __future__ import annotations
+
+import array
+import uuid
+
+import numpy as np
+from pyroaring import BitMap
+
+
+def to_bitmap(ids) -> BitMap:
+    """A BitMap from a numpy array of uint32 ids (sorting first is the fast path in pyroaring)."""
+    ids = np.sort(np.asarray(ids, dtype=np.uint32))
+    buffer = array.array("I")
+    buffer.frombytes(ids.tobytes())
+    bitmap = BitMap()
+    bitmap.update(buffer)
+    return bitmap
+
+
+def cohort_key(prefix: str, project_id: int, cohort_id: int, version: int | None = None) -> str:
+    """The Redis key of a cohort's latest bitmap, or of one version of it."""
+    base = f"{prefix}:p{project_id}:cohort:{cohort_id}"
+    return base if version is None else f"{base}:v{version}"
+
+
+def publish(redis, key: str, bitmap: BitMap, also: tuple[str, ...] = ()) -> None:
+    """Store bitmap under key (and any `also` keys) atomically: readers see the old or the new, whole."""
+    payload = bitmap.serialize()
+    for target in (key, *also):
+        tmp = f"{target}:tmp:{uuid.uuid4().hex}"
+        pipe = redis.pipeline(transaction=True)
+        pipe.set(tmp, payload)
+        pipe.rename(tmp, target)
+        pipe.execute()
+
+
+def load(redis, key: str) -> BitMap | None:
+    """The bitmap stored under key, or None."""
+    payload = redis.get(key)
+    return None if payload is None else BitMap.deserialize(payload)
+
+
+def is_member(redis, key: str, uid: int | None) -> bool:
+    """Whether uid is in the bitmap under key."""
+    if uid is None:
+        return False
+    bitmap = load(redis, key)
+    return bitmap is not None and uid in bitmap
+
+
+def iter_members(bitmap: BitMap, dictionary, batch: int = 20000):
+    """Stream the user keys of a bitmap, decoded in batches."""
+    for start in range(0, len(bitmap), batch):
+        chunk = bitmap[start:start + batch]
+        yield from (k for k in dictionary.decode(list(chunk)) if k is not None)

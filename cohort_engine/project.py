@@ -1,0 +1,78 @@
+"""One project's engine: its time zone, event store, user-key dictionary and stored cohorts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from pyroaring import BitMap
+
+from . import bitmaps, db
+from .config import EngineConfig
+from .dictionary import MISSING, UserKeyDictionary
+from .evaluate import EvalContext, Result, evaluate
+from .store import EventStore
+from .timewin import parse_base_time
+
+
+class UnknownProject(LookupError):
+    """No project of that name."""
+
+
+class ProjectEngine:
+    """Everything the engine does for one project; connections are opened per call and closed."""
+
+    def __init__(self, config: EngineConfig, project: str):
+        self.config = config
+        with db.connection(config.database_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT id, timezone FROM projects WHERE name = %s", (project,))
+            row = cur.fetchone()
+        if row is None:
+            raise UnknownProject(f"project {project!r} does not exist")
+        self.name = project
+        self.project_id, tzname = row
+        self.tz = ZoneInfo(tzname)
+        self.store = EventStore(config.store_dir, project, threads=config.threads)
+
+    def encode(self, keys: list[str], create: bool = True):
+        """uint32 ids for keys (new ids for unseen keys unless create is False)."""
+        conn = db.connect(self.config.database_url)
+        try:
+            return UserKeyDictionary(conn, self.project_id).encode(keys, create=create)
+        finally:
+            conn.close()
+
+    def lookup(self, key: str) -> int | None:
+        """The id of one user key, or None."""
+        ids = self.encode([key], create=False)
+        return None if ids[0] == MISSING else int(ids[0])
+
+    def iter_keys(self, bitmap: BitMap, batch: int = 20000) -> Iterator[str]:
+        """Stream the user keys of a bitmap, decoding a batch per query."""
+        conn = db.connect(self.config.database_url)
+        try:
+            yield from bitmaps.iter_members(bitmap, UserKeyDictionary(conn, self.project_id), batch)
+        finally:
+            conn.close()
+
+    def ingest_events(self, path, **columns) -> int:
+        return self.store.ingest_events(path, self.encode, self.tz, **columns)
+
+    def ingest_users(self, path, **columns) -> int:
+        return self.store.ingest_users(path, self.encode, self.tz, **columns)
+
+    def compute(self, tree: dict, base_time=None, load_cohort=None, progress=None) -> Result:
+        """Evaluate a validated canonical tree at base_time (default: now)."""
+        ctx = EvalContext(
+            snapshot=self.store.snapshot(),
+            tz=self.tz,
+            base_time=parse_base_time(base_time, self.tz),
+            encode_keys=self.encode,
+            load_cohort=load_cohort,
+            progress=progress,
+        )
+        return evaluate(tree, ctx)
+
+    def base_time(self, value) -> datetime:
+        return parse_base_time(value, self.tz)

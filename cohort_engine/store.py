@@ -1,0 +1,405 @@
+"""Embedded event store: immutable Parquet parts plus an atomically replaced manifest, read with DuckDB.
+
+DuckDB allows one writer per database file, so the store keeps no database file at all: an ingest
+(serialised by a file lock) writes new Parquet parts, then swaps in a new manifest with os.replace.
+Readers load the manifest once and open an in-memory DuckDB over the parts it names, so any number
+of worker processes evaluate cohorts while an ingest runs, each seeing one consistent snapshot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyroaring import BitMap
+
+from .bitmaps import to_bitmap
+
+log = logging.getLogger(__name__)
+
+EVENT_COLUMNS = {"uid": "UINTEGER", "event": "VARCHAR", "time": "TIMESTAMP"}
+USER_COLUMNS = {"uid": "UINTEGER"}
+# Unreferenced files are removed only after this long, so a reader holding an older snapshot
+# can finish its query.
+GARBAGE_GRACE_SECONDS = 3600
+ROW_GROUP_SIZE = 122_880
+
+
+class IngestError(ValueError):
+    """An input file that cannot be ingested; nothing was committed."""
+
+
+def property_kind(sql_type: str) -> str:
+    """string | number | boolean | time, the comparison type of a stored column."""
+    t = sql_type.upper()
+    if t == "BOOLEAN":
+        return "boolean"
+    if t.startswith("TIMESTAMP") or t == "DATE":
+        return "time"
+    if t in ("VARCHAR", "TEXT") or t.startswith("VARCHAR"):
+        return "string"
+    return "number"
+
+
+def normalised_type(sql_type: str) -> str:
+    """The storage type for an input column type (integers BIGINT, decimals DOUBLE, times TIMESTAMP)."""
+    t = sql_type.upper()
+    if t in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "HUGEINT"):
+        return "BIGINT"
+    if t in ("FLOAT", "DOUBLE", "REAL") or t.startswith("DECIMAL") or t == "UBIGINT":
+        return "DOUBLE"
+    if t == "BOOLEAN":
+        return "BOOLEAN"
+    if t.startswith("TIMESTAMP") or t == "DATE":
+        return "TIMESTAMP"
+    return "VARCHAR"
+
+
+def quote(name: str) -> str:
+    """A DuckDB identifier, quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class Manifest:
+    version: int = 0
+    events: list[str] = field(default_factory=list)
+    users: str | None = None
+    universe: str | None = None
+    event_columns: dict[str, str] = field(default_factory=lambda: dict(EVENT_COLUMNS))
+    user_columns: dict[str, str] = field(default_factory=lambda: dict(USER_COLUMNS))
+    event_rows: int = 0
+    user_rows: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        if not path.exists():
+            return cls()
+        return cls(**json.loads(path.read_text()))
+
+
+class Snapshot:
+    """One consistent view of the store: DuckDB views `events` and `users`, and the user universe."""
+
+    def __init__(self, root: Path, manifest: Manifest, threads: int | None = None):
+        self.root = root
+        self.manifest = manifest
+        self.threads = threads
+        self._universe: BitMap | None = None
+
+    @property
+    def event_columns(self) -> dict[str, str]:
+        return self.manifest.event_columns
+
+    @property
+    def user_columns(self) -> dict[str, str]:
+        return self.manifest.user_columns
+
+    def universe(self) -> BitMap:
+        """Every known user: anyone with a profile or an event."""
+        if self._universe is None:
+            if self.manifest.universe:
+                self._universe = BitMap.deserialize((self.root / self.manifest.universe).read_bytes())
+            else:
+                self._universe = BitMap()
+        return self._universe
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with `events` and `users` views over this snapshot."""
+        con = duckdb.connect(":memory:")
+        con.execute("SET TimeZone = 'UTC'")
+        if self.threads:
+            con.execute(f"SET threads = {int(self.threads)}")
+        con.execute(_view_sql("events", [self.root / p for p in self.manifest.events], self.event_columns))
+        users = [self.root / self.manifest.users] if self.manifest.users else []
+        con.execute(_view_sql("users", users, self.user_columns))
+        return con
+
+
+def _view_sql(name: str, files: list[Path], columns: dict[str, str]) -> str:
+    if not files:
+        cols = ", ".join(f"NULL::{t} AS {quote(c)}" for c, t in columns.items())
+        return f"CREATE VIEW {name} AS SELECT {cols} WHERE false"
+    listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    # Parts written before a column existed lack it: union_by_name fills it with NULL, and the
+    # explicit casts keep every part at the manifest's type.
+    cols = ", ".join(f"CAST({quote(c)} AS {t}) AS {quote(c)}" for c, t in columns.items())
+    return f"CREATE VIEW {name} AS SELECT {cols} FROM read_parquet([{listing}], union_by_name = true)"
+
+
+class EventStore:
+    """The event store of one project under root/<project>."""
+
+    def __init__(self, root: str | os.PathLike, project: str, threads: int | None = None):
+        self.root = Path(root) / project
+        self.threads = threads
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def snapshot(self) -> Snapshot:
+        """The current committed state, for reading."""
+        return Snapshot(self.root, Manifest.load(self.manifest_path), self.threads)
+
+    def is_empty(self) -> bool:
+        manifest = Manifest.load(self.manifest_path)
+        return not manifest.events and not manifest.users
+
+    @contextmanager
+    def _writer(self):
+        """Hold the store's single-writer lock."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield Manifest.load(self.manifest_path)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _publish(self, manifest: Manifest) -> None:
+        tmp = self.root / f".manifest-{uuid.uuid4().hex}.tmp"
+        tmp.write_text(json.dumps(manifest.__dict__, indent=1))
+        with open(tmp) as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.manifest_path)
+        self._collect_garbage(manifest)
+
+    def _collect_garbage(self, manifest: Manifest) -> None:
+        live = set(manifest.events) | {manifest.users, manifest.universe}
+        cutoff = time.time() - GARBAGE_GRACE_SECONDS
+        for sub in ("events", "users", "universe"):
+            for path in (self.root / sub).glob("*"):
+                rel = f"{sub}/{path.name}"
+                if rel not in live and path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+
+    def ingest_events(self, path: str | os.PathLike, encode_keys, tz: ZoneInfo, key_column: str = "distinct_id",
+                      event_column: str = "event", time_column: str = "time") -> int:
+        """Append the events of a CSV / JSON Lines / Parquet file; return the rows added."""
+        with self._writer() as manifest, _scratch(self.threads) as con:
+            _load_source(con, path)
+            source_cols = _columns(con, "src")
+            for required in (key_column, event_column, time_column):
+                if required not in source_cols:
+                    raise IngestError(f"{path}: missing column {required!r} (columns: {', '.join(source_cols)})")
+            time_expr = _utc_time_expr(quote(time_column), source_cols[time_column], tz)
+            _reject_bad_rows(con, path, [
+                (f"{quote(key_column)} IS NULL OR CAST({quote(key_column)} AS VARCHAR) = ''", f"empty {key_column}"),
+                (f"{quote(event_column)} IS NULL OR CAST({quote(event_column)} AS VARCHAR) = ''", f"empty {event_column}"),
+                (f"({time_expr}) IS NULL", f"{time_column} is missing or not a time"),
+            ])
+            props = {c: t for c, t in source_cols.items() if c not in (key_column, event_column, time_column)}
+            reserved = set(EVENT_COLUMNS) & set(props)
+            if reserved:
+                raise IngestError(f"{path}: column names {sorted(reserved)} are reserved")
+            columns = dict(manifest.event_columns)
+            select = [f"k.uid AS uid", f"CAST(s.{quote(event_column)} AS VARCHAR) AS event", f"{time_expr} AS time"]
+            checks = []
+            for col, typ in props.items():
+                target = columns.setdefault(col, normalised_type(typ))
+                select.append(_typed(f"s.{quote(col)}", typ, target, tz) + f" AS {quote(col)}")
+                checks.append((col, typ, target))
+            _reject_bad_casts(con, path, checks, tz)
+            _attach_uids(con, key_column, encode_keys)
+            part = f"events/part-{manifest.version + 1:06d}-{uuid.uuid4().hex[:8]}.parquet"
+            (self.root / "events").mkdir(exist_ok=True)
+            # Sorted by event then time, so a leaf's event filter and window skip most row groups.
+            rows = _write_parquet(
+                con,
+                f"SELECT {', '.join(select)} FROM src s JOIN keymap k ON k.key = CAST(s.{quote(key_column)} AS VARCHAR)"
+                " ORDER BY event, time",
+                self.root / part,
+            )
+            new_uids = con.execute("SELECT uid FROM keymap").fetchnumpy()["uid"]
+            manifest.universe = self._write_universe(manifest, new_uids)
+            manifest.events.append(part)
+            manifest.event_columns = columns
+            manifest.event_rows += rows
+            manifest.version += 1
+            self._publish(manifest)
+            log.info("ingested kind=events file=%s rows=%d version=%d", path, rows, manifest.version)
+            return rows
+
+    def ingest_users(self, path: str | os.PathLike, encode_keys, tz: ZoneInfo, key_column: str = "distinct_id") -> int:
+        """Upsert user profiles by key: given columns replace stored values, others are kept."""
+        with self._writer() as manifest, _scratch(self.threads) as con:
+            _load_source(con, path)
+            source_cols = _columns(con, "src")
+            if key_column not in source_cols:
+                raise IngestError(f"{path}: missing column {key_column!r} (columns: {', '.join(source_cols)})")
+            _reject_bad_rows(con, path, [
+                (f"{quote(key_column)} IS NULL OR CAST({quote(key_column)} AS VARCHAR) = ''", f"empty {key_column}"),
+            ])
+            props = {c: t for c, t in source_cols.items() if c != key_column}
+            if "uid" in props:
+                raise IngestError(f"{path}: column name 'uid' is reserved")
+            columns = dict(manifest.user_columns)
+            checks = []
+            for col, typ in props.items():
+                checks.append((col, typ, columns.setdefault(col, normalised_type(typ))))
+            _reject_bad_casts(con, path, checks, tz)
+            _attach_uids(con, key_column, encode_keys)
+            # The last row of a key in the file wins.
+            typed = ", ".join(_typed(f"s.{quote(c)}", t, columns[c], tz) + f" AS {quote(c)}" for c, t in props.items())
+            con.execute(
+                "CREATE TEMP TABLE incoming AS SELECT k.uid" + (f", {typed}" if typed else "") +
+                f" FROM src s JOIN keymap k ON k.key = CAST(s.{quote(key_column)} AS VARCHAR)"
+                " QUALIFY row_number() OVER (PARTITION BY k.uid ORDER BY s.rowid DESC) = 1"
+            )
+            if manifest.users:
+                con.execute(_view_sql("old", [self.root / manifest.users], manifest.user_columns))
+                merged = ["coalesce(n.uid, o.uid) AS uid"]
+                for col in columns:
+                    if col == "uid":
+                        continue
+                    if col in props and col in manifest.user_columns:
+                        merged.append(f"CASE WHEN n.uid IS NOT NULL THEN n.{quote(col)} ELSE o.{quote(col)} END AS {quote(col)}")
+                    elif col in props:
+                        merged.append(f"n.{quote(col)}")
+                    else:
+                        merged.append(f"o.{quote(col)}")
+                query = f"SELECT {', '.join(merged)} FROM old o FULL OUTER JOIN incoming n ON n.uid = o.uid ORDER BY uid"
+            else:
+                query = "SELECT * FROM incoming ORDER BY uid"
+            part = f"users/users-{manifest.version + 1:06d}-{uuid.uuid4().hex[:8]}.parquet"
+            (self.root / "users").mkdir(exist_ok=True)
+            total = _write_parquet(con, query, self.root / part)
+            added = con.execute("SELECT count(*) FROM incoming").fetchone()[0]
+            new_uids = con.execute("SELECT uid FROM keymap").fetchnumpy()["uid"]
+            manifest.universe = self._write_universe(manifest, new_uids)
+            manifest.users = part
+            manifest.user_columns = columns
+            manifest.user_rows = total
+            manifest.version += 1
+            self._publish(manifest)
+            log.info("ingested kind=users file=%s rows=%d total=%d version=%d", path, added, total, manifest.version)
+            return added
+
+    def _write_universe(self, manifest: Manifest, new_uids: np.ndarray) -> str:
+        old = self.snapshot().universe() if manifest.universe else BitMap()
+        universe = old | to_bitmap(new_uids)
+        name = f"universe/universe-{manifest.version + 1:06d}-{uuid.uuid4().hex[:8]}.roaring"
+        (self.root / "universe").mkdir(exist_ok=True)
+        (self.root / name).write_bytes(universe.serialize())
+        return name
+
+
+@contextmanager
+def _scratch(threads):
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET preserve_insertion_order = true")
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        yield con
+    finally:
+        con.close()
+
+
+def _load_source(con, path) -> None:
+    path = str(path)
+    lower = path.lower()
+    literal = "'" + path.replace("'", "''") + "'"
+    if lower.endswith(".parquet"):
+        reader = f"read_parquet({literal})"
+    elif lower.endswith((".jsonl", ".ndjson", ".json")):
+        reader = f"read_json({literal}, format = 'newline_delimited', sample_size = -1)"
+    elif lower.endswith((".csv", ".tsv")):
+        reader = f"read_csv({literal}, header = true, sample_size = -1, strict_mode = true)"
+    else:
+        raise IngestError(f"{path}: unknown file type (use .csv, .jsonl or .parquet)")
+    if not os.path.exists(path):
+        raise IngestError(f"{path}: no such file")
+    try:
+        con.execute(f"CREATE TEMP TABLE src AS SELECT * FROM {reader}")
+    except duckdb.Error as exc:
+        raise IngestError(f"{path}: {exc}") from None
+
+
+def _columns(con, table: str) -> dict[str, str]:
+    return {name: typ for name, typ in con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+        [table]).fetchall()}
+
+
+def _line_offset(path) -> int:
+    """Row 0 of the source table sits on this line of the file (header lines before it)."""
+    return 2 if str(path).lower().endswith((".csv", ".tsv")) else 1
+
+
+def _reject_bad_rows(con, path, conditions) -> None:
+    for condition, reason in conditions:
+        bad = con.execute(f"SELECT rowid FROM src WHERE {condition} ORDER BY rowid LIMIT 5").fetchall()
+        if bad:
+            lines = ", ".join(str(r[0] + _line_offset(path)) for r in bad)
+            what = "line" if not str(path).lower().endswith(".parquet") else "row"
+            raise IngestError(f"{path}: {reason} at {what} {lines}; nothing was ingested")
+
+
+def _reject_bad_casts(con, path, checks, tz) -> None:
+    for col, typ, target in checks:
+        expr = _typed(quote(col), typ, target, tz)
+        _reject_bad_rows(con, path, [(f"{quote(col)} IS NOT NULL AND ({expr}) IS NULL",
+                                      f"column {col!r} holds a value that is not {target}")])
+
+
+def _typed(expr: str, source_type: str, target: str, tz: ZoneInfo) -> str:
+    if target == "TIMESTAMP":
+        return _utc_time_expr(expr, source_type, tz)
+    if target == "VARCHAR":
+        return f"CAST({expr} AS VARCHAR)"
+    return f"TRY_CAST({expr} AS {target})"
+
+
+def _utc_time_expr(expr: str, source_type: str, tz: ZoneInfo) -> str:
+    """Naive UTC TIMESTAMP from an input column: zone-less values are local times in tz."""
+    t = source_type.upper()
+    zone = "'" + str(tz.key) + "'"
+    if t == "TIMESTAMP WITH TIME ZONE":
+        return f"timezone('UTC', {expr})"
+    if t in ("BIGINT", "INTEGER", "DOUBLE", "UBIGINT", "HUGEINT"):
+        # Epoch seconds, or milliseconds when the number is too large to be seconds.
+        return f"CAST(timezone('UTC', to_timestamp(CASE WHEN {expr} > 100000000000 THEN {expr} / 1000.0 ELSE {expr} END)) AS TIMESTAMP)"
+    local = f"TRY_CAST({expr} AS TIMESTAMP)" if not t.startswith("TIMESTAMP") else expr
+    if t == "VARCHAR":
+        # An explicit offset in the text wins over the project's zone.
+        return (f"CASE WHEN regexp_matches({expr}, '([+-]\\d\\d:?\\d\\d|Z)$') "
+                f"THEN timezone('UTC', TRY_CAST({expr} AS TIMESTAMPTZ)) "
+                f"ELSE timezone('UTC', timezone({zone}, {local})) END")
+    return f"timezone('UTC', timezone({zone}, {local}))"
+
+
+def _attach_uids(con, key_column: str, encode_keys) -> None:
+    """Create table keymap(key, uid) for the distinct keys of src via the dictionary."""
+    keys = con.execute(f"SELECT DISTINCT CAST({quote(key_column)} AS VARCHAR) AS key FROM src").fetchnumpy()["key"]
+    keys = keys.tolist()
+    ids = encode_keys(keys)
+    keymap = pa.table({"key": pa.array(keys, pa.string()), "uid": pa.array(ids.astype(np.uint32))})
+    con.register("keymap_df", keymap)
+    con.execute("CREATE TEMP TABLE keymap AS SELECT key, uid FROM keymap_df")
+    con.unregister("keymap_df")
+
+
+def _write_parquet(con, query: str, target: Path) -> int:
+    tmp = target.with_name(f".{target.name}.tmp")
+    con.execute(
+        f"COPY ({query}) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' "
+        f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
+    )
+    rows = pq.ParquetFile(tmp).metadata.num_rows
+    os.replace(tmp, target)
+    return rows
