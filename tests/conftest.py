@@ -77,3 +77,87 @@ def set_timezone(database_url: str, project_name: str, tz: str) -> None:
 def engine_config(database_url, redis_url, tmp_path) -> EngineConfig:
     return EngineConfig(database_url=database_url, redis_url=redis_url, store_dir=str(tmp_path / "store"),
                         key_prefix="cohorts-test", threads=2)
+
+
+# -- the job system: settings shared by the test process and real worker / beat subprocesses ----------
+
+TEST_BROKER_URL = os.environ.get("COHORTS_TEST_BROKER_URL", "redis://127.0.0.1:6379/14")
+
+
+@pytest.fixture(scope="session")
+def service_env(database_url, redis_url, tmp_path_factory) -> dict:
+    """Environment for worker/beat subprocesses: test database, test Redis dbs, fast heartbeats."""
+    store = tmp_path_factory.mktemp("service-store")
+    broker = redis_lib.Redis.from_url(TEST_BROKER_URL)
+    broker.flushdb()
+    broker.close()
+    return {
+        **os.environ,
+        "COHORTS_DATABASE_URL": database_url,
+        "COHORTS_REDIS_URL": redis_url,
+        "COHORTS_BROKER_URL": TEST_BROKER_URL,
+        "COHORTS_STORE_DIR": str(store),
+        "COHORTS_KEY_PREFIX": "cohorts-test",
+        "COHORTS_THREADS": "1",
+        "COHORTS_HEARTBEAT_INTERVAL": "0.5",
+        "COHORTS_STALE_AFTER": "3",
+        "COHORTS_SWEEP_INTERVAL": "1",
+        "COHORTS_SCHEDULE_INTERVAL": "0.5",
+        "COHORTS_RETRY_DELAY": "0.5",
+        "COHORTS_MAX_ATTEMPTS": "3",
+        "COHORTS_SOFT_TIME_LIMIT": "60",
+        "COHORTS_HARD_TIME_LIMIT": "90",
+    }
+
+
+@pytest.fixture(scope="session")
+def service_settings(service_env):
+    from app.settings import Settings
+
+    return Settings.from_env(service_env)
+
+
+@pytest.fixture(scope="session")
+def celery_app(service_settings):
+    """A Celery app on the test broker, used to send tasks and ping workers (it runs no task itself)."""
+    from workers.celery_app import create_celery
+
+    return create_celery(service_settings)
+
+
+@pytest.fixture(scope="session")
+def worker(service_env, celery_app, tmp_path_factory):
+    """One real prefork worker for the session's job tests."""
+    from tests.services import start_worker, stop, wait_for_worker
+
+    log = tmp_path_factory.mktemp("logs") / "worker-main.log"
+    process = start_worker(service_env, "main", log)
+    try:
+        wait_for_worker(celery_app, "main")
+        yield process
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def app(service_settings, celery_app):
+    from app import create_app
+
+    return create_app({"TESTING": True, "SETTINGS": service_settings, "CELERY": celery_app})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def api_project(project, database_url):
+    """A project with an API token: (name, id, headers)."""
+    from app.data.projects import set_token
+
+    name, project_id = project
+    token = "tok-" + uuid.uuid4().hex
+    with db.connection(database_url) as conn:
+        set_token(conn, name, token)
+    return name, project_id, {"Authorization": f"Bearer {token}"}

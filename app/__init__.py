@@ -1,0 +1,35 @@
+"""Flask application factory: the thin HTTP layer that validates, records jobs and enqueues them."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from app.settings import Settings
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app; config may hold SETTINGS (a Settings) and CELERY (a Celery app) for tests."""
+    app = Flask(__name__)
+    app.json.ensure_ascii = False
+    app.json.sort_keys = False
+    app.config.from_mapping(config or {})
+    settings = app.config.get("SETTINGS") or Settings.from_env()
+    app.config["SETTINGS"] = settings
+    if app.config.get("CELERY") is None:
+        from workers.celery_app import create_celery
+
+        app.config["CELERY"] = create_celery(settings)
+    app.extensions["celery"] = app.config["CELERY"]
+
+    from app import db, errors
+    from app.api import docs, health, native
+
+    db.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(native.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(docs.bp)
+    logging.getLogger(__name__).info("app created broker=%s", settings.broker_url)
+    return app

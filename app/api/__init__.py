@@ -1,0 +1,1 @@
+"""HTTP blueprints: the native API, health, and the OpenAPI document."""

@@ -1,0 +1,219 @@
+"""Native REST API, /api/v1: cohorts, their members, and jobs."""
+
+from __future__ import annotations
+
+import psycopg2
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+
+from app.auth import require_project
+from app.data import cohorts, jobs, versions
+from app.db import check_broker, connection_factory, get_db, get_redis, settings
+from app.errors import ApiError
+from app.queue import enqueue, submit_cohort_job
+from app.schemas import CohortCreateSchema, CohortListQuery, CohortUpdateSchema, JobListQuery, MembersQuery
+from cohort_engine import bitmaps
+from cohort_engine.definition import check_no_cycle
+from cohort_engine.project import ProjectEngine
+
+bp = Blueprint("native", __name__, url_prefix="/api/v1")
+
+
+def json_body() -> dict:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError(400, "the request body must be JSON (Content-Type: application/json)",
+                       errors={"_body": ["not valid JSON"]})
+    return body
+
+
+def iso(value):
+    return value.isoformat() if value is not None else None
+
+
+def cohort_view(cohort: dict) -> dict:
+    latest = versions.get(get_db(), cohort["latest_version_id"])
+    return {
+        "id": cohort["id"], "project": g.project["name"], "name": cohort["name"],
+        "display_name": cohort["display_name"], "dialect": cohort["dialect"], "definition": cohort["definition"],
+        "dynamic": cohort["dynamic"], "cron": cohort["cron"], "scheduler_running": cohort["scheduler_running"],
+        "owner": cohort["owner"], "created_at": iso(cohort["created_at"]), "updated_at": iso(cohort["updated_at"]),
+        "latest_version": None if latest is None else {
+            "id": latest["id"], "status": latest["status"], "count": latest["count"],
+            "base_time": iso(latest["base_time"]), "computed_at": iso(latest["finished_at"])},
+    }
+
+
+def load_cohort(cohort_id: int, lock: bool = False) -> dict:
+    cohort = cohorts.get(get_db(), g.project["id"], cohort_id, lock=lock)
+    if cohort is None:
+        raise ApiError(404, f"cohort {cohort_id} not found")
+    return cohort
+
+
+def reject_cycles(cohort_id, definition) -> None:
+    conn = get_db()
+    check_no_cycle(cohort_id, definition, lambda ref: cohorts.definition_of(conn, g.project["id"], ref))
+
+
+def commit_and_enqueue(job: dict, created: bool) -> None:
+    get_db().commit()
+    if created:
+        enqueue(current_app.extensions["celery"], connection_factory(), [job["id"]])
+
+
+@bp.post("/cohorts")
+@require_project
+def create_cohort():
+    data = CohortCreateSchema().load(json_body())
+    if data["project"] not in (None, g.project["name"]):
+        raise ApiError(403, f"the token belongs to project {g.project['name']!r}, not {data['project']!r}")
+    reject_cycles(None, data["definition"])
+    check_broker()
+    conn = get_db()
+    try:
+        cohort = cohorts.insert(conn, g.project["id"], data["name"], data["definition"],
+                                display_name=data["display_name"], request_body=request.get_json(),
+                                dynamic=data["dynamic"], cron=data["cron"], scheduler_running=data["dynamic"],
+                                owner=data["owner"])
+    except psycopg2.errors.UniqueViolation:
+        raise ApiError(409, f"a cohort named {data['name']!r} already exists in this project",
+                       errors={"name": ["already exists"]}) from None
+    job, created = submit_cohort_job(conn, cohort, "create", max_attempts=settings().max_attempts)
+    commit_and_enqueue(job, created)
+    return jsonify({"cohort": cohort_view(cohort), "job": jobs.public(job)}), 202
+
+
+@bp.get("/cohorts")
+@require_project
+def list_cohorts():
+    query = CohortListQuery().load(request.args)
+    total, rows = cohorts.list_page(get_db(), g.project["id"], status=query["status"], limit=query["per_page"],
+                                    offset=(query["page"] - 1) * query["per_page"])
+    return jsonify({"total": total, "page": query["page"], "per_page": query["per_page"],
+                    "cohorts": [cohort_view(c) for c in rows]})
+
+
+@bp.get("/cohorts/<int:cohort_id>")
+@require_project
+def get_cohort(cohort_id):
+    return jsonify(cohort_view(load_cohort(cohort_id)))
+
+
+@bp.put("/cohorts/<int:cohort_id>")
+@require_project
+def update_cohort(cohort_id):
+    data = CohortUpdateSchema().load(json_body())
+    reject_cycles(cohort_id, data["definition"])
+    check_broker()
+    conn = get_db()
+    cohort = load_cohort(cohort_id, lock=True)
+    live = jobs.live_for(conn, cohort_id)
+    if live is not None:
+        jobs.request_cancel(conn, live["id"])
+        jobs.fail(conn, live["id"], "superseded", "the cohort's definition changed; a new job computes it")
+    fields = {"display_name": data["display_name"], "dynamic": data["dynamic"], "cron": data["cron"],
+              "scheduler_running": data["dynamic"]}
+    cohort = cohorts.update_definition(conn, cohort_id, data["definition"], request.get_json(), **fields)
+    if data["cron"]:
+        # A changed cron takes effect from its next fire time, not from fires it would have had.
+        cohorts.record_fire(conn, cohort_id, cohort["updated_at"])
+    job, created = submit_cohort_job(conn, cohort, "recalculate", max_attempts=settings().max_attempts)
+    commit_and_enqueue(job, created)
+    return jsonify({"cohort": cohort_view(cohort), "job": jobs.public(job)}), 202
+
+
+@bp.delete("/cohorts/<int:cohort_id>")
+@require_project
+def delete_cohort(cohort_id):
+    conn = get_db()
+    load_cohort(cohort_id, lock=True)
+    users = cohorts.referencing(conn, g.project["id"], cohort_id)
+    if users:
+        raise ApiError(409, f"cohorts {users} refer to this cohort; change or delete them first")
+    keys = versions.bitmap_keys(conn, cohort_id)
+    keys.append(bitmaps.cohort_key(settings().engine.key_prefix, g.project["id"], cohort_id))
+    cohorts.delete(conn, g.project["id"], cohort_id)
+    conn.commit()
+    get_redis().delete(*keys)
+    return jsonify({"deleted": cohort_id})
+
+
+@bp.post("/cohorts/<int:cohort_id>/refresh")
+@require_project
+def refresh_cohort(cohort_id):
+    check_broker()
+    cohort = load_cohort(cohort_id)
+    job, created = submit_cohort_job(get_db(), cohort, "refresh", max_attempts=settings().max_attempts)
+    commit_and_enqueue(job, created)
+    return jsonify({"job": jobs.public(job), "coalesced": not created}), 202
+
+
+def published_bitmap(cohort_id: int):
+    load_cohort(cohort_id)
+    key = bitmaps.cohort_key(settings().engine.key_prefix, g.project["id"], cohort_id)
+    bitmap = bitmaps.load(get_redis(), key)
+    if bitmap is None:
+        raise ApiError(409, f"cohort {cohort_id} has no computed version yet; poll its job until it succeeds")
+    return bitmap
+
+
+@bp.get("/cohorts/<int:cohort_id>/members")
+@require_project
+def list_members(cohort_id):
+    query = MembersQuery().load(request.args)
+    bitmap = published_bitmap(cohort_id)
+    engine = ProjectEngine(settings().engine, g.project["name"])
+    if query["format"] == "json":
+        start = (query["page"] - 1) * query["per_page"]
+        page = bitmap[start:start + query["per_page"]]
+        return jsonify({"total": len(bitmap), "page": query["page"], "per_page": query["per_page"],
+                        "members": list(engine.iter_keys(page))})
+
+    def rows():
+        for key in engine.iter_keys(bitmap):
+            yield key + "\n"
+
+    return Response(stream_with_context(rows()), mimetype="text/csv",
+                    headers={"X-Total-Count": str(len(bitmap))})
+
+
+@bp.get("/cohorts/<int:cohort_id>/members/<path:user_key>")
+@require_project
+def is_member(cohort_id, user_key):
+    bitmap = published_bitmap(cohort_id)
+    uid = ProjectEngine(settings().engine, g.project["name"]).lookup(user_key)
+    return jsonify({"member": uid is not None and uid in bitmap})
+
+
+@bp.get("/jobs/<int:job_id>")
+@require_project
+def get_job(job_id):
+    job = jobs.get(get_db(), job_id, g.project["id"])
+    if job is None:
+        raise ApiError(404, f"job {job_id} not found")
+    return jsonify(jobs.public(job))
+
+
+@bp.get("/jobs")
+@require_project
+def list_jobs():
+    query = JobListQuery().load(request.args)
+    rows = jobs.list_page(get_db(), g.project["id"], status=query["status"], cohort_id=query["cohort_id"],
+                          limit=query["per_page"], offset=(query["page"] - 1) * query["per_page"])
+    return jsonify({"page": query["page"], "per_page": query["per_page"], "jobs": [jobs.public(j) for j in rows]})
+
+
+@bp.post("/jobs/<int:job_id>/cancel")
+@require_project
+def cancel_job(job_id):
+    conn = get_db()
+    job = jobs.get(conn, job_id, g.project["id"])
+    if job is None:
+        raise ApiError(404, f"job {job_id} not found")
+    if job["status"] in ("succeed", "failed"):
+        raise ApiError(409, f"job {job_id} already ended {job['status']}")
+    jobs.request_cancel(conn, job_id)
+    if job["status"] == "new":
+        jobs.fail(conn, job_id, "cancelled", "the job was cancelled on request before it started")
+    conn.commit()
+    return jsonify(jobs.public(jobs.get(conn, job_id))), 202

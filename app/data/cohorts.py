@@ -1,0 +1,119 @@
+"""cohorts table."""
+
+from __future__ import annotations
+
+from psycopg2.extras import Json, RealDictCursor
+
+COLUMNS = ("id, project_id, name, display_name, dialect, request_body, definition, definition_version, dynamic,"
+           " cron, scheduler_running, last_fire_at, error_count, retry_after, owner, latest_version_id,"
+           " created_at, updated_at")
+
+
+def insert(conn, project_id: int, name: str, definition: dict, *, display_name=None, dialect="native",
+           request_body=None, dynamic=False, cron=None, scheduler_running=False, owner=None) -> dict:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            "INSERT INTO cohorts (project_id, name, display_name, dialect, request_body, definition, dynamic, cron,"
+            " scheduler_running, owner) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            f" RETURNING {COLUMNS}",
+            (project_id, name, display_name, dialect, Json(request_body), Json(definition), dynamic, cron,
+             scheduler_running, owner))
+        return cur.fetchone()
+
+
+def get(conn, project_id: int, cohort_id: int, lock: bool = False) -> dict | None:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"SELECT {COLUMNS} FROM cohorts WHERE id = %s AND project_id = %s"
+                    + (" FOR UPDATE" if lock else ""), (cohort_id, project_id))
+        return cur.fetchone()
+
+
+def get_any(conn, cohort_id: int, lock: bool = False) -> dict | None:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"SELECT {COLUMNS} FROM cohorts WHERE id = %s" + (" FOR UPDATE" if lock else ""), (cohort_id,))
+        return cur.fetchone()
+
+
+def definition_of(conn, project_id: int, cohort_id: int) -> dict | None:
+    """The canonical tree of a cohort of this project, or None."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT definition FROM cohorts WHERE id = %s AND project_id = %s", (cohort_id, project_id))
+        row = cur.fetchone()
+    return None if row is None else row[0]
+
+
+def list_page(conn, project_id: int, *, status=None, limit=50, offset=0) -> tuple[int, list[dict]]:
+    """A page of cohorts with their latest version's status, newest first, and the total."""
+    where, params = ["c.project_id = %s"], [project_id]
+    if status:
+        where.append("v.status = %s")
+        params.append(status)
+    condition = " AND ".join(where)
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            "SELECT count(*) AS n FROM cohorts c LEFT JOIN LATERAL (SELECT status FROM cohort_versions"
+            " WHERE cohort_id = c.id ORDER BY id DESC LIMIT 1) v ON true WHERE " + condition, params)
+        total = cur.fetchone()["n"]
+        cur.execute(
+            f"SELECT {', '.join('c.' + c.strip() for c in COLUMNS.split(','))} FROM cohorts c"
+            " LEFT JOIN LATERAL (SELECT status FROM cohort_versions WHERE cohort_id = c.id ORDER BY id DESC LIMIT 1) v"
+            f" ON true WHERE {condition} ORDER BY c.id DESC LIMIT %s OFFSET %s", params + [limit, offset])
+        return total, cur.fetchall()
+
+
+def update_definition(conn, cohort_id: int, definition: dict, request_body=None, **fields) -> dict:
+    sets = ["definition = %s", "definition_version = definition_version + 1", "updated_at = now()",
+            "request_body = coalesce(%s, request_body)"]
+    params = [Json(definition), Json(request_body) if request_body is not None else None]
+    for column in ("display_name", "dynamic", "cron", "scheduler_running"):
+        if column in fields:
+            sets.append(f"{column} = %s")
+            params.append(fields[column])
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"UPDATE cohorts SET {', '.join(sets)} WHERE id = %s RETURNING {COLUMNS}", params + [cohort_id])
+        return cur.fetchone()
+
+
+def set_latest_version(conn, cohort_id: int, version_id: int) -> None:
+    with conn.cursor() as cur:
+        cur.execute("UPDATE cohorts SET latest_version_id = %s, updated_at = now() WHERE id = %s", (version_id, cohort_id))
+
+
+def delete(conn, project_id: int, cohort_id: int) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM cohorts WHERE id = %s AND project_id = %s", (cohort_id, project_id))
+        return cur.rowcount == 1
+
+
+def referencing(conn, project_id: int, cohort_id: int) -> list[int]:
+    """Ids of this project's cohorts whose definition refers to cohort_id."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT id FROM cohorts WHERE project_id = %s AND id <> %s AND definition::text LIKE %s",
+            (project_id, cohort_id, '%"cohort_id": ' + str(int(cohort_id)) + "%"))
+        return [r[0] for r in cur.fetchall()]
+
+
+def due_for_schedule(conn) -> list[dict]:
+    """Dynamic cohorts whose scheduler runs, locked for this scheduler pass (others skip them)."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"SELECT {COLUMNS} FROM cohorts WHERE dynamic AND scheduler_running AND cron IS NOT NULL"
+                    " ORDER BY id FOR UPDATE SKIP LOCKED")
+        return cur.fetchall()
+
+
+def record_fire(conn, cohort_id: int, fire_time) -> None:
+    with conn.cursor() as cur:
+        cur.execute("UPDATE cohorts SET last_fire_at = %s WHERE id = %s", (fire_time, cohort_id))
+
+
+def record_outcome(conn, cohort_id: int, failed: bool, backoff_base: float, backoff_max: float) -> None:
+    """Count consecutive failures and set when the scheduler may try again (exponential backoff)."""
+    with conn.cursor() as cur:
+        if failed:
+            cur.execute(
+                "UPDATE cohorts SET error_count = error_count + 1, retry_after = now() + make_interval("
+                "secs => least(%s, %s * power(2, error_count))) WHERE id = %s",
+                (backoff_max, backoff_base, cohort_id))
+        else:
+            cur.execute("UPDATE cohorts SET error_count = 0, retry_after = NULL WHERE id = %s", (cohort_id,))

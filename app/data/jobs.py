@@ -1,0 +1,173 @@
+"""jobs table: status new -> computing -> succeed | failed, progress 0..100."""
+
+from __future__ import annotations
+
+import psycopg2
+from psycopg2.extras import Json, RealDictCursor
+
+COLUMNS = ("id, project_id, kind, cohort_id, version_id, partition_key, params, base_time, status, progress,"
+           " error_code, error_message, result, attempts, max_attempts, cancel_requested, worker, created_at,"
+           " enqueued_at, started_at, heartbeat_at, finished_at")
+LIVE = ("new", "computing")
+
+
+def insert(conn, project_id: int, kind: str, *, cohort_id=None, params=None, base_time=None,
+           partition_key="latest", max_attempts=3) -> tuple[dict, bool]:
+    """Insert a job; if the cohort partition already has a live job, return that one instead.
+
+    Returns (job, created).
+    """
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SAVEPOINT job_insert")
+        try:
+            cur.execute(
+                "INSERT INTO jobs (project_id, kind, cohort_id, params, base_time, partition_key, max_attempts)"
+                " VALUES (%s, %s, %s, %s, coalesce(%s, now()), %s, %s) RETURNING " + COLUMNS,
+                (project_id, kind, cohort_id, Json(params or {}), base_time, partition_key, max_attempts))
+            job = cur.fetchone()
+            cur.execute("RELEASE SAVEPOINT job_insert")
+            return job, True
+        except psycopg2.errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT job_insert")
+        cur.execute(
+            "SELECT " + COLUMNS + " FROM jobs WHERE cohort_id = %s AND partition_key = %s AND status IN ('new', 'computing')",
+            (cohort_id, partition_key))
+        live = cur.fetchone()
+        return live, False
+
+
+def get(conn, job_id: int, project_id: int | None = None) -> dict | None:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        if project_id is None:
+            cur.execute("SELECT " + COLUMNS + " FROM jobs WHERE id = %s", (job_id,))
+        else:
+            cur.execute("SELECT " + COLUMNS + " FROM jobs WHERE id = %s AND project_id = %s", (job_id, project_id))
+        return cur.fetchone()
+
+
+def list_page(conn, project_id: int, *, status=None, cohort_id=None, limit=50, offset=0) -> list[dict]:
+    where, params = ["project_id = %s"], [project_id]
+    if status:
+        where.append("status = %s")
+        params.append(status)
+    if cohort_id is not None:
+        where.append("cohort_id = %s")
+        params.append(cohort_id)
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT " + COLUMNS + f" FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s OFFSET %s",
+                    params + [limit, offset])
+        return cur.fetchall()
+
+
+def live_for(conn, cohort_id: int, partition_key: str = "latest") -> dict | None:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT " + COLUMNS + " FROM jobs WHERE cohort_id = %s AND partition_key = %s"
+                    " AND status IN ('new', 'computing')", (cohort_id, partition_key))
+        return cur.fetchone()
+
+
+def mark_enqueued(conn, job_id: int) -> None:
+    with conn.cursor() as cur:
+        cur.execute("UPDATE jobs SET enqueued_at = now() WHERE id = %s", (job_id,))
+
+
+def claim(conn, job_id: int, token: str, stale_seconds: float) -> tuple[dict | None, str]:
+    """Take a job for computing; returns (job, why) with why one of claimed, done, busy, exhausted, missing."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT " + COLUMNS + " FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
+        job = cur.fetchone()
+        if job is None:
+            return None, "missing"
+        if job["status"] in ("succeed", "failed"):
+            return job, "done"
+        if job["status"] == "computing":
+            cur.execute("SELECT heartbeat_at < now() - make_interval(secs => %s) FROM jobs WHERE id = %s",
+                        (stale_seconds, job_id))
+            if not cur.fetchone()["?column?"]:
+                return job, "busy"
+        if job["attempts"] >= job["max_attempts"]:
+            return job, "exhausted"
+        cur.execute(
+            "UPDATE jobs SET status = 'computing', attempts = attempts + 1, worker = %s, progress = 0,"
+            " started_at = coalesce(started_at, now()), heartbeat_at = now() WHERE id = %s RETURNING " + COLUMNS,
+            (token, job_id))
+        return cur.fetchone(), "claimed"
+
+
+def touch(conn, job_id: int, token: str, progress: int | None = None) -> dict | None:
+    """Heartbeat (and raise progress); returns {cancel_requested, status} or None if the claim was lost."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            "UPDATE jobs SET heartbeat_at = now(), progress = greatest(progress, coalesce(%s, progress))"
+            " WHERE id = %s AND worker = %s AND status = 'computing' RETURNING cancel_requested, status",
+            (progress, job_id, token))
+        return cur.fetchone()
+
+
+def succeed(conn, job_id: int, token: str, result: dict, version_id: int | None) -> bool:
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE jobs SET status = 'succeed', progress = 100, result = %s, version_id = %s, finished_at = now(),"
+            " error_code = NULL, error_message = NULL WHERE id = %s AND worker = %s AND status = 'computing'",
+            (Json(result), version_id, job_id, token))
+        return cur.rowcount == 1
+
+
+def fail(conn, job_id: int, code: str, message: str, token: str | None = None) -> bool:
+    """End a live job failed (only the claim holder may, when a token is given)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE jobs SET status = 'failed', error_code = %s, error_message = %s, finished_at = now(),"
+            " progress = least(progress, 99) WHERE id = %s AND status IN ('new', 'computing')"
+            + (" AND worker = %s" if token else ""),
+            (code, message, job_id, token) if token else (code, message, job_id))
+        return cur.rowcount == 1
+
+
+def release(conn, job_id: int, token: str) -> None:
+    """Give a claimed job back (status new) so a retry can claim it again."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE jobs SET status = 'new', worker = NULL, progress = 0 WHERE id = %s AND worker = %s"
+                    " AND status = 'computing'", (job_id, token))
+
+
+def request_cancel(conn, job_id: int) -> None:
+    with conn.cursor() as cur:
+        cur.execute("UPDATE jobs SET cancel_requested = true WHERE id = %s AND status IN ('new', 'computing')", (job_id,))
+
+
+def stale_computing(conn, stale_seconds: float) -> list[dict]:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT " + COLUMNS + " FROM jobs WHERE status = 'computing'"
+                    " AND heartbeat_at < now() - make_interval(secs => %s) FOR UPDATE SKIP LOCKED", (stale_seconds,))
+        return cur.fetchall()
+
+
+def requeue(conn, job_id: int) -> None:
+    with conn.cursor() as cur:
+        cur.execute("UPDATE jobs SET status = 'new', worker = NULL, progress = 0, enqueued_at = NULL"
+                    " WHERE id = %s AND status = 'computing'", (job_id,))
+
+
+def waiting_unqueued(conn, older_than_seconds: float, requeue_after_seconds: float) -> list[int]:
+    """Jobs left `new` that were never enqueued (or long ago): the sweeper enqueues them again."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT id FROM jobs WHERE status = 'new' AND created_at < now() - make_interval(secs => %s)"
+            " AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => %s)) ORDER BY id LIMIT 1000",
+            (older_than_seconds, requeue_after_seconds))
+        return [r[0] for r in cur.fetchall()]
+
+
+def public(job: dict) -> dict:
+    """The client-facing view of a job row."""
+    def iso(value):
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": job["id"], "kind": job["kind"], "cohort_id": job["cohort_id"], "status": job["status"],
+        "progress": job["progress"], "error_code": job["error_code"], "error_message": job["error_message"],
+        "result": job["result"], "base_time": iso(job["base_time"]), "attempts": job["attempts"],
+        "created_at": iso(job["created_at"]), "started_at": iso(job["started_at"]),
+        "finished_at": iso(job["finished_at"]),
+    }

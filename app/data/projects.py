@@ -1,0 +1,35 @@
+"""projects table."""
+
+from __future__ import annotations
+
+import hashlib
+
+from psycopg2.extras import RealDictCursor
+
+
+def token_hash(token: str) -> str:
+    """The stored form of an API token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def by_token(conn, token: str) -> dict | None:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT id, name, timezone FROM projects WHERE api_token_hash = %s", (token_hash(token),))
+        return cur.fetchone()
+
+
+def by_name(conn, name: str) -> dict | None:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT id, name, timezone FROM projects WHERE name = %s", (name,))
+        return cur.fetchone()
+
+
+def by_id(conn, project_id: int) -> dict | None:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT id, name, timezone FROM projects WHERE id = %s", (project_id,))
+        return cur.fetchone()
+
+
+def set_token(conn, name: str, token: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute("UPDATE projects SET api_token_hash = %s WHERE name = %s", (token_hash(token), name))

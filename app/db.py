@@ -1,0 +1,58 @@
+"""Per-request PostgreSQL connection (opened on first use, closed at teardown) and broker checks."""
+
+from __future__ import annotations
+
+import redis as redis_lib
+from flask import current_app, g
+
+from cohort_engine import db as engine_db
+
+
+def settings():
+    return current_app.config["SETTINGS"]
+
+
+def get_db():
+    """This request's connection; committed explicitly by views, rolled back and closed at teardown."""
+    if "db" not in g:
+        g.db = engine_db.connect(settings().engine.database_url)
+    return g.db
+
+
+def close_db(exc=None) -> None:
+    conn = g.pop("db", None)
+    if conn is not None:
+        try:
+            conn.rollback()
+        finally:
+            conn.close()
+
+
+def get_redis():
+    """A Redis client for cohort bitmaps (connection pool kept on the app)."""
+    client = current_app.extensions.get("cohort_redis")
+    if client is None:
+        client = redis_lib.Redis.from_url(settings().engine.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        current_app.extensions["cohort_redis"] = client
+    return client
+
+
+def check_broker() -> None:
+    """Raise redis.ConnectionError if the broker does not answer, before anything is written."""
+    if not settings().broker_check or not settings().broker_url.startswith("redis"):
+        return
+    client = current_app.extensions.get("broker_redis")
+    if client is None:
+        client = redis_lib.Redis.from_url(settings().broker_url, socket_timeout=2, socket_connect_timeout=2)
+        current_app.extensions["broker_redis"] = client
+    client.ping()
+
+
+def connection_factory():
+    """A context-managed connection for work after the request's commit (enqueue bookkeeping)."""
+    dsn = settings().engine.database_url
+    return lambda: engine_db.connection(dsn)
+
+
+def init_app(app) -> None:
+    app.teardown_appcontext(close_db)

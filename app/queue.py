@@ -1,0 +1,34 @@
+"""Creating jobs and putting them on the Celery queue (by task name: the name is the wire protocol)."""
+
+from __future__ import annotations
+
+import logging
+
+from app.data import jobs
+
+log = logging.getLogger(__name__)
+
+COMPUTE_TASK = "cohorts.compute"
+
+
+def submit_cohort_job(conn, cohort: dict, kind: str, *, base_time=None, partition_key: str = "latest",
+                      max_attempts: int = 3, params: dict | None = None) -> tuple[dict, bool]:
+    """Insert a job computing the cohort (or return the partition's live job); the caller commits."""
+    job_params = {"definition_version": cohort["definition_version"], **(params or {})}
+    return jobs.insert(conn, cohort["project_id"], kind, cohort_id=cohort["id"], params=job_params,
+                       base_time=base_time, partition_key=partition_key, max_attempts=max_attempts)
+
+
+def enqueue(celery_app, conn_factory, job_ids) -> list[int]:
+    """Send committed jobs to the workers; return the ids that could not be sent (the sweeper retries them)."""
+    failed = []
+    for job_id in job_ids:
+        try:
+            celery_app.send_task(COMPUTE_TASK, args=[job_id])
+        except Exception as exc:  # broker down: the job stays `new` and the sweeper re-enqueues it
+            log.warning("job=%s enqueue failed: %s", job_id, exc)
+            failed.append(job_id)
+            continue
+        with conn_factory() as conn:
+            jobs.mark_enqueued(conn, job_id)
+    return failed

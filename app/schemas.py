@@ -1,0 +1,121 @@
+"""Request and response schemas of the native API (also the source of the OpenAPI document)."""
+
+from __future__ import annotations
+
+from croniter import croniter
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from cohort_engine.definition import DefinitionError, parse_definition
+
+STATUSES = ("new", "computing", "succeed", "failed")
+
+
+class DefinitionField(fields.Field):
+    """A canonical cohort definition (docs/definition.md), validated by the engine's schema."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return parse_definition(value)
+        except DefinitionError as exc:
+            nested: dict = {}
+            for path, messages in exc.errors.items():
+                nested[path if path != "_root" else "_schema"] = messages
+            raise ValidationError(nested) from None
+
+
+def valid_cron(value: str) -> None:
+    if len(value.split()) not in (5, 6) or not croniter.is_valid(value):
+        raise ValidationError("not a valid cron expression: 5 fields (minute hour day month weekday), "
+                              "or 6 with seconds last")
+
+
+class CohortCreateSchema(Schema):
+    project = fields.String(load_default=None, metadata={"description": "must match the token's project if given"})
+    name = fields.String(required=True, validate=validate.Regexp(r"^[\w.\-:]{1,200}$",
+                                                                 error="use 1-200 letters, digits, _ . - :"))
+    display_name = fields.String(load_default=None, validate=validate.Length(max=200))
+    definition = DefinitionField(required=True)
+    dynamic = fields.Boolean(load_default=False)
+    cron = fields.String(load_default=None, allow_none=True, validate=valid_cron)
+    owner = fields.String(load_default=None, validate=validate.Length(max=200))
+
+    @validates_schema
+    def _cron_for_dynamic(self, data, **kwargs):
+        if data.get("dynamic") and not data.get("cron"):
+            raise ValidationError("a dynamic cohort needs a cron expression", "cron")
+        if data.get("cron") and not data.get("dynamic"):
+            raise ValidationError("cron is only for dynamic cohorts (set dynamic: true)", "cron")
+
+
+class CohortUpdateSchema(CohortCreateSchema):
+    name = fields.String(load_default=None)
+    definition = DefinitionField(required=True)
+
+
+class CohortListQuery(Schema):
+    status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class JobListQuery(Schema):
+    status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
+    cohort_id = fields.Integer(load_default=None)
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class MembersQuery(Schema):
+    format = fields.String(load_default="csv", validate=validate.OneOf(("csv", "json")))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=100000))
+
+
+class JobSchema(Schema):
+    id = fields.Integer()
+    kind = fields.String(metadata={"description": "create, refresh, recalculate, cron, ..."})
+    cohort_id = fields.Integer(allow_none=True)
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    progress = fields.Integer(metadata={"description": "0..100, 100 only when succeed"})
+    error_code = fields.String(allow_none=True)
+    error_message = fields.String(allow_none=True)
+    result = fields.Dict(allow_none=True)
+    base_time = fields.DateTime()
+    attempts = fields.Integer()
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class VersionSchema(Schema):
+    id = fields.Integer()
+    status = fields.String()
+    count = fields.Integer(allow_none=True)
+    base_time = fields.DateTime()
+    computed_at = fields.DateTime(allow_none=True)
+
+
+class CohortSchema(Schema):
+    id = fields.Integer()
+    project = fields.String()
+    name = fields.String()
+    display_name = fields.String(allow_none=True)
+    dialect = fields.String()
+    definition = fields.Dict()
+    dynamic = fields.Boolean()
+    cron = fields.String(allow_none=True)
+    scheduler_running = fields.Boolean()
+    owner = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    latest_version = fields.Nested(VersionSchema, allow_none=True)
+
+
+class CohortWithJobSchema(Schema):
+    cohort = fields.Nested(CohortSchema)
+    job = fields.Nested(JobSchema)
+
+
+class ErrorsSchema(Schema):
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
+                         metadata={"description": "field path -> messages"})

@@ -1,0 +1,47 @@
+"""Service settings from the environment, shared by the web app, workers and beat (no Flask import)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+
+from cohort_engine.config import EngineConfig
+
+
+def _env_number(env, name, default):
+    value = env.get(name)
+    return type(default)(value) if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    broker_url: str = "redis://127.0.0.1:6379/1"
+    soft_time_limit: int = 600
+    hard_time_limit: int = 660
+    heartbeat_interval: float = 5.0
+    stale_after: float = 60.0
+    max_attempts: int = 3
+    retry_delay: float = 10.0
+    sweep_interval: float = 15.0
+    schedule_interval: float = 10.0
+    requeue_after: float = 900.0
+    backoff_base: float = 60.0
+    backoff_max: float = 3600.0
+    broker_check: bool = True
+
+    @property
+    def visibility_timeout(self) -> int:
+        # Above the hard limit, or Redis re-delivers a job that is still running.
+        return self.hard_time_limit + 600
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> Settings:
+        env = os.environ if environ is None else environ
+        values = {"engine": EngineConfig.from_env(env),
+                  "broker_url": env.get("COHORTS_BROKER_URL", cls.broker_url)}
+        for f in fields(cls):
+            if f.name in values or f.name == "broker_check":
+                continue
+            values[f.name] = _env_number(env, "COHORTS_" + f.name.upper(), f.default)
+        return replace(cls(**values), **overrides)

@@ -1,0 +1,202 @@
+"""Runs one cohort job: claim it, heartbeat, call the engine, publish under the version guard."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+import redis as redis_lib
+
+from app.data import cohorts, jobs, projects, versions
+from cohort_engine import bitmaps, db
+from cohort_engine.definition import DefinitionError, parse_definition
+from cohort_engine.evaluate import EngineError
+from cohort_engine.project import ProjectEngine
+
+log = logging.getLogger(__name__)
+
+
+class JobStopped(Exception):
+    """The job was cancelled, superseded or taken away while it ran."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+class RetryLater(Exception):
+    """The job cannot run now (another delivery holds it, or a service is down); retry the task."""
+
+
+class Heartbeat(threading.Thread):
+    """Touches the job row every interval while the job computes, on a connection of its own."""
+
+    def __init__(self, dsn: str, job_id: int, token: str, interval: float):
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.dsn, self.job_id, self.token, self.interval = dsn, job_id, token, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                with db.connection(self.dsn) as conn:
+                    jobs.touch(conn, self.job_id, self.token)
+            except Exception:  # a missed beat is retried at the next interval
+                log.warning("job=%s heartbeat failed", self.job_id, exc_info=True)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=self.interval + 5)
+
+
+class JobExecutor:
+    """Executes the job with the given id to a final status."""
+
+    def __init__(self, settings, job_id: int):
+        self.settings = settings
+        self.dsn = settings.engine.database_url
+        self.job_id = job_id
+        # Names the process, so operators (and tests) can tell which worker holds a job.
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._redis = None
+
+    @property
+    def redis(self):
+        if self._redis is None:
+            self._redis = redis_lib.Redis.from_url(self.settings.engine.redis_url)
+        return self._redis
+
+    def run(self) -> dict | None:
+        with db.connection(self.dsn) as conn:
+            job, why = jobs.claim(conn, self.job_id, self.token, self.settings.stale_after)
+            if why == "exhausted":
+                jobs.fail(conn, self.job_id, "worker_lost",
+                          f"the job was started {job['attempts']} times and its worker was lost each time "
+                          "(killed, out of memory, or past the hard time limit); check worker logs, "
+                          "then narrow the definition or give workers more memory")
+                log.error("job=%s status=failed error_code=worker_lost attempts=%s", self.job_id, job["attempts"])
+                return None
+        if why == "busy":
+            raise RetryLater("another delivery of this job is computing it")
+        if why != "claimed":
+            log.info("job=%s skipped reason=%s", self.job_id, why)
+            return None
+        log.info("job=%s cohort=%s kind=%s status=computing attempt=%s", job["id"], job["cohort_id"], job["kind"],
+                 job["attempts"])
+        heartbeat = Heartbeat(self.dsn, self.job_id, self.token, self.settings.heartbeat_interval)
+        heartbeat.start()
+        try:
+            return self._compute(job)
+        except (JobStopped, EngineError) as exc:
+            self._fail(job, exc.code, exc.message)
+        except DefinitionError as exc:
+            self._fail(job, "bad_definition", f"the stored definition is invalid: {exc}; update the cohort")
+        finally:
+            heartbeat.stop()
+            if self._redis is not None:
+                self._redis.close()
+        return None
+
+    def fail_current(self, code: str, message: str) -> None:
+        """End this delivery's job failed (used by the task for time limits and unexpected errors)."""
+        with db.connection(self.dsn) as conn:
+            job = jobs.get(conn, self.job_id)
+        if job is not None:
+            self._fail(job, code, message)
+
+    def release(self) -> None:
+        """Hand the job back for a retry of the task."""
+        with db.connection(self.dsn) as conn:
+            jobs.release(conn, self.job_id, self.token)
+
+    def _fail(self, job: dict, code: str, message: str) -> None:
+        with db.connection(self.dsn) as conn:
+            ended = jobs.fail(conn, self.job_id, code, message, token=self.token)
+            if ended and job["cohort_id"] is not None:
+                cohort = cohorts.get_any(conn, job["cohort_id"])
+                if cohort is not None:
+                    versions.insert_failed(conn, cohort["id"], job["params"].get("definition_version", 0),
+                                           job["base_time"], code, message)
+                    if job["kind"] == "cron":
+                        cohorts.record_outcome(conn, cohort["id"], True, self.settings.backoff_base,
+                                               self.settings.backoff_max)
+        log.warning("job=%s cohort=%s status=failed error_code=%s message=%r", self.job_id, job["cohort_id"], code,
+                    message)
+
+    def _progress(self, done: int, total: int) -> None:
+        percent = min(99, done * 99 // max(total, 1))
+        with db.connection(self.dsn) as conn:
+            state = jobs.touch(conn, self.job_id, self.token, percent)
+        if state is None:
+            raise JobStopped("claim_lost", "the job was taken over by the reaper or ended by another process")
+        if state["cancel_requested"]:
+            raise JobStopped("cancelled", "the job was cancelled on request")
+
+    def _compute(self, job: dict) -> dict:
+        with db.connection(self.dsn) as conn:
+            project = projects.by_id(conn, job["project_id"])
+            cohort = cohorts.get_any(conn, job["cohort_id"]) if job["cohort_id"] else None
+        if job["cohort_id"] and cohort is None:
+            raise JobStopped("cohort_deleted", "the cohort was deleted before its job ran")
+        definition = cohort["definition"] if cohort else job["params"]["definition"]
+        definition_version = cohort["definition_version"] if cohort else 0
+        engine = ProjectEngine(self.settings.engine, project["name"])
+        prefix = self.settings.engine.key_prefix
+
+        def load_cohort(cohort_id: int):
+            return bitmaps.load(self.redis, bitmaps.cohort_key(prefix, project["id"], cohort_id))
+
+        result = engine.compute(parse_definition(definition), base_time=job["base_time"], load_cohort=load_cohort,
+                                progress=self._progress)
+        if cohort is None:
+            return self._finish(job, None, {"count": result.count})
+        version_key = bitmaps.cohort_key(prefix, project["id"], cohort["id"], f"j{job['id']}")
+        bitmaps.publish(self.redis, version_key, result.bitmap)
+        return self._publish(job, definition_version, version_key, result)
+
+    def _publish(self, job: dict, definition_version: int, version_key: str, result) -> dict:
+        prefix = self.settings.engine.key_prefix
+        with db.connection(self.dsn) as conn:
+            # The cohort row lock orders publishers: an older run never overwrites a newer version.
+            cohort = cohorts.get_any(conn, job["cohort_id"], lock=True)
+            if cohort is None:
+                raise JobStopped("cohort_deleted", "the cohort was deleted while its job ran")
+            # Locks the job row too, so the reaper cannot take it between here and the commit.
+            state = jobs.touch(conn, self.job_id, self.token)
+            if state is None:
+                raise JobStopped("claim_lost", "the job ended elsewhere before it could be published")
+            if state["cancel_requested"]:
+                raise JobStopped("cancelled", "the job was cancelled on request")
+            if cohort["definition_version"] != definition_version:
+                raise JobStopped("superseded", "the cohort's definition changed while this job ran; "
+                                               "the job for the new definition publishes instead")
+            version = versions.insert_succeeded(conn, cohort["id"], definition_version, job["base_time"],
+                                                result.count, version_key)
+            latest = versions.get(conn, cohort["latest_version_id"])
+            is_newest = latest is None or (latest["definition_version"], latest["base_time"]) <= (
+                definition_version, job["base_time"])
+            if is_newest:
+                bitmaps.publish(self.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
+                                result.bitmap)
+                cohorts.set_latest_version(conn, cohort["id"], version["id"])
+            if job["kind"] == "cron":
+                cohorts.record_outcome(conn, cohort["id"], False, self.settings.backoff_base, self.settings.backoff_max)
+            outcome = {"count": result.count, "version_id": version["id"], "published": is_newest,
+                       "leaves": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()}
+                                  for t in result.timings]}
+            jobs.succeed(conn, self.job_id, self.token, outcome, version["id"])
+        log.info("job=%s cohort=%s status=succeed count=%s published=%s", job["id"], job["cohort_id"], result.count,
+                 is_newest)
+        return outcome
+
+    def _finish(self, job: dict, version_id, outcome: dict) -> dict:
+        with db.connection(self.dsn) as conn:
+            jobs.succeed(conn, self.job_id, self.token, outcome, version_id)
+        log.info("job=%s status=succeed count=%s", job["id"], outcome.get("count"))
+        return outcome
+
+

@@ -1,0 +1,71 @@
+"""Periodic tasks run by beat: the sweeper/reaper and the dynamic-cohort scheduler."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from celery import shared_task
+from croniter import croniter
+
+from app.data import cohorts, jobs, projects
+from app.queue import enqueue, submit_cohort_job
+from cohort_engine import db
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="cohorts.sweep", bind=True, ignore_result=True)
+def sweep(self) -> dict:
+    """Reap jobs whose heartbeat stopped and re-enqueue jobs left `new`."""
+    settings = self.app.cohort_settings
+    requeued, failed = [], []
+    with db.connection(settings.engine.database_url) as conn:
+        for job in jobs.stale_computing(conn, settings.stale_after):
+            if job["attempts"] >= job["max_attempts"]:
+                jobs.fail(conn, job["id"], "worker_lost",
+                          f"the worker computing this job stopped sending heartbeats ({job['attempts']} attempts); "
+                          "check that workers are running and not running out of memory")
+                failed.append(job["id"])
+            else:
+                jobs.requeue(conn, job["id"])
+                requeued.append(job["id"])
+        waiting = jobs.waiting_unqueued(conn, settings.sweep_interval, settings.requeue_after)
+    for job_id in failed:
+        log.warning("job=%s status=failed error_code=worker_lost reaped=true", job_id)
+    resend = requeued + [j for j in waiting if j not in requeued]
+    enqueue(self.app, lambda: db.connection(settings.engine.database_url), resend)
+    if resend or failed:
+        log.info("sweep requeued=%s failed=%s", resend, failed)
+    return {"requeued": resend, "failed": failed}
+
+
+def due_fire_time(cron: str, tz: ZoneInfo, since: datetime, now: datetime) -> datetime | None:
+    """The latest cron fire time in (since, now], in the project's zone, or None."""
+    latest = croniter(cron, now.astimezone(tz)).get_prev(datetime)
+    return latest if latest > since else None
+
+
+@shared_task(name="cohorts.schedule", bind=True, ignore_result=True)
+def schedule(self) -> list[int]:
+    """Create one job per dynamic cohort whose cron fired since its last fire (missed fires coalesce)."""
+    settings = self.app.cohort_settings
+    now = datetime.now(UTC)
+    created = []
+    with db.connection(settings.engine.database_url) as conn:
+        for cohort in cohorts.due_for_schedule(conn):
+            if cohort["retry_after"] and cohort["retry_after"] > now:
+                continue  # backing off after failures
+            tz = ZoneInfo(projects.by_id(conn, cohort["project_id"])["timezone"])
+            since = cohort["last_fire_at"] or cohort["updated_at"]
+            fire = due_fire_time(cohort["cron"], tz, since, now)
+            if fire is None:
+                continue
+            job, is_new = submit_cohort_job(conn, cohort, "cron", base_time=fire, max_attempts=settings.max_attempts)
+            cohorts.record_fire(conn, cohort["id"], fire)
+            if is_new:
+                created.append(job["id"])
+                log.info("cohort=%s job=%s cron fire=%s", cohort["id"], job["id"], fire.isoformat())
+    enqueue(self.app, lambda: db.connection(settings.engine.database_url), created)
+    return created

@@ -1,0 +1,63 @@
+"""Real Celery worker and beat processes for tests (subprocesses, killed at teardown)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CELERY = [sys.executable, "-m", "celery", "-A", "workers.main"]
+
+
+def start_worker(env: dict, name: str, log_path: Path, concurrency: int = 2, extra_env: dict | None = None):
+    """A prefork worker on the cohorts queue, in its own process group."""
+    log = open(log_path, "ab")
+    return subprocess.Popen(
+        [*CELERY, "worker", "--pool", "prefork", "--concurrency", str(concurrency), "--queues", "cohorts",
+         "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+        cwd=ROOT, env={**env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def start_beat(env: dict, schedule_path: Path, log_path: Path):
+    log = open(log_path, "ab")
+    return subprocess.Popen(
+        [*CELERY, "beat", "--loglevel", "INFO", "--schedule", str(schedule_path)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_worker(celery_app, name: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replies = celery_app.control.ping(timeout=0.5) or []
+        if any(worker.startswith(name + "@") for reply in replies for worker in reply):
+            return
+    raise TimeoutError(f"worker {name} did not answer a ping within {timeout}s")
+
+
+def stop(process, sig=signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Stop a process group: sig first, SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    """Poll predicate until it returns something truthy; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")

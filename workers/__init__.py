@@ -1,0 +1,1 @@
+"""Celery application, configuration and entry points for worker and beat."""

@@ -1,0 +1,36 @@
+"""The Celery application factory: broker, reliability settings, beat schedule."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.settings import Settings
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    """A configured Celery app; tasks are found in the `tasks` package."""
+    settings = settings or Settings.from_env()
+    celery = Celery("cohorts", broker=settings.broker_url, include=["tasks.cohorts", "tasks.maintenance"])
+    celery.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.soft_time_limit,
+        task_time_limit=settings.hard_time_limit,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_default_queue="cohorts",
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "sweep-jobs": {"task": "cohorts.sweep", "schedule": settings.sweep_interval},
+            "schedule-dynamic-cohorts": {"task": "cohorts.schedule", "schedule": settings.schedule_interval},
+        },
+    )
+    celery.cohort_settings = settings
+    return celery
