@@ -5,10 +5,13 @@ BIN := $(VENV)/bin
 export COHORTS_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/cohorts
 export COHORTS_REDIS_URL ?= redis://127.0.0.1:6379/0
 export COHORTS_STORE_DIR ?= $(CURDIR)/var/store
+export COHORTS_BROKER_URL ?= redis://127.0.0.1:6379/1
+export COHORTS_DEFAULT_TOKEN ?= dev-token
+export FLOWER_BASIC_AUTH ?= admin:admin
 SAMPLE_USERS ?= 20000
 SAMPLE_EVENTS ?= 400000
 
-.PHONY: run test bench lint services migrate sample demo clean
+.PHONY: run test bench lint services migrate sample demo token clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required (apt-get install python3)"'
@@ -29,7 +32,11 @@ sample: migrate
 demo: sample
 	$(BIN)/cohorts demo
 
-run: demo
+token: migrate
+	$(BIN)/python -m app.manage set-token default $(COHORTS_DEFAULT_TOKEN)
+
+run: sample token
+	bash scripts/run.sh
 
 test: $(BIN)/.installed services
 	$(BIN)/python -m pytest -q
