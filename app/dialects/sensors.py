@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta
 from croniter import croniter
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
-from cohort_engine.definition import DefinitionError, check_values, parse_definition
+from cohort_engine.definition import MAX_DEPTH, DefinitionError, check_values, parse_definition
 
 CohortResolver = Callable[[str], "int | None"]
 
@@ -451,6 +451,22 @@ class EventSequenceRuleSchema(_DialectSchema):
         return {"type": "sequence", "steps": data["steps"], "window": window}
 
 
+def _nesting(node) -> int:
+    """How deep rules, subfilters and steps nest (checked before loading, which recurses)."""
+    deepest, stack = 0, [(node, 0)]
+    while stack:
+        current, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        if isinstance(current, dict):
+            for key in ("rules", "subfilters", "filters", "steps"):
+                children = current.get(key)
+                if isinstance(children, list):
+                    stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def to_canonical(content, resolve_cohort: CohortResolver | None = None) -> dict:
     """The validated canonical tree of a segmenter rule's `content`.
 
@@ -459,6 +475,8 @@ def to_canonical(content, resolve_cohort: CohortResolver | None = None) -> dict:
     """
     if not isinstance(content, dict):
         raise ValidationError({"content": ["must be an object"]})
+    if _nesting(content) > MAX_DEPTH:
+        raise ValidationError({"content": [f"nested deeper than {MAX_DEPTH} levels"]})
     try:
         tree = RulesRelationSchema(resolve_cohort=resolve_cohort).load(content)
     except ValidationError as exc:

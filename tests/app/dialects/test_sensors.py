@@ -284,6 +284,13 @@ def test_bad_node_error_names_its_path(bad, path):
     assert all(message for message in errors[path])
 
 
+def test_deep_nesting_is_refused_before_loading():
+    node = profile_rule("user.a", "isSet")
+    for _ in range(2000):
+        node = content(node)
+    assert "nested deeper" in errors_of(to_canonical, node)["content"][0]
+
+
 def test_error_messages_use_sensors_names():
     errors = errors_of(to_canonical, content(profile_rule("user.a", "equal", [])))
     assert errors == {"content.rules[0].params": ["equal needs at least one value"]}
