@@ -8,6 +8,7 @@ of worker processes evaluate cohorts while an ingest runs, each seeing one consi
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import json
 import logging
@@ -190,7 +191,7 @@ class EventStore:
                       event_column: str = "event", time_column: str = "time") -> int:
         """Append the events of a CSV / JSON Lines / Parquet file; return the rows added."""
         with self._writer() as manifest, _scratch(self.threads) as con:
-            _load_source(con, path)
+            lines, zoned = _load_source(con, path)
             source_cols = _columns(con, "src")
             for required in (key_column, event_column, time_column):
                 if required not in source_cols:
@@ -200,19 +201,19 @@ class EventStore:
                 (f"{quote(key_column)} IS NULL OR CAST({quote(key_column)} AS VARCHAR) = ''", f"empty {key_column}"),
                 (f"{quote(event_column)} IS NULL OR CAST({quote(event_column)} AS VARCHAR) = ''", f"empty {event_column}"),
                 (f"({time_expr}) IS NULL", f"{time_column} is missing or not a time"),
-            ])
+            ], lines)
             props = {c: t for c, t in source_cols.items() if c not in (key_column, event_column, time_column)}
             reserved = set(EVENT_COLUMNS) & set(props)
             if reserved:
                 raise IngestError(f"{path}: column names {sorted(reserved)} are reserved")
             columns = dict(manifest.event_columns)
-            select = [f"k.uid AS uid", f"CAST(s.{quote(event_column)} AS VARCHAR) AS event", f"{time_expr} AS time"]
+            select = ["k.uid AS uid", f"CAST(s.{quote(event_column)} AS VARCHAR) AS event", f"{time_expr} AS time"]
             checks = []
             for col, typ in props.items():
-                target = columns.setdefault(col, normalised_type(typ))
+                target = columns.setdefault(col, "TIMESTAMP" if col in zoned else normalised_type(typ))
                 select.append(_typed(f"s.{quote(col)}", typ, target, tz) + f" AS {quote(col)}")
                 checks.append((col, typ, target))
-            _reject_bad_casts(con, path, checks, tz)
+            _reject_bad_casts(con, path, checks, tz, lines)
             _attach_uids(con, key_column, encode_keys)
             part = f"events/part-{manifest.version + 1:06d}-{uuid.uuid4().hex[:8]}.parquet"
             (self.root / "events").mkdir(exist_ok=True)
@@ -236,21 +237,21 @@ class EventStore:
     def ingest_users(self, path: str | os.PathLike, encode_keys, tz: ZoneInfo, key_column: str = "distinct_id") -> int:
         """Upsert user profiles by key: given columns replace stored values, others are kept."""
         with self._writer() as manifest, _scratch(self.threads) as con:
-            _load_source(con, path)
+            lines, zoned = _load_source(con, path)
             source_cols = _columns(con, "src")
             if key_column not in source_cols:
                 raise IngestError(f"{path}: missing column {key_column!r} (columns: {', '.join(source_cols)})")
             _reject_bad_rows(con, path, [
                 (f"{quote(key_column)} IS NULL OR CAST({quote(key_column)} AS VARCHAR) = ''", f"empty {key_column}"),
-            ])
+            ], lines)
             props = {c: t for c, t in source_cols.items() if c != key_column}
             if "uid" in props:
                 raise IngestError(f"{path}: column name 'uid' is reserved")
             columns = dict(manifest.user_columns)
             checks = []
             for col, typ in props.items():
-                checks.append((col, typ, columns.setdefault(col, normalised_type(typ))))
-            _reject_bad_casts(con, path, checks, tz)
+                checks.append((col, typ, columns.setdefault(col, "TIMESTAMP" if col in zoned else normalised_type(typ))))
+            _reject_bad_casts(con, path, checks, tz, lines)
             _attach_uids(con, key_column, encode_keys)
             # The last row of a key in the file wins.
             typed = ", ".join(_typed(f"s.{quote(c)}", t, columns[c], tz) + f" AS {quote(c)}" for c, t in props.items())
@@ -310,24 +311,74 @@ def _scratch(threads):
         con.close()
 
 
-def _load_source(con, path) -> None:
+def _load_source(con, path) -> tuple[list[int] | None, set[str]]:
+    """Load the file into table src; return (for CSV) the line each row starts on, and the time
+    columns kept as text because their values carry offsets."""
     path = str(path)
     lower = path.lower()
     literal = "'" + path.replace("'", "''") + "'"
+    if not os.path.exists(path):
+        raise IngestError(f"{path}: no such file")
+    lines = None
+    zoned: list[str] = []
     if lower.endswith(".parquet"):
         reader = f"read_parquet({literal})"
     elif lower.endswith((".jsonl", ".ndjson", ".json")):
         reader = f"read_json({literal}, format = 'newline_delimited', sample_size = -1)"
     elif lower.endswith((".csv", ".tsv")):
-        reader = f"read_csv({literal}, header = true, sample_size = -1, strict_mode = true)"
+        delimiter = "\t" if lower.endswith(".tsv") else ","
+        # DuckDB's sniffer, given a ragged file, silently reads it as one column or as no rows,
+        # so the shape is checked here first, which also yields true line numbers.
+        lines = _csv_record_lines(path, delimiter)
+        dialect = f"delim = '{delimiter}', quote = '\"', escape = '\"'"
+        reader = f"read_csv({literal}, header = true, sample_size = -1, strict_mode = true, {dialect})"
     else:
         raise IngestError(f"{path}: unknown file type (use .csv, .jsonl or .parquet)")
-    if not os.path.exists(path):
-        raise IngestError(f"{path}: no such file")
     try:
+        if lines is not None:
+            # A CSV time column that mixes zone-less and offset values is sniffed as
+            # TIMESTAMPTZ, reading zone-less values as UTC: keep such columns as text, so
+            # each value is placed by its own offset or else by the project's zone.
+            sniffed = con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
+            zoned = [name for name, typ, *_ in sniffed if typ.upper() == "TIMESTAMP WITH TIME ZONE"]
+            if zoned:
+                types = ", ".join("'" + n.replace("'", "''") + "': 'VARCHAR'" for n in zoned)
+                reader = reader[:-1] + f", types = {{{types}}})"
         con.execute(f"CREATE TEMP TABLE src AS SELECT * FROM {reader}")
     except duckdb.Error as exc:
         raise IngestError(f"{path}: {exc}") from None
+    if lines is not None:
+        rows = con.execute("SELECT count(*) FROM src").fetchone()[0]
+        if rows != len(lines):
+            raise IngestError(f"{path}: read {rows} rows but the file has {len(lines)} records; nothing was ingested")
+    return lines, set(zoned)
+
+
+def _csv_record_lines(path: str, delimiter: str) -> list[int]:
+    """The line each CSV record starts on; IngestError naming records whose field count is wrong."""
+    lines: list[int] = []
+    bad: list[str] = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f, delimiter=delimiter, strict=True)
+            header = next(reader, None)
+            if not header:
+                raise IngestError(f"{path}: the file is empty (a header line is required)")
+            next_line = reader.line_num + 1
+            for record in reader:
+                start, next_line = next_line, reader.line_num + 1
+                if not record:
+                    continue
+                lines.append(start)
+                if len(record) != len(header) and len(bad) < 5:
+                    bad.append(f"{start} ({len(record)} fields, the header has {len(header)})")
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise IngestError(f"{path}: malformed CSV at line {reader.line_num}: {exc}; nothing was ingested") from None
+    if bad:
+        raise IngestError(f"{path}: wrong number of fields at line {', '.join(bad)}; nothing was ingested")
+    return lines
 
 
 def _columns(con, table: str) -> dict[str, str]:
@@ -336,33 +387,56 @@ def _columns(con, table: str) -> dict[str, str]:
         [table]).fetchall()}
 
 
-def _line_offset(path) -> int:
-    """Row 0 of the source table sits on this line of the file (header lines before it)."""
-    return 2 if str(path).lower().endswith((".csv", ".tsv")) else 1
-
-
-def _reject_bad_rows(con, path, conditions) -> None:
+def _reject_bad_rows(con, path, conditions, lines: list[int] | None) -> None:
     for condition, reason in conditions:
-        bad = con.execute(f"SELECT rowid FROM src WHERE {condition} ORDER BY rowid LIMIT 5").fetchall()
+        bad = [r[0] for r in con.execute(f"SELECT rowid FROM src WHERE {condition} ORDER BY rowid LIMIT 5").fetchall()]
         if bad:
-            lines = ", ".join(str(r[0] + _line_offset(path)) for r in bad)
-            what = "line" if not str(path).lower().endswith(".parquet") else "row"
-            raise IngestError(f"{path}: {reason} at {what} {lines}; nothing was ingested")
+            if lines is not None:
+                where = "line " + ", ".join(str(lines[r]) for r in bad)
+            elif str(path).lower().endswith(".parquet"):
+                where = "row " + ", ".join(str(r + 1) for r in bad)
+            else:
+                where = "line " + ", ".join(str(r + 1) for r in bad)
+            raise IngestError(f"{path}: {reason} at {where}; nothing was ingested")
 
 
-def _reject_bad_casts(con, path, checks, tz) -> None:
+def _reject_bad_casts(con, path, checks, tz, lines) -> None:
     for col, typ, target in checks:
         expr = _typed(quote(col), typ, target, tz)
         _reject_bad_rows(con, path, [(f"{quote(col)} IS NOT NULL AND ({expr}) IS NULL",
-                                      f"column {col!r} holds a value that is not {target}")])
+                                      f"column {col!r} holds a value that is not {_KIND_NAMES[target]}")], lines)
+
+
+_KIND_NAMES = {"BIGINT": "an integer", "DOUBLE": "a number", "BOOLEAN": "a boolean", "TIMESTAMP": "a time",
+               "VARCHAR": "a string"}
 
 
 def _typed(expr: str, source_type: str, target: str, tz: ZoneInfo) -> str:
+    """expr converted to the column's storage type; NULL where the value is not of that type."""
+    source = normalised_type(source_type)
+    text = f"trim(CAST({expr} AS VARCHAR))"
     if target == "TIMESTAMP":
+        if source == "BOOLEAN":
+            return "NULL::TIMESTAMP"
         return _utc_time_expr(expr, source_type, tz)
     if target == "VARCHAR":
         return f"CAST({expr} AS VARCHAR)"
-    return f"TRY_CAST({expr} AS {target})"
+    if target == "BOOLEAN":
+        if source == "BOOLEAN":
+            return expr
+        return f"TRY_CAST({text} AS BOOLEAN)" if source == "VARCHAR" else "NULL::BOOLEAN"
+    if target == "BIGINT":
+        # Casting rounds 1.5 to 2; a fraction in an integer column is a wrong value, not a rounding.
+        if source == "BIGINT":
+            return f"TRY_CAST({expr} AS BIGINT)"
+        if source == "DOUBLE":
+            return f"CASE WHEN {expr} = trunc({expr}) THEN TRY_CAST({expr} AS BIGINT) END"
+        if source == "VARCHAR":
+            return f"CASE WHEN regexp_full_match({text}, '[+-]?[0-9]+') THEN TRY_CAST({text} AS BIGINT) END"
+        return "NULL::BIGINT"
+    if source in ("BIGINT", "DOUBLE"):
+        return f"TRY_CAST({expr} AS DOUBLE)"
+    return f"TRY_CAST({text} AS DOUBLE)" if source == "VARCHAR" else "NULL::DOUBLE"
 
 
 def _utc_time_expr(expr: str, source_type: str, tz: ZoneInfo) -> str:
