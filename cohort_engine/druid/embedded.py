@@ -1,0 +1,711 @@
+"""Native Druid JSON queries answered from the embedded store, in Druid's response shapes.
+
+Each query becomes one parameterised DuckDB statement over a store Snapshot. Anything the
+translation does not implement answers Druid's error body with HTTP 501 (never a guess), and a
+malformed query answers 400 naming the offending field.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import duckdb
+import pyarrow as pa
+from pyroaring import BitMap
+
+from .. import db
+from ..bitmaps import to_bitmap
+from ..dictionary import UserKeyDictionary
+from ..store import Snapshot, quote
+from .errors import BadQuery, DruidQueryError, QueryTimeout, Unsupported, require
+from .filters import DOUBLE, LONG, NUMERIC, STRING, Columns, FilterTranslator, HavingTranslator, SqlParams
+from .times import DAY_MS, Granularity, clamp_datetime, parse_granularity, parse_intervals
+
+log = logging.getLogger(__name__)
+
+UID = "__embedded_uid"
+TS = "__embedded_ts"
+BUCKET = "__embedded_bucket"
+DECODE_BATCH = 50_000
+DEFAULT_SCAN_BATCH = 20_480
+LUCENE_PREFIX = "lucene_"
+_PARAM = re.compile(r"\$(p\d+)\b")
+
+
+@dataclass(frozen=True)
+class DataSourceSpec:
+    """Where a Druid dataSource lives: a project's `events` or `users`, and its user-key dimension."""
+
+    project: str
+    table: str
+    key_dimension: str = "distinct_id"
+
+    def __post_init__(self):
+        if self.table not in ("events", "users"):
+            raise ValueError(f"datasource table must be 'events' or 'users', not {self.table!r}")
+
+
+DEFAULT_DATASOURCES = {
+    "schedule_desc": DataSourceSpec("default", "events"),
+    "tag_bank": DataSourceSpec("default", "users"),
+}
+
+
+class ProjectAccess(Protocol):
+    """What the executor needs from a project: a snapshot to read and a uid -> key decoder."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    def decode(self, uids: list[int]) -> list[str | None]: ...
+
+
+class EngineProjectAccess:
+    """ProjectAccess over a ProjectEngine (its store and its PostgreSQL key dictionary)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def snapshot(self) -> Snapshot:
+        return self.engine.store.snapshot()
+
+    def decode(self, uids: list[int]) -> list[str | None]:
+        conn = db.connect(self.engine.config.database_url)
+        try:
+            return UserKeyDictionary(conn, self.engine.project_id).decode(uids)
+        finally:
+            conn.close()
+
+
+class DataSources:
+    """The registry mapping Druid dataSource names to project tables; projects are opened once."""
+
+    def __init__(self, open_project: Callable[[str], ProjectAccess], mapping: Mapping | None = None):
+        self._open_project = open_project
+        self._projects: dict[str, ProjectAccess] = {}
+        self.mapping = {name: _spec(name, value)
+                        for name, value in (DEFAULT_DATASOURCES if mapping is None else mapping).items()}
+
+    @classmethod
+    def for_config(cls, config, mapping: Mapping | None = None) -> DataSources:
+        """Registry over the engine's projects (ProjectEngine per project)."""
+        from ..project import ProjectEngine
+
+        return cls(lambda project: EngineProjectAccess(ProjectEngine(config, project)), mapping)
+
+    def resolve(self, name: str) -> tuple[DataSourceSpec, ProjectAccess]:
+        spec = self.mapping.get(name)
+        if spec is None:
+            known = ", ".join(sorted(self.mapping)) or "none"
+            raise BadQuery(f"dataSource {name!r} is not configured (known: {known})")
+        if spec.project not in self._projects:
+            self._projects[spec.project] = self._open_project(spec.project)
+        return spec, self._projects[spec.project]
+
+
+def _spec(name, value) -> DataSourceSpec:
+    if isinstance(value, DataSourceSpec):
+        return value
+    if isinstance(value, Mapping):
+        return DataSourceSpec(**value)
+    if isinstance(value, (tuple, list)) and len(value) in (2, 3):
+        return DataSourceSpec(*value)
+    raise ValueError(f"datasource {name!r}: expected DataSourceSpec, dict or (project, table), got {value!r}")
+
+
+def execute(query: dict, datasources: DataSources) -> tuple[int, object]:
+    """(HTTP status, JSON body) for a native Druid query, as a Druid broker would answer it."""
+    try:
+        return 200, run(query, datasources)
+    except DruidQueryError as exc:
+        log.info("druid embedded query refused status=%d error=%r message=%r", exc.status, exc.error, exc.message)
+        return exc.status, exc.body()
+
+
+def run(query: dict, datasources: DataSources):
+    """The Druid response body for query; raises DruidQueryError (400/501/504) when it cannot."""
+    plan = _Plan(query, datasources)
+    return plan.run()
+
+
+def user_group_uids(query: dict, datasources: DataSources) -> BitMap:
+    """The uids of a Sugo `user_group` query whose dimension is the datasource's key dimension."""
+    plan = _Plan(query, datasources)
+    if plan.query_type != "user_group":
+        raise BadQuery("queryType must be user_group")
+    if plan.query["dimension"] != plan.spec.key_dimension:
+        raise BadQuery(f"dimension must be the key dimension {plan.spec.key_dimension!r} to answer uids")
+    return plan.run(uids=True)
+
+
+class SourceColumns(Columns):
+    """The Druid view of a store table: `__time`, the user key, and the stored properties."""
+
+    def __init__(self, spec: DataSourceSpec, snapshot: Snapshot):
+        super().__init__()
+        self.spec = spec
+        self.is_events = spec.table == "events"
+        stored = snapshot.event_columns if self.is_events else snapshot.user_columns
+        self.exprs: dict[str, tuple[str, str]] = {}
+        for column, sql_type in stored.items():
+            if column == "uid" or (self.is_events and column == "time"):
+                continue
+            self.exprs[column] = _druid_typed(f"t.{quote(column)}", sql_type.upper())
+        # Users have no time; they sit at the epoch, so "1000/3000"-style intervals include them.
+        self.exprs["__time"] = ("epoch_ms(t.time)" if self.is_events else "CAST(0 AS BIGINT)", LONG)
+        self.exprs.pop(spec.key_dimension, None)
+
+    def type_of(self, name: str) -> str | None:
+        if name == self.spec.key_dimension:
+            return STRING
+        entry = self.exprs.get(name)
+        return entry[1] if entry else None
+
+    def time_sql(self) -> str | None:
+        return quote(TS) if self.is_events else None
+
+    def all_names(self) -> list[str]:
+        """Scan's default columns: __time, the key, then the stored columns."""
+        rest = [n for n in self.exprs if n != "__time"]
+        return ["__time", self.spec.key_dimension, *rest]
+
+
+def _druid_typed(sql: str, sql_type: str) -> tuple[str, str]:
+    if sql_type == "BIGINT" or sql_type in ("INTEGER", "SMALLINT", "TINYINT", "UINTEGER"):
+        return sql, LONG
+    if sql_type in ("DOUBLE", "FLOAT", "REAL") or sql_type.startswith("DECIMAL"):
+        return f"CAST({sql} AS DOUBLE)", DOUBLE
+    if sql_type.startswith("TIMESTAMP"):
+        return f"epoch_ms({sql})", LONG
+    if sql_type == "BOOLEAN":
+        return f"CASE WHEN {sql} THEN 'true' WHEN NOT {sql} THEN 'false' END", STRING
+    if sql_type == "VARCHAR":
+        return sql, STRING
+    return f"CAST({sql} AS VARCHAR)", STRING
+
+
+class OutputColumns(Columns):
+    """Columns of an aggregated row (dimension and aggregator output names), for having specs."""
+
+    def __init__(self, types: dict[str, str]):
+        super().__init__()
+        self.types = types
+
+    def type_of(self, name: str) -> str | None:
+        return self.types.get(name)
+
+
+@dataclass
+class _Output:
+    name: str
+    sql: str
+    kind: str  # STRING / LONG / DOUBLE
+    empty: object = None  # the value over no rows (timeseries empty buckets)
+
+
+class _Plan:
+    """One query: validated, translated to SQL, executed, shaped as Druid's response."""
+
+    def __init__(self, query, datasources: DataSources):
+        if not isinstance(query, dict):
+            raise BadQuery("the query must be a JSON object")
+        self.query = query
+        raw_type = require(query, "queryType", "query", str)
+        self.lucene = raw_type.startswith(LUCENE_PREFIX)
+        self.query_type = raw_type[len(LUCENE_PREFIX):] if self.lucene else raw_type
+        if self.query_type not in ("groupBy", "timeseries", "topN", "scan", "user_group"):
+            if self.query_type in ("search", "timeBoundary", "segmentMetadata", "dataSourceMetadata", "select"):
+                raise Unsupported(f"queryType {raw_type!r} is not supported by the embedded engine")
+            raise BadQuery(f"unknown queryType {raw_type!r}")
+        self.context = query.get("context") or {}
+        if not isinstance(self.context, dict):
+            raise BadQuery("context must be an object")
+        self.datasource = self._datasource_name(query.get("dataSource"))
+        self.spec, self.access = datasources.resolve(self.datasource)
+        self.snapshot = self.access.snapshot()
+        self.columns = SourceColumns(self.spec, self.snapshot)
+        self.params = SqlParams()
+        self.filters = FilterTranslator(self.columns, self.params)
+        self.intervals = parse_intervals(query.get("intervals"))
+        self.granularity = parse_granularity(query.get("granularity"))
+        for field in ("virtualColumns", "postAggregations", "subtotalsSpec"):
+            if query.get(field):
+                raise Unsupported(f"{field} is not supported by the embedded engine")
+
+    @staticmethod
+    def _datasource_name(spec) -> str:
+        if isinstance(spec, str):
+            return spec
+        if isinstance(spec, dict):
+            if spec.get("type") == "table" and isinstance(spec.get("name"), str):
+                return spec["name"]
+            raise Unsupported(f"dataSource type {spec.get('type')!r} is not supported (table names only)")
+        raise BadQuery("dataSource is required")
+
+    # -- the shared pieces -------------------------------------------------------------------
+
+    def _filter_sql(self) -> str:
+        spec = self.query.get("filter")
+        return "TRUE" if spec is None else self.filters.filter(spec, "filter")
+
+    def _interval_sql(self) -> str:
+        if not self.columns.is_events:
+            return "TRUE" if any(s <= 0 < e for s, e in self.intervals) else "FALSE"
+        p = self.params
+        return "(" + " OR ".join(f"(t.time >= {p(clamp_datetime(s))} AND t.time < {p(clamp_datetime(e))})"
+                                 for s, e in self.intervals) + ")"
+
+    def _base_sql(self) -> str:
+        names = sorted(n for n in self.columns.used if n != self.spec.key_dimension)
+        select = [f"t.uid AS {quote(UID)}",
+                  f"{'t.time' if self.columns.is_events else 'TIMESTAMP ' + repr('1970-01-01')} AS {quote(TS)}"]
+        select += [f"{self.columns.exprs[n][0]} AS {quote(n)}" for n in names]
+        return f"SELECT {', '.join(select)} FROM {self.spec.table} t WHERE {self._interval_sql()}"
+
+    def _source_ctes(self, con, filter_sql: str, filter_uses_key: bool) -> str:
+        """WITH base/src, decoding user keys into a keymap table only when the key is referenced."""
+        base = self._base_sql()
+        if self.spec.key_dimension not in self.columns.used:
+            return f"WITH base AS ({base}), src AS (SELECT * FROM base) "
+        # Decode only the users the query can reach: those passing the filter when it does not
+        # itself test the key, else everyone in the intervals.
+        where = "TRUE" if filter_uses_key else filter_sql
+        sql = f"WITH base AS ({base}) SELECT DISTINCT {quote(UID)} AS uid FROM base WHERE {where}"
+        uids = con.execute(sql, _bind(sql, self.params.values)).fetchnumpy()["uid"].tolist()
+        keys: list[str | None] = []
+        for start in range(0, len(uids), DECODE_BATCH):
+            keys.extend(self.access.decode(uids[start:start + DECODE_BATCH]))
+        con.register("keymap_arrow", pa.table({"uid": pa.array(uids, pa.uint32()), "key": pa.array(keys, pa.string())}))
+        con.execute("CREATE TEMP TABLE keymap AS SELECT uid, key FROM keymap_arrow")
+        con.unregister("keymap_arrow")
+        return (f"WITH base AS ({base}), src AS (SELECT b.*, k.key AS {quote(self.spec.key_dimension)}"
+                f" FROM base b LEFT JOIN keymap k ON k.uid = b.{quote(UID)}) ")
+
+    def _execute(self, build: Callable[[duckdb.DuckDBPyConnection], str]):
+        """Run the SQL that build(con) returns, interrupting it at context.timeout."""
+        con = self.snapshot.connect()
+        timeout = self.context.get("timeout")
+        timer = None
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+            timer = threading.Timer(timeout / 1000.0, con.interrupt)
+            timer.daemon = True
+            timer.start()
+        try:
+            sql = build(con)
+            return con.execute(sql, _bind(sql, self.params.values)).fetchall()
+        except duckdb.InterruptException:
+            raise QueryTimeout(f"Query [{self.context.get('queryId', '')}] timed out.") from None
+        except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.BinderException,
+                duckdb.OutOfRangeException) as exc:
+            raise BadQuery(f"query cannot be evaluated: {str(exc).splitlines()[0]}") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+            con.close()
+
+    def _all_timestamp(self) -> int:
+        """Granularity `all` rows carry the query start, moved up to the first day holding data."""
+        first = min(s for s, _ in self.intervals)
+        if not self.columns.is_events:
+            return max(first, 0)
+        con = self.snapshot.connect()
+        try:
+            params = SqlParams()
+            where = " OR ".join(f"(time >= {params(clamp_datetime(s))} AND time < {params(clamp_datetime(e))})"
+                                for s, e in self.intervals)
+            (earliest,) = con.execute(f"SELECT epoch_ms(min(time)) FROM events WHERE {where}",
+                                      params.values).fetchone()
+        finally:
+            con.close()
+        return first if earliest is None else max(first, earliest - earliest % DAY_MS)
+
+    def _bucket_sql(self) -> str:
+        if self.granularity.is_all:
+            return "CAST(0 AS BIGINT)"
+        return self.granularity.bucket_sql(quote(TS))
+
+    def _timestamp(self, bucket: int, all_ts: int | None) -> str:
+        return self.granularity.format(all_ts if self.granularity.is_all else bucket)
+
+    # -- dimensions and aggregators ------------------------------------------------------------
+
+    def _dimension(self, spec, path) -> _Output:
+        if isinstance(spec, str):
+            spec = {"type": "default", "dimension": spec}
+        if not isinstance(spec, dict):
+            raise BadQuery(f"{path} must be a dimension name or a dimension spec")
+        kind = spec.get("type", "default")
+        if kind != "default" or spec.get("extractionFn") is not None:
+            raise Unsupported(f"{path}: dimension spec type {kind!r} is not supported (default only)")
+        name = require(spec, "dimension", path, str)
+        output = spec.get("outputName") or name
+        out_type = str(spec.get("outputType") or "STRING").upper()
+        column, kind = self.columns.sql(name), self.columns.type_of(name)
+        if out_type == "STRING":
+            return _Output(output, column if kind in (STRING, None) else f"CAST({column} AS VARCHAR)", STRING)
+        if out_type == "LONG":
+            sql = column if kind == LONG else f"CAST(trunc(TRY_CAST({column} AS DOUBLE)) AS BIGINT)"
+            return _Output(output, sql, LONG)
+        if out_type in ("DOUBLE", "FLOAT"):
+            return _Output(output, f"TRY_CAST({column} AS DOUBLE)", DOUBLE)
+        raise Unsupported(f"{path}.outputType {out_type!r} is not supported")
+
+    def _aggregator(self, spec, path, condition: str | None = None) -> _Output:
+        if not isinstance(spec, dict):
+            raise BadQuery(f"{path} must be an aggregator object")
+        kind = require(spec, "type", path, str)
+        if kind.startswith(LUCENE_PREFIX):
+            kind = kind[len(LUCENE_PREFIX):]
+        if kind == "filtered":
+            inner = require(spec, "aggregator", path, dict)
+            test = self.filters.filter(require(spec, "filter", path, dict), f"{path}.filter")
+            result = self._aggregator(inner, f"{path}.aggregator",
+                                      test if condition is None else f"({condition}) AND {test}")
+            return _Output(spec.get("name") or result.name, result.sql, result.kind, result.empty)
+        name = require(spec, "name", path, str)
+        where = "" if condition is None else f" FILTER (WHERE {condition})"
+        if kind == "count":
+            return _Output(name, f"count(*){where}", LONG, 0)
+        if kind == "cardinality":
+            return self._cardinality(spec, path, name, where)
+        family = {"Sum": "sum", "Min": "min", "Max": "max"}
+        for prefix, out in (("long", LONG), ("double", DOUBLE), ("float", DOUBLE)):
+            if kind.startswith(prefix) and kind[len(prefix):] in family:
+                if spec.get("expression") is not None:
+                    raise Unsupported(f"{path}.expression is not supported")
+                field = require(spec, "fieldName", path, str)
+                column, col_kind = self.columns.sql(field), self.columns.type_of(field)
+                if out == LONG:
+                    # Druid reads a non-long column into a long aggregator by truncating.
+                    value = column if col_kind == LONG else f"CAST(trunc(TRY_CAST({column} AS DOUBLE)) AS BIGINT)"
+                    fn = family[kind[len(prefix):]]
+                    sql = f"CAST({fn}({value}){where} AS BIGINT)" if fn == "sum" else f"{fn}({value}){where}"
+                else:
+                    value = column if col_kind == DOUBLE else f"TRY_CAST({column} AS DOUBLE)"
+                    sql = f"{family[kind[len(prefix):]]}({value}){where}"
+                return _Output(name, sql, out)
+        raise Unsupported(f"{path}: aggregator type {spec['type']!r} is not supported by the embedded engine")
+
+    def _cardinality(self, spec, path, name, where) -> _Output:
+        fields = require(spec, "fields", path, list)
+        if not fields:
+            raise BadQuery(f"{path}.fields must not be empty")
+        columns = []
+        for i, field in enumerate(fields):
+            if isinstance(field, dict):
+                if field.get("extractionFn") is not None or field.get("type", "default") != "default":
+                    raise Unsupported(f"{path}.fields[{i}]: only plain dimensions are supported")
+                field = field.get("dimension")
+            if not isinstance(field, str):
+                raise BadQuery(f"{path}.fields[{i}] must be a dimension name")
+            column = self.columns.sql(field)
+            kind = self.columns.type_of(field)
+            columns.append(column if kind in (STRING, None) else f"CAST({column} AS VARCHAR)")
+        # Exact distinct counts: Druid's estimate is approximate, an exact count is within its error.
+        if len(columns) == 1:
+            sql = f"count(DISTINCT {columns[0]}){where}"
+        elif spec.get("byRow"):
+            all_null = " AND ".join(f"{c} IS NULL" for c in columns)
+            sql = f"count(DISTINCT CASE WHEN {all_null} THEN NULL ELSE row({', '.join(columns)}) END){where}"
+        else:
+            lists = ", ".join(f"list({c}){where}" for c in columns)
+            sql = f"len(list_distinct(flatten([{lists}])))"
+        if spec.get("round"):
+            return _Output(name, f"CAST({sql} AS BIGINT)", LONG, 0)
+        return _Output(name, f"CAST({sql} AS DOUBLE)", DOUBLE, 0.0)
+
+    def _aggregators(self) -> list[_Output]:
+        specs = self.query.get("aggregations") or []
+        if not isinstance(specs, list):
+            raise BadQuery("aggregations must be a list")
+        return [self._aggregator(s, f"aggregations[{i}]") for i, s in enumerate(specs)]
+
+    @staticmethod
+    def _check_names(outputs: list[_Output]) -> None:
+        seen = set()
+        for out in outputs:
+            if out.name in seen or out.name in (UID, TS, BUCKET):
+                raise BadQuery(f"output name {out.name!r} is used twice")
+            seen.add(out.name)
+
+    # -- query types -------------------------------------------------------------------------
+
+    def run(self, uids: bool = False):
+        if self.query_type == "user_group":
+            return self._run_user_group(uids)
+        return getattr(self, "_run_" + self.query_type)()
+
+    def _run_user_group(self, uids: bool):
+        dimension = require(self.query, "dimension", "query", str)
+        filter_sql = self._filter_sql()
+        filter_uses_key = self.spec.key_dimension in self.columns.used
+        if uids:
+            rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+                                 + f"SELECT DISTINCT {quote(UID)} FROM src WHERE {filter_sql}")
+            return to_bitmap([r[0] for r in rows])
+        column, kind = self.columns.sql(dimension), self.columns.type_of(dimension)
+        value = column if kind in (STRING, None) else f"CAST({column} AS VARCHAR)"
+        rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+                             + f"SELECT DISTINCT {value} AS v FROM src WHERE {filter_sql} AND {value} IS NOT NULL"
+                             " ORDER BY v")
+        return [r[0] for r in rows]
+
+    def _grouped(self, dims: list[_Output], aggs: list[_Output], filter_sql: str) -> str:
+        select = [f"{self._bucket_sql()} AS {quote(BUCKET)}"]
+        select += [f"{d.sql} AS {quote(d.name)}" for d in dims]
+        select += [f"{a.sql} AS {quote(a.name)}" for a in aggs]
+        keys = ", ".join([quote(BUCKET)] + [quote(d.name) for d in dims])
+        return f"SELECT {', '.join(select)} FROM src WHERE {filter_sql} GROUP BY {keys}"
+
+    def _run_groupBy(self):
+        dim_specs = self.query.get("dimensions") or []
+        if not isinstance(dim_specs, list):
+            raise BadQuery("dimensions must be a list")
+        filter_sql = self._filter_sql()
+        filter_uses_key = self.spec.key_dimension in self.columns.used
+        dims = [self._dimension(s, f"dimensions[{i}]") for i, s in enumerate(dim_specs)]
+        aggs = self._aggregators()
+        self._check_names(dims + aggs)
+        outputs = OutputColumns({o.name: o.kind for o in dims + aggs})
+        having_sql = "TRUE"
+        if self.query.get("having") is not None:
+            having = HavingTranslator(FilterTranslator(outputs, self.params))
+            having_sql = having.having(self.query["having"], "having")
+        order_sql, limit_sql = self._limit_spec(dims, aggs)
+        rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+                             + f"SELECT * FROM ({self._grouped(dims, aggs, filter_sql)}) g"
+                             f" WHERE {having_sql} ORDER BY {order_sql}{limit_sql}")
+        all_ts = self._all_timestamp() if self.granularity.is_all and rows else None
+        version_key = "v" if self.lucene else "version"
+        names = [o.name for o in dims + aggs]
+        return [{version_key: "v1", "timestamp": self._timestamp(row[0], all_ts),
+                 "event": dict(zip(names, row[1:], strict=True))} for row in rows]
+
+    def _limit_spec(self, dims: list[_Output], aggs: list[_Output]) -> tuple[str, str]:
+        spec = self.query.get("limitSpec") or {}
+        if not isinstance(spec, dict):
+            raise BadQuery("limitSpec must be an object")
+        if spec.get("type", "default") != "default":
+            raise Unsupported(f"limitSpec.type {spec.get('type')!r} is not supported (default only)")
+        by_name = {o.name: o for o in dims + aggs}
+        agg_names = {a.name for a in aggs}
+        terms, ordered = [], set()
+        for i, column in enumerate(spec.get("columns") or []):
+            path = f"limitSpec.columns[{i}]"
+            if isinstance(column, str):
+                column = {"dimension": column}
+            name = require(column, "dimension", path, str)
+            if name not in by_name:
+                raise BadQuery(f"{path}.dimension {name!r} is neither a dimension nor an aggregator of the query")
+            direction = str(column.get("direction", "ascending")).lower()
+            if direction not in ("ascending", "descending", "asc", "desc"):
+                raise BadQuery(f"{path}.direction must be ascending or descending")
+            order = column.get("dimensionOrder", "lexicographic")
+            if isinstance(order, dict):
+                order = order.get("type")
+            if order not in ("lexicographic", "numeric"):
+                raise Unsupported(f"{path}.dimensionOrder {order!r} is not supported (lexicographic, numeric)")
+            numeric = name in agg_names or order == "numeric" or (by_name[name].kind in NUMERIC and
+                                                                 "dimensionOrder" not in column)
+            terms.append(_order_term(quote(name), by_name[name].kind, numeric, direction.startswith("desc")))
+            ordered.add(name)
+        tie_break = [_order_term(quote(d.name), d.kind, d.kind in NUMERIC, False) for d in dims if d.name not in ordered]
+        by_dims_first = bool(self.context.get("sortByDimsFirst"))
+        bucket = [] if self.granularity.is_all else [f"{quote(BUCKET)} ASC"]
+        order = (terms + tie_break + bucket) if by_dims_first else (bucket + terms + tie_break)
+        limit_sql = ""
+        limit, offset = spec.get("limit"), spec.get("offset")
+        for value, field in ((limit, "limit"), (offset, "offset")):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise BadQuery(f"limitSpec.{field} must be a non-negative integer")
+        if limit is not None:
+            limit_sql += f" LIMIT {int(limit)}"
+        if offset:
+            limit_sql += f" OFFSET {int(offset)}"
+        return ", ".join(order) or "1", limit_sql
+
+    def _run_timeseries(self):
+        filter_sql = self._filter_sql()
+        filter_uses_key = self.spec.key_dimension in self.columns.used
+        aggs = self._aggregators()
+        self._check_names(aggs)
+        names = [a.name for a in aggs]
+        descending = bool(self.query.get("descending"))
+        if self.granularity.is_all:
+            select = ", ".join(f"{a.sql} AS {quote(a.name)}" for a in aggs) or "1"
+            rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+                                 + f"SELECT CAST(0 AS BIGINT), {select} FROM src WHERE {filter_sql}")
+            results = [{"timestamp": self.granularity.format(self._all_timestamp()),
+                        "result": dict(zip(names, rows[0][1:] if aggs else (), strict=True))}]
+        else:
+            rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+                                 + f"SELECT * FROM ({self._grouped([], aggs, filter_sql)}) g ORDER BY 1")
+            by_bucket = {r[0]: dict(zip(names, r[1:], strict=True)) for r in rows}
+            if not _truthy(self.context.get("skipEmptyBuckets")):
+                empty = {a.name: a.empty for a in aggs}
+                for bucket in self._data_buckets():
+                    by_bucket.setdefault(bucket, dict(empty))
+            results = [{"timestamp": self.granularity.format(b), "result": by_bucket[b]} for b in sorted(by_bucket)]
+            if descending:
+                results.reverse()
+        limit = self.query.get("limit")
+        if limit is not None:
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+                raise BadQuery("limit must be a non-negative integer")
+            results = results[:limit]
+        if _truthy(self.context.get("grandTotal")):
+            select = ", ".join(f"{a.sql} AS {quote(a.name)}" for a in aggs) or "1"
+            total = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+                                  + f"SELECT {select} FROM src WHERE {filter_sql}")[0]
+            results.append({"timestamp": None, "result": dict(zip(names, total if aggs else (), strict=True))})
+        return results
+
+    def _data_buckets(self) -> list[int]:
+        """Bucket starts within the query intervals and the datasource's data span (Druid's zero-fill range)."""
+        rows = self._execute(lambda con: "SELECT epoch_ms(min(time)), epoch_ms(max(time)) FROM events"
+                             if self.columns.is_events else "SELECT 0, 0")
+        low, high = rows[0]
+        if low is None:
+            return []
+        buckets = []
+        gran: Granularity = self.granularity
+        for start, end in self.intervals:
+            lo, hi = max(start, low), min(end, high + 1)
+            if lo >= hi:
+                continue
+            con = self.snapshot.connect()
+            try:
+                (bucket,) = con.execute(f"SELECT {gran.bucket_sql('$t')}", {"t": clamp_datetime(lo)}).fetchone()
+            finally:
+                con.close()
+            while bucket < hi and len(buckets) < 1_000_000:
+                buckets.append(bucket)
+                bucket = gran.next_bucket(bucket)
+        return buckets
+
+    def _run_topN(self):
+        filter_sql = self._filter_sql()
+        filter_uses_key = self.spec.key_dimension in self.columns.used
+        dim = self._dimension(require(self.query, "dimension", "query"), "dimension")
+        aggs = self._aggregators()
+        self._check_names([dim, *aggs])
+        threshold = require(self.query, "threshold", "query", int)
+        if threshold < 1:
+            raise BadQuery("threshold must be positive")
+        order, condition = self._topn_order(self.query.get("metric"), dim, {a.name for a in aggs}, "metric")
+        tie = _order_term(quote(dim.name), dim.kind, dim.kind in NUMERIC, False)
+        rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+                             + f"SELECT * FROM ({self._grouped([dim], aggs, filter_sql)}) g WHERE {condition}"
+                             f" QUALIFY row_number() OVER (PARTITION BY {quote(BUCKET)} ORDER BY {order}, {tie})"
+                             f" <= {threshold} ORDER BY {quote(BUCKET)}, {order}, {tie}")
+        all_ts = self._all_timestamp() if self.granularity.is_all and rows else None
+        names = [dim.name] + [a.name for a in aggs]
+        results: list[dict] = []
+        for row in rows:
+            if not results or results[-1]["_bucket"] != row[0]:
+                results.append({"_bucket": row[0], "timestamp": self._timestamp(row[0], all_ts), "result": []})
+            results[-1]["result"].append(dict(zip(names, row[1:], strict=True)))
+        for entry in results:
+            del entry["_bucket"]
+        return results
+
+    def _topn_order(self, spec, dim: _Output, agg_names: set[str], path) -> tuple[str, str]:
+        """(ORDER BY text, extra WHERE) for a topN metric spec."""
+        if isinstance(spec, str):
+            spec = {"type": "numeric", "metric": spec}
+        if not isinstance(spec, dict):
+            raise BadQuery(f"{path} is required (an aggregator name or a metric spec)")
+        kind = spec.get("type")
+        if kind == "numeric":
+            name = require(spec, "metric", path, str)
+            if name not in agg_names:
+                raise BadQuery(f"{path}.metric {name!r} is not an aggregator of the query")
+            return f"{quote(name)} DESC NULLS LAST", "TRUE"
+        if kind == "inverted":
+            inner, condition = self._topn_order(require(spec, "metric", path), dim, agg_names, f"{path}.metric")
+            flipped = inner.replace(" DESC NULLS LAST", " \0").replace(" ASC NULLS FIRST", " DESC NULLS LAST")
+            return flipped.replace(" \0", " ASC NULLS FIRST"), condition
+        if kind in ("dimension", "lexicographic", "alphaNumeric"):
+            ordering = spec.get("ordering", "lexicographic") if kind == "dimension" else kind
+            if isinstance(ordering, dict):
+                ordering = ordering.get("type")
+            if ordering not in ("lexicographic", "numeric"):
+                raise Unsupported(f"{path}.ordering {ordering!r} is not supported (lexicographic, numeric)")
+            numeric = ordering == "numeric"
+            column = quote(dim.name)
+            key = f"TRY_CAST({column} AS DOUBLE)" if numeric and dim.kind not in NUMERIC else (
+                f"CAST({column} AS VARCHAR)" if not numeric and dim.kind in NUMERIC else column)
+            condition = "TRUE"
+            if spec.get("previousStop") is not None:
+                stop = spec["previousStop"]
+                condition = f"{key} > {self.params(float(stop) if numeric else str(stop))}"
+            return f"{key} ASC NULLS FIRST", condition
+        raise Unsupported(f"{path}.type {kind!r} is not supported (numeric, inverted, dimension)")
+
+    def _run_scan(self):
+        if self.query.get("legacy"):
+            raise Unsupported("legacy scan results are not supported")
+        result_format = self.query.get("resultFormat", "list")
+        if result_format not in ("list", "compactedList"):
+            raise Unsupported(f"resultFormat {result_format!r} is not supported (list, compactedList)")
+        filter_sql = self._filter_sql()
+        filter_uses_key = self.spec.key_dimension in self.columns.used
+        names = self.query.get("columns") or self.columns.all_names()
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BadQuery("columns must be a list of column names")
+        names = list(dict.fromkeys(names))
+        selected = [self.columns.sql(n) for n in names]
+        order = str(self.query.get("order") or "none").lower()
+        if order not in ("none", "ascending", "descending"):
+            raise BadQuery("order must be none, ascending or descending")
+        limit, offset = self.query.get("limit"), self.query.get("offset")
+        for value, field in ((limit, "limit"), (offset, "offset")):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise BadQuery(f"{field} must be a non-negative integer")
+        batch = self.query.get("batchSize") or DEFAULT_SCAN_BATCH
+        if not isinstance(batch, int) or batch < 1:
+            raise BadQuery("batchSize must be a positive integer")
+        terms = [_order_term(sql, self.columns.type_of(n), self.columns.type_of(n) in NUMERIC, False)
+                 for n, sql in zip(names, selected, strict=True)]
+        if order != "none":
+            time_col = self.columns.sql("__time")
+            terms.insert(0, f"{time_col} {'DESC' if order == 'descending' else 'ASC'}")
+        # An order over every selected column makes limit/offset pages consistent across requests.
+        order_sql = f" ORDER BY {', '.join(terms)}" if (order != "none" or limit is not None or offset) else ""
+        tail = (f" LIMIT {int(limit)}" if limit is not None else "") + (f" OFFSET {int(offset)}" if offset else "")
+        projection = ", ".join(f"{sql} AS c{i}" for i, sql in enumerate(selected))
+        rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+                             + f"SELECT {projection} FROM src WHERE {filter_sql}{order_sql}{tail}")
+        segment = f"{self.datasource}_embedded_v{self.snapshot.manifest.version}"
+        batches = []
+        for start in range(0, len(rows), batch):
+            chunk = rows[start:start + batch]
+            events = ([dict(zip(names, r, strict=True)) for r in chunk] if result_format == "list"
+                      else [list(r) for r in chunk])
+            batches.append({"segmentId": segment, "columns": names, "events": events})
+        return batches
+
+
+def _order_term(column: str, kind: str | None, numeric: bool, descending: bool) -> str:
+    if numeric:
+        key = column if kind in NUMERIC else f"TRY_CAST({column} AS DOUBLE)"
+    else:
+        key = column if kind in (STRING, None) else f"CAST({column} AS VARCHAR)"
+    direction = "DESC NULLS LAST" if descending else "ASC NULLS FIRST"
+    if numeric and kind not in NUMERIC:
+        # Equal numbers (or non-numbers) still need a total order: their text breaks the tie.
+        return f"{key} {direction}, {column} {direction}"
+    return f"{key} {direction}"
+
+
+def _bind(sql: str, values: dict) -> dict:
+    """The parameters sql uses (DuckDB rejects unused named parameters)."""
+    return {name: values[name] for name in set(_PARAM.findall(sql))}
+
+
+def _truthy(value) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() == "true")
