@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
-
 from app.settings import Settings
 
 
-def create_app(config: dict | None = None) -> Flask:
+def create_app(config: dict | None = None):
     """Build the app; config may hold SETTINGS (a Settings) and CELERY (a Celery app) for tests."""
+    # Imported here so that workers and dialect modules can import app.* without loading Flask.
+    from flask import Flask
+
     app = Flask(__name__)
     app.json.ensure_ascii = False
     app.json.sort_keys = False

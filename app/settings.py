@@ -17,6 +17,7 @@ def _env_number(env, name, default):
 class Settings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     broker_url: str = "redis://127.0.0.1:6379/1"
+    queue: str = "cohorts"
     soft_time_limit: int = 600
     hard_time_limit: int = 660
     heartbeat_interval: float = 5.0
@@ -39,7 +40,8 @@ class Settings:
     def from_env(cls, environ=None, **overrides) -> Settings:
         env = os.environ if environ is None else environ
         values = {"engine": EngineConfig.from_env(env),
-                  "broker_url": env.get("COHORTS_BROKER_URL", cls.broker_url)}
+                  "broker_url": env.get("COHORTS_BROKER_URL", cls.broker_url),
+                  "queue": env.get("COHORTS_QUEUE", cls.queue)}
         for f in fields(cls):
             if f.name in values or f.name == "broker_check":
                 continue

@@ -107,6 +107,8 @@ def service_env(database_url, redis_url, tmp_path_factory) -> dict:
         "COHORTS_MAX_ATTEMPTS": "3",
         "COHORTS_SOFT_TIME_LIMIT": "60",
         "COHORTS_HARD_TIME_LIMIT": "90",
+        "COHORTS_BACKOFF_BASE": "2",
+        "COHORTS_BACKOFF_MAX": "30",
     }
 
 

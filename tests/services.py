@@ -14,12 +14,13 @@ CELERY = [sys.executable, "-m", "celery", "-A", "workers.main"]
 
 
 def start_worker(env: dict, name: str, log_path: Path, concurrency: int = 2, extra_env: dict | None = None):
-    """A prefork worker on the cohorts queue, in its own process group."""
+    """A prefork worker on the env's queue (COHORTS_QUEUE), in its own process group."""
     log = open(log_path, "ab")
+    env = {**env, **(extra_env or {})}
     return subprocess.Popen(
-        [*CELERY, "worker", "--pool", "prefork", "--concurrency", str(concurrency), "--queues", "cohorts",
+        [*CELERY, "worker", "--pool", "prefork", "--concurrency", str(concurrency), "--queues", env.get("COHORTS_QUEUE", "cohorts"),
          "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-        cwd=ROOT, env={**env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def start_beat(env: dict, schedule_path: Path, log_path: Path):

@@ -25,7 +25,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         accept_content=["json"],
         worker_send_task_events=True,
         task_send_sent_event=True,
-        task_default_queue="cohorts",
+        task_default_queue=settings.queue,
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep-jobs": {"task": "cohorts.sweep", "schedule": settings.sweep_interval},
