@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import psycopg2
 import redis
@@ -20,14 +21,14 @@ def compute(self, job_id: int) -> None:
     """Compute the cohort job job_id to succeed or failed."""
     settings = self.app.cohort_settings
     executor = JobExecutor(settings, job_id)
+    started = time.monotonic()
     try:
         executor.run()
     except RetryLater:
         # Another delivery holds the job; once its heartbeat is stale this one may take over.
         raise self.retry(countdown=settings.stale_after) from None
     except SoftTimeLimitExceeded:
-        executor.fail_current("timeout", f"the computation ran longer than {settings.soft_time_limit}s; "
-                                         "narrow the time windows or raise COHORTS_SOFT_TIME_LIMIT")
+        _fail_quietly(executor, "timeout", _timeout_message(settings))
     except TRANSIENT as exc:
         if self.request.retries >= settings.max_attempts:
             _fail_quietly(executor, "backend_unavailable",
@@ -40,8 +41,17 @@ def compute(self, job_id: int) -> None:
         log.warning("job=%s transient error, retrying: %s", job_id, exc)
         raise self.retry(countdown=settings.retry_delay * 2 ** self.request.retries) from None
     except Exception as exc:
+        if time.monotonic() - started >= settings.soft_time_limit:
+            # DuckDB turns the soft-limit signal into its own "Query interrupted" error.
+            _fail_quietly(executor, "timeout", _timeout_message(settings))
+            return
         log.exception("job=%s unexpected error", job_id)
         _fail_quietly(executor, "internal_error", f"{type(exc).__name__}: {exc}; this is a bug, please report it")
+
+
+def _timeout_message(settings) -> str:
+    return (f"the computation ran longer than {settings.soft_time_limit}s; "
+            "narrow the time windows or raise COHORTS_SOFT_TIME_LIMIT")
 
 
 def _fail_quietly(executor: JobExecutor, code: str, message: str) -> None:
