@@ -23,7 +23,17 @@ from ..bitmaps import to_bitmap
 from ..dictionary import UserKeyDictionary
 from ..store import Snapshot, quote
 from .errors import BadQuery, DruidQueryError, QueryTimeout, Unsupported, require
-from .filters import DOUBLE, LONG, NUMERIC, STRING, Columns, FilterTranslator, HavingTranslator, SqlParams
+from .filters import (
+    DOUBLE,
+    LONG,
+    NUMERIC,
+    STRING,
+    Columns,
+    FilterTranslator,
+    HavingTranslator,
+    SqlParams,
+    to_number,
+)
 from .times import DAY_MS, Granularity, clamp_datetime, parse_granularity, parse_intervals
 
 log = logging.getLogger(__name__)
@@ -103,7 +113,10 @@ class DataSources:
             known = ", ".join(sorted(self.mapping)) or "none"
             raise BadQuery(f"dataSource {name!r} is not configured (known: {known})")
         if spec.project not in self._projects:
-            self._projects[spec.project] = self._open_project(spec.project)
+            try:
+                self._projects[spec.project] = self._open_project(spec.project)
+            except LookupError as exc:
+                raise BadQuery(f"dataSource {name!r} maps to project {spec.project!r}: {exc}") from None
         return spec, self._projects[spec.project]
 
 
@@ -302,6 +315,9 @@ class _Plan:
         except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.BinderException,
                 duckdb.OutOfRangeException) as exc:
             raise BadQuery(f"query cannot be evaluated: {str(exc).splitlines()[0]}") from None
+        except duckdb.Error as exc:
+            log.exception("druid embedded query failed")
+            raise DruidQueryError(f"embedded engine error: {str(exc).splitlines()[0]}") from None
         finally:
             if timer is not None:
                 timer.cancel()
@@ -641,8 +657,10 @@ class _Plan:
                 f"CAST({column} AS VARCHAR)" if not numeric and dim.kind in NUMERIC else column)
             condition = "TRUE"
             if spec.get("previousStop") is not None:
-                stop = spec["previousStop"]
-                condition = f"{key} > {self.params(float(stop) if numeric else str(stop))}"
+                stop = to_number(spec["previousStop"]) if numeric else str(spec["previousStop"])
+                if stop is None:
+                    raise BadQuery(f"{path}.previousStop must be a number for numeric ordering")
+                condition = f"{key} > {self.params(stop)}"
             return f"{key} ASC NULLS FIRST", condition
         raise Unsupported(f"{path}.type {kind!r} is not supported (numeric, inverted, dimension)")
 
