@@ -71,3 +71,57 @@ def test_create_cohort_computes_first_version(client, worker, loaded):
     assert client.get(f"/api/v1/cohorts/{cohort_id}/members/e", headers=headers).get_json() == {"member": True}
     assert client.get(f"/api/v1/cohorts/{cohort_id}/members/b", headers=headers).get_json() == {"member": False}
     assert client.get(f"/api/v1/cohorts/{cohort_id}/members/nobody", headers=headers).get_json() == {"member": False}
+
+
+def test_update_list_and_delete(client, worker, loaded, redis_client, service_settings):
+    _, project_id, headers = loaded
+    created = client.post("/api/v1/cohorts", json={"name": "level-at-least-3", "definition": {
+        "type": "profile", "property": "level", "cmp": "gte", "values": [3]}}, headers=headers).get_json()
+    cohort_id = created["cohort"]["id"]
+    job, _ = poll_job(client, headers, created["job"]["id"])
+    assert job["result"]["count"] == 2  # b, c
+
+    updated = client.put(f"/api/v1/cohorts/{cohort_id}", json={"definition": {
+        "type": "profile", "property": "level", "cmp": "ne", "values": [3]}}, headers=headers)
+    assert updated.status_code == 202
+    job, _ = poll_job(client, headers, updated.get_json()["job"]["id"])
+    assert job["kind"] == "recalculate" and job["result"]["count"] == 4  # a, c, d (null), e (no profile)
+    view = client.get(f"/api/v1/cohorts/{cohort_id}", headers=headers).get_json()
+    assert view["definition"]["cmp"] == "ne" and view["latest_version"]["count"] == 4
+
+    listing = client.get("/api/v1/cohorts?per_page=1&page=1", headers=headers).get_json()
+    assert listing["total"] == 1 and listing["cohorts"][0]["id"] == cohort_id
+    assert client.get("/api/v1/cohorts?status=failed", headers=headers).get_json()["total"] == 0
+    jobs_of = client.get(f"/api/v1/jobs?cohort_id={cohort_id}", headers=headers).get_json()["jobs"]
+    assert [j["kind"] for j in jobs_of] == ["recalculate", "create"]
+
+    dependent = client.post("/api/v1/cohorts", json={"name": "dependent", "definition": {
+        "type": "cohort", "cohort_id": cohort_id}}, headers=headers).get_json()
+    poll_job(client, headers, dependent["job"]["id"])
+    refused = client.delete(f"/api/v1/cohorts/{cohort_id}", headers=headers)
+    assert refused.status_code == 409 and str(dependent["cohort"]["id"]) in refused.get_json()["error"]
+    assert client.delete(f"/api/v1/cohorts/{dependent['cohort']['id']}", headers=headers).status_code == 200
+    prefix = f"{service_settings.engine.key_prefix}:p{project_id}:cohort:{cohort_id}"
+    assert redis_client.keys(prefix + "*")
+    assert client.delete(f"/api/v1/cohorts/{cohort_id}", headers=headers).status_code == 200
+    assert redis_client.keys(prefix + "*") == []
+    assert client.get(f"/api/v1/cohorts/{cohort_id}", headers=headers).status_code == 404
+
+
+def test_members_before_first_version_is_409(loaded, service_settings):
+    from dataclasses import replace
+
+    from app import create_app
+    from workers.celery_app import create_celery
+
+    _, _, headers = loaded
+    # A queue no worker listens to: the job stays `new` and nothing is published.
+    parked = replace(service_settings, queue="parked")
+    client = create_app({"TESTING": True, "SETTINGS": parked, "CELERY": create_celery(parked)}).test_client()
+    created = client.post("/api/v1/cohorts", json={"name": "not-yet", "definition": {
+        "type": "ids", "keys": ["a"]}}, headers=headers).get_json()
+    # No worker in this test: the job stays new and nothing is published yet.
+    response = client.get(f"/api/v1/cohorts/{created['cohort']['id']}/members", headers=headers)
+    assert response.status_code == 409 and "no computed version" in response.get_json()["error"]
+    cancelled = client.post(f"/api/v1/jobs/{created['job']['id']}/cancel", headers=headers).get_json()
+    assert cancelled["status"] == "failed" and cancelled["error_code"] == "cancelled"
