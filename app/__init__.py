@@ -25,12 +25,13 @@ def create_app(config: dict | None = None):
     app.extensions["celery"] = app.config["CELERY"]
 
     from app import db, errors
-    from app.api import docs, health, native
+    from app.api import docs, health, native, sensors
 
     db.init_app(app)
     errors.init_app(app)
     app.register_blueprint(native.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(sensors.bp)
     logging.getLogger(__name__).info("app created broker=%s", settings.broker_url)
     return app

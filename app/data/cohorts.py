@@ -65,13 +65,41 @@ def update_definition(conn, cohort_id: int, definition: dict, request_body=None,
     sets = ["definition = %s", "definition_version = definition_version + 1", "updated_at = now()",
             "request_body = coalesce(%s, request_body)"]
     params = [Json(definition), Json(request_body) if request_body is not None else None]
-    for column in ("display_name", "dynamic", "cron", "scheduler_running"):
+    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running"):
         if column in fields:
             sets.append(f"{column} = %s")
             params.append(fields[column])
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(f"UPDATE cohorts SET {', '.join(sets)} WHERE id = %s RETURNING {COLUMNS}", params + [cohort_id])
         return cur.fetchone()
+
+
+def update_settings(conn, cohort_id: int, request_body=None, **fields) -> dict:
+    """Change name, display name or schedule without touching the definition (no new definition_version)."""
+    sets, params = ["updated_at = now()", "request_body = coalesce(%s, request_body)"], [
+        Json(request_body) if request_body is not None else None]
+    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running"):
+        if column in fields:
+            sets.append(f"{column} = %s")
+            params.append(fields[column])
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"UPDATE cohorts SET {', '.join(sets)} WHERE id = %s RETURNING {COLUMNS}", params + [cohort_id])
+        return cur.fetchone()
+
+
+def id_by_name(conn, project_id: int, name: str) -> int | None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT id FROM cohorts WHERE project_id = %s AND name = %s", (project_id, name))
+        row = cur.fetchone()
+    return None if row is None else row[0]
+
+
+def list_by_dialect(conn, project_id: int, dialect: str) -> list[dict]:
+    """The project's cohorts created through one dialect, oldest first."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"SELECT {COLUMNS} FROM cohorts WHERE project_id = %s AND dialect = %s ORDER BY id",
+                    (project_id, dialect))
+        return cur.fetchall()
 
 
 def set_latest_version(conn, cohort_id: int, version_id: int) -> None:

@@ -66,6 +66,43 @@ def live_for(conn, cohort_id: int, partition_key: str = "latest") -> dict | None
         return cur.fetchone()
 
 
+def _prefixed(alias: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in COLUMNS.split(","))
+
+
+def latest_per_base_time(conn, cohort_id: int, base_times) -> dict:
+    """{base_time: newest job of that cohort partition, with its version's count as version_count}."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            f"SELECT DISTINCT ON (j.base_time) {_prefixed('j')}, v.count AS version_count FROM jobs j"
+            " LEFT JOIN cohort_versions v ON v.id = j.version_id"
+            " WHERE j.cohort_id = %s AND j.base_time = ANY(%s::timestamptz[]) ORDER BY j.base_time, j.id DESC",
+            (cohort_id, list(base_times)))
+        return {row["base_time"]: row for row in cur.fetchall()}
+
+
+def partition_summaries(conn, cohort_ids) -> dict[int, dict]:
+    """Per cohort: failed (partitions whose newest job failed) and last (newest job of the latest base time)."""
+    ids = list(cohort_ids)
+    summaries = {cohort_id: {"failed": 0, "last": None} for cohort_id in ids}
+    if not ids:
+        return summaries
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            "SELECT cohort_id, count(*) FILTER (WHERE status = 'failed') AS failed FROM ("
+            " SELECT DISTINCT ON (cohort_id, base_time) cohort_id, status FROM jobs WHERE cohort_id = ANY(%s)"
+            " ORDER BY cohort_id, base_time, id DESC) newest GROUP BY cohort_id", (ids,))
+        for row in cur.fetchall():
+            summaries[row["cohort_id"]]["failed"] = row["failed"]
+        cur.execute(
+            f"SELECT DISTINCT ON (j.cohort_id) {_prefixed('j')}, v.count AS version_count FROM jobs j"
+            " LEFT JOIN cohort_versions v ON v.id = j.version_id WHERE j.cohort_id = ANY(%s)"
+            " ORDER BY j.cohort_id, j.base_time DESC, j.id DESC", (ids,))
+        for row in cur.fetchall():
+            summaries[row["cohort_id"]]["last"] = row
+    return summaries
+
+
 def mark_enqueued(conn, job_id: int) -> None:
     with conn.cursor() as cur:
         cur.execute("UPDATE jobs SET enqueued_at = now() WHERE id = %s", (job_id,))

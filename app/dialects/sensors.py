@@ -506,17 +506,18 @@ def _quartz_day_of_week(field: str) -> str:
 
 
 def quartz_to_cron(expression: str) -> str:
-    """A 5-field croniter expression for a Quartz (6 or 7 fields) or standard 5-field cron expression."""
+    """A croniter expression for a Quartz (6 or 7 fields) or standard 5-field cron expression.
+
+    Quartz seconds of 0 give the 5-field form; other seconds give croniter's 6-field form, seconds last.
+    """
     if not isinstance(expression, str) or not expression.strip():
         raise ValidationError("must be a cron expression")
     parts = expression.split()
     if len(parts) == 5:
-        minute, hour, dom, month, dow = parts
+        second, (minute, hour, dom, month, dow) = "0", parts
     elif len(parts) in (6, 7):
         second, minute, hour, dom, month, dow = parts[:6]
         year = parts[6] if len(parts) == 7 else "*"
-        if second not in ("0", "00"):
-            raise ValidationError("the seconds field must be 0: cohorts are scheduled to the minute")
         if year not in ("*", "?"):
             raise ValidationError("a year field other than * is not supported")
         if dow != "?":
@@ -525,14 +526,15 @@ def quartz_to_cron(expression: str) -> str:
         raise ValidationError(
             "must have 5 fields (minute hour day month weekday) or 6-7 Quartz fields"
             " (second minute hour day month weekday [year])")
-    if "?" in (minute, hour, month):
+    if "?" in (second, minute, hour, month):
         raise ValidationError("? is allowed only in the day-of-month and day-of-week fields")
     dom, dow = ("*" if dom == "?" else dom), ("*" if dow == "?" else dow)
     if dom != "*" and dow != "*":
         raise ValidationError("restrict day-of-month or day-of-week, not both (give ? in the other)")
-    converted = " ".join((minute, hour, dom, month, dow))
+    cron_fields = [minute, hour, dom, month, dow] + ([] if second in ("0", "00") else [second])
+    converted = " ".join(cron_fields)
     if not croniter.is_valid(converted):
-        raise ValidationError(f"not a valid cron expression (as 5-field cron: {converted!r})")
+        raise ValidationError(f"not a valid cron expression (as {len(cron_fields)}-field cron: {converted!r})")
     return converted
 
 

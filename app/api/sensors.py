@@ -1,0 +1,258 @@
+"""Sensors Analytics segmenter API (v1.13) over the job system: rules, base_time partitions, their status.
+
+Shapes and choices: docs/dialects/sensors.md, "HTTP endpoints".
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import wraps
+from zoneinfo import ZoneInfo
+
+import psycopg2
+from croniter import croniter
+from flask import Blueprint, current_app, g, jsonify, request
+from marshmallow import ValidationError
+
+from app.data import cohorts, jobs, projects, versions
+from app.db import check_broker, connection_factory, get_db, get_redis, settings
+from app.dialects.sensors import BASE_TIME_FORMAT, IMPORT_TYPES, ROUTINE, RUN_ONCE, load_partitions, load_rule
+from app.errors import ApiError
+from app.queue import enqueue, submit_cohort_job
+from cohort_engine import bitmaps
+from cohort_engine.definition import DefinitionError, check_no_cycle
+
+bp = Blueprint("sensors", __name__, url_prefix="/segmenter")
+
+DIALECT = "sensors"
+# Import cohorts (types 5, 6) get their members from imported files; until an import exists the
+# stored tree is an empty id list, which the execute endpoint refuses to compute.
+IMPORT_DEFINITION = {"type": "ids", "keys": []}
+# The seed's error_code is an integer; our job error codes are names. 0 = no error.
+ERROR_CODES = {
+    "internal_error": 1, "timeout": 2, "worker_lost": 3, "backend_unavailable": 4, "backend_error": 5,
+    "cancelled": 6, "superseded": 7, "cohort_deleted": 8, "claim_lost": 9, "bad_definition": 10,
+    "unknown_property": 11, "type_mismatch": 12, "bad_value": 13, "cohort_not_ready": 14, "unsupported": 15,
+}
+UNKNOWN_ERROR_CODE = 99
+
+
+def require_token(view):
+    """Resolve the project from `Authorization: Bearer <token>` or, as Sensors clients send it, `?token=`."""
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+        token = bearer.strip() if scheme.lower() == "bearer" else ""
+        token = token or request.args.get("token", "").strip()
+        if not token:
+            raise ApiError(401, "missing token: send ?token=<project token> or 'Authorization: Bearer <project token>'")
+        project = projects.by_token(get_db(), token)
+        if project is None:
+            raise ApiError(401, "invalid token")
+        g.project = project
+        return view(*args, **kwargs)
+    return wrapped
+
+
+def zone() -> ZoneInfo:
+    return ZoneInfo(g.project["timezone"])
+
+
+def local_text(moment: datetime | None) -> str | None:
+    """A timestamp as the seed writes it: 'YYYY-MM-DD HH:MM:SS' in the project's time zone."""
+    return None if moment is None else moment.astimezone(zone()).strftime(BASE_TIME_FORMAT)
+
+
+def parse_base_time(text: str) -> datetime:
+    return datetime.strptime(text, BASE_TIME_FORMAT).replace(tzinfo=zone())
+
+
+def partition_key(base_time: datetime) -> str:
+    # In UTC, so the key of an instant does not change with the project's time zone.
+    return base_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rule_type(cohort: dict) -> int | None:
+    return (cohort["request_body"] or {}).get("type")
+
+
+def load_segmenter(cohort_id: int, lock: bool = False, path: str | None = None) -> dict:
+    """This project's Sensors cohort, or 404 (cohorts of other dialects are not segmenter rules)."""
+    cohort = cohorts.get(get_db(), g.project["id"], cohort_id, lock=lock)
+    if cohort is None or cohort["dialect"] != DIALECT:
+        extra = {"errors": {path: ["no such segmenter rule"]}} if path else {}
+        raise ApiError(404, f"segmenter rule {cohort_id} not found", **extra)
+    return cohort
+
+
+def submit_partition(conn, cohort: dict, kind: str, base_time: datetime) -> tuple[dict, bool]:
+    return submit_cohort_job(conn, cohort, kind, base_time=base_time, partition_key=partition_key(base_time),
+                             max_attempts=settings().max_attempts)
+
+
+def commit_and_enqueue(job_ids: list[int]) -> None:
+    get_db().commit()
+    if job_ids:
+        enqueue(current_app.extensions["celery"], connection_factory(), job_ids)
+
+
+def duplicate_name(name: str) -> ValidationError:
+    return ValidationError({"name": [f"a cohort named {name!r} already exists in this project"]})
+
+
+def partition_view(base_time: str, job: dict | None) -> dict:
+    """One entry of /segmenter/status; a base time never executed is `new`."""
+    if job is None:
+        return {"base_time": base_time, "count": 0, "status": "new", "finished_time": None, "error_code": 0,
+                "error_message": None}
+    code = job["error_code"]
+    return {"base_time": base_time, "count": job["version_count"] if job["status"] == "succeed" else 0,
+            "status": job["status"], "finished_time": local_text(job["finished_at"]),
+            "error_code": ERROR_CODES.get(code, UNKNOWN_ERROR_CODE) if code else 0,
+            "error_message": job["error_message"]}
+
+
+def rule_view(cohort: dict, summary: dict) -> dict:
+    body = cohort["request_body"] or {}
+    scheduler = body.get("scheduler") or {}
+    last = summary["last"]
+    last_partition = None
+    if last is not None:
+        status = "finish" if last["status"] == "succeed" else last["status"]  # the seed's listing word
+        last_partition = {
+            "base_time": local_text(last["base_time"]), "finished_time": local_text(last["finished_at"]),
+            "count": last["version_count"] if last["status"] == "succeed" else 0,
+            "app_push_list": body.get("app_push_list", []), "status": status, "content": body.get("content")}
+    return {
+        "id": cohort["id"], "name": cohort["name"], "cname": cohort["display_name"], "user_name": cohort["owner"],
+        "create_time": local_text(cohort["created_at"]), "type": body.get("type"), "dir_id": body.get("dir_id") or 0,
+        "scheduler": {"running": cohort["scheduler_running"], "cron": scheduler.get("cron", ""),
+                      "execute_cron": scheduler.get("execute_cron") or scheduler.get("cron", "")},
+        "failed_partition_count": summary["failed"], "content": body.get("content"), "last_partition": last_partition,
+    }
+
+
+@bp.post("/rule")
+@require_token
+def save_rule():
+    body = request.get_json(silent=True)
+    conn, project_id = get_db(), g.project["id"]
+    data = load_rule(body, resolve_cohort=lambda name: cohorts.id_by_name(conn, project_id, name))
+    kind, cohort_id, name = data["type"], data["id"], data["name"]
+    definition = data["definition"] or IMPORT_DEFINITION
+    scheduler = data.get("scheduler") or {}
+    # Import-routine cohorts (6) have nothing to recompute until imports exist, so only type 1 is scheduled.
+    cron = scheduler.get("cron_expression") if kind == ROUTINE else None
+    running = bool(cron and scheduler.get("running"))
+    try:
+        check_no_cycle(cohort_id or None, definition, lambda ref: cohorts.definition_of(conn, project_id, ref))
+    except DefinitionError as exc:
+        raise ValidationError({"content": [m for messages in exc.errors.values() for m in messages]}) from None
+    check_broker()
+    holder = cohorts.id_by_name(conn, project_id, name)
+    fields = {"display_name": data["cname"], "dynamic": cron is not None, "cron": cron, "scheduler_running": running}
+    if cohort_id == 0:
+        if holder is not None:
+            raise duplicate_name(name)
+        try:
+            cohort = cohorts.insert(conn, project_id, name, definition, dialect=DIALECT, request_body=body, **fields)
+        except psycopg2.errors.UniqueViolation:
+            raise duplicate_name(name) from None
+        job_kind, restart_schedule = "create", False
+    else:
+        before = load_segmenter(cohort_id, lock=True, path="id")
+        if holder not in (None, cohort_id):
+            raise duplicate_name(name)
+        try:
+            if definition != before["definition"]:
+                cohort = cohorts.update_definition(conn, cohort_id, definition, body, name=name, **fields)
+            else:
+                cohort = cohorts.update_settings(conn, cohort_id, body, name=name, **fields)
+        except psycopg2.errors.UniqueViolation:
+            raise duplicate_name(name) from None
+        restart_schedule = running and (cron != before["cron"] or not before["scheduler_running"])
+        job_kind = "recalculate"
+    if restart_schedule:
+        # A new or resumed schedule starts at its next fire time; fires missed while stopped are not made up.
+        cohorts.record_fire(conn, cohort["id"], cohort["updated_at"])
+    base_time, created = None, []
+    if kind == RUN_ONCE:
+        base_time = datetime.now(zone()).replace(microsecond=0)
+        live = jobs.live_for(conn, cohort["id"], partition_key(base_time))
+        if live is not None and live["params"].get("definition_version") != cohort["definition_version"]:
+            jobs.request_cancel(conn, live["id"])
+            jobs.fail(conn, live["id"], "superseded", "the rule's definition changed; a new job computes it")
+        job, is_new = submit_partition(conn, cohort, job_kind, base_time)
+        created = [job["id"]] if is_new else []
+    elif running:
+        base_time = croniter(cron, cohort["updated_at"].astimezone(zone())).get_next(datetime)
+    commit_and_enqueue(created)
+    return jsonify({"id": cohort["id"], "base_time": local_text(base_time)})
+
+
+@bp.post("/execute")
+@require_token
+def execute():
+    items = load_partitions(request.get_json(silent=True))
+    conn = get_db()
+    targets = []
+    for index, item in enumerate(items):
+        cohort = load_segmenter(item["id"], path=f"[{index}].id")
+        if rule_type(cohort) in IMPORT_TYPES:
+            raise ApiError(409, f"segmenter rule {item['id']} is an import cohort; it has no rules to compute",
+                           errors={f"[{index}].id": ["import cohorts (type 5, 6) are not computed from rules"]})
+        targets.append((cohort, item["base_time_list"]))
+    check_broker()
+    created = []
+    for cohort, base_times in targets:
+        for text in base_times:
+            job, is_new = submit_partition(conn, cohort, "execute", parse_base_time(text))
+            if is_new:
+                created.append(job["id"])
+    commit_and_enqueue(created)
+    return jsonify({})
+
+
+@bp.post("/status")
+@require_token
+def status():
+    items = load_partitions(request.get_json(silent=True))
+    answer = []
+    for index, item in enumerate(items):
+        cohort = load_segmenter(item["id"], path=f"[{index}].id")
+        wanted = {text: parse_base_time(text) for text in item["base_time_list"]}
+        newest = jobs.latest_per_base_time(get_db(), cohort["id"], wanted.values())
+        answer.append({"id": cohort["id"], "result": [partition_view(text, newest.get(moment))
+                                                      for text, moment in wanted.items()]})
+    return jsonify(answer)
+
+
+@bp.delete("/rule/<int:cohort_id>")
+@require_token
+def delete_rule(cohort_id):
+    conn = get_db()
+    load_segmenter(cohort_id, lock=True)
+    users = cohorts.referencing(conn, g.project["id"], cohort_id)
+    if users:
+        raise ApiError(409, f"cohorts {users} refer to this rule; change or delete them first")
+    keys = versions.bitmap_keys(conn, cohort_id)
+    keys.append(bitmaps.cohort_key(settings().engine.key_prefix, g.project["id"], cohort_id))
+    cohorts.delete(conn, g.project["id"], cohort_id)
+    conn.commit()
+    get_redis().delete(*keys)
+    return jsonify({})
+
+
+@bp.get("/rule/all")
+@require_token
+def list_rules():
+    rows = cohorts.list_by_dialect(get_db(), g.project["id"], DIALECT)
+    summaries = jobs.partition_summaries(get_db(), [c["id"] for c in rows])
+    return jsonify({"total": len(rows), "result": [rule_view(c, summaries[c["id"]]) for c in rows]})
+
+
+@bp.get("/rule/<int:cohort_id>")
+@require_token
+def get_rule(cohort_id):
+    cohort = load_segmenter(cohort_id)
+    return jsonify(rule_view(cohort, jobs.partition_summaries(get_db(), [cohort_id])[cohort_id]))
