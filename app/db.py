@@ -1,9 +1,9 @@
-"""Per-request PostgreSQL connection (opened on first use, closed at teardown) and broker checks."""
+"""Per-request PostgreSQL connection (borrowed from the pool on first use, given back at teardown), Redis."""
 
 from __future__ import annotations
 
 import redis as redis_lib
-from flask import current_app, g
+from flask import current_app, g, request
 
 from cohort_engine import db as engine_db
 
@@ -15,17 +15,26 @@ def settings():
 def get_db():
     """This request's connection; committed explicitly by views, rolled back and closed at teardown."""
     if "db" not in g:
-        g.db = engine_db.connect(settings().engine.database_url)
+        conn = engine_db.borrow(settings().engine.database_url)
+        # Reads need no transaction: autocommit saves the BEGIN and ROLLBACK round trips.
+        conn.autocommit = request.method in ("GET", "HEAD")
+        g.db = conn
     return g.db
 
 
 def close_db(exc=None) -> None:
+    """Roll back whatever the view did not commit and give the connection back to the pool."""
     conn = g.pop("db", None)
-    if conn is not None:
-        try:
+    if conn is None:
+        return
+    broken = False
+    try:
+        if not conn.closed:
             conn.rollback()
-        finally:
-            conn.close()
+            conn.autocommit = False
+    except Exception:
+        broken = True
+    engine_db.give_back(settings().engine.database_url, conn, broken)
 
 
 def get_redis():

@@ -55,3 +55,19 @@ def iter_members(bitmap: BitMap, dictionary, batch: int = 20000):
     for start in range(0, len(bitmap), batch):
         chunk = bitmap[start:start + batch]
         yield from (k for k in dictionary.decode(list(chunk)) if k is not None)
+
+
+_clients: dict[tuple[int, str], object] = {}
+
+
+def redis_client(url: str):
+    """A Redis client for url shared within this process (a forked worker gets its own)."""
+    import os
+
+    import redis as redis_lib
+
+    key = (os.getpid(), url)
+    client = _clients.get(key)
+    if client is None:
+        client = _clients[key] = redis_lib.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+    return client

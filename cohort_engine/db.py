@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from contextlib import contextmanager
 from importlib import resources
 from urllib.parse import urlparse, urlunparse
 
 import psycopg2
-from psycopg2 import sql
+from psycopg2 import extensions, sql
 
 log = logging.getLogger(__name__)
 
@@ -18,18 +20,95 @@ def connect(dsn: str):
     return psycopg2.connect(dsn, connect_timeout=5, application_name="cohorts")
 
 
+POOL_SIZE = int(os.environ.get("COHORTS_DB_POOL_SIZE", "8"))
+
+
+class _Pool:
+    """Idle connections kept for reuse (at most POOL_SIZE); opened lazily, in the process that uses them."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.idle: list = []
+        self.lock = threading.Lock()
+
+    def get(self):
+        with self.lock:
+            while self.idle:
+                conn = self.idle.pop()
+                if not conn.closed:
+                    return conn
+        return connect(self.dsn)
+
+    def put(self, conn, broken: bool) -> None:
+        if not broken:
+            with self.lock:
+                if len(self.idle) < POOL_SIZE:
+                    self.idle.append(conn)
+                    return
+        conn.close()
+
+    def close_all(self) -> None:
+        with self.lock:
+            for conn in self.idle:
+                conn.close()
+            self.idle.clear()
+
+
+_pools: dict[str, _Pool] = {}
+_pools_pid = os.getpid()
+_pools_lock = threading.Lock()
+
+
+def _pool(dsn: str) -> _Pool:
+    """This process's pool for dsn; a forked child (a Celery or gunicorn worker) starts its own."""
+    global _pools_pid
+    with _pools_lock:
+        if _pools_pid != os.getpid():
+            # Connections inherited across fork belong to the parent: forget them, never use them here.
+            _pools.clear()
+            _pools_pid = os.getpid()
+        if dsn not in _pools:
+            _pools[dsn] = _Pool(dsn)
+        return _pools[dsn]
+
+
+def borrow(dsn: str):
+    """A pooled connection (give it back with give_back)."""
+    return _pool(dsn).get()
+
+
+def give_back(dsn: str, conn, broken: bool = False) -> None:
+    """Return a pooled connection; a broken one, or one left inside a transaction, is closed instead."""
+    broken = broken or bool(conn.closed) or conn.get_transaction_status() != extensions.TRANSACTION_STATUS_IDLE
+    _pool(dsn).put(conn, broken)
+
+
 @contextmanager
 def connection(dsn: str):
-    """A connection committed on success, rolled back on error, always closed."""
-    conn = connect(dsn)
+    """A pooled connection, committed on success, rolled back on error, always given back."""
+    conn = borrow(dsn)
+    broken = False
     try:
         yield conn
         conn.commit()
-    except BaseException:
-        conn.rollback()
+    except BaseException as exc:
+        broken = isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+        if not conn.closed:
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                broken = True
         raise
     finally:
-        conn.close()
+        give_back(dsn, conn, broken)
+
+
+def close_pools() -> None:
+    """Close this process's pooled connections (tests that drop databases, clean shutdown)."""
+    with _pools_lock:
+        for p in _pools.values():
+            p.close_all()
+        _pools.clear()
 
 
 def ensure_database(dsn: str) -> None:

@@ -21,7 +21,7 @@ class UnknownProject(LookupError):
 
 
 class ProjectEngine:
-    """Everything the engine does for one project; connections are opened per call and closed."""
+    """Everything the engine does for one project; each call borrows a pooled connection and gives it back."""
 
     def __init__(self, config: EngineConfig, project: str):
         self.config = config
@@ -37,11 +37,8 @@ class ProjectEngine:
 
     def encode(self, keys: list[str], create: bool = True):
         """uint32 ids for keys (new ids for unseen keys unless create is False)."""
-        conn = db.connect(self.config.database_url)
-        try:
+        with db.connection(self.config.database_url) as conn:
             return UserKeyDictionary(conn, self.project_id).encode(keys, create=create)
-        finally:
-            conn.close()
 
     def lookup(self, key: str) -> int | None:
         """The id of one user key, or None."""

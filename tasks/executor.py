@@ -8,8 +8,6 @@ import socket
 import threading
 import uuid
 
-import redis as redis_lib
-
 from app.data import cohorts, jobs, projects, versions
 from cohort_engine import bitmaps, db
 from cohort_engine.definition import DefinitionError, parse_definition
@@ -62,13 +60,10 @@ class JobExecutor:
         self.job_id = job_id
         # Names the process, so operators (and tests) can tell which worker holds a job.
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._redis = None
 
     @property
     def redis(self):
-        if self._redis is None:
-            self._redis = redis_lib.Redis.from_url(self.settings.engine.redis_url)
-        return self._redis
+        return bitmaps.redis_client(self.settings.engine.redis_url)
 
     def run(self) -> dict | None:
         with db.connection(self.dsn) as conn:
@@ -97,8 +92,6 @@ class JobExecutor:
             self._fail(job, "bad_definition", f"the stored definition is invalid: {exc}; update the cohort")
         finally:
             heartbeat.stop()
-            if self._redis is not None:
-                self._redis.close()
         return None
 
     def fail_current(self, code: str, message: str) -> None:
@@ -166,7 +159,7 @@ class JobExecutor:
             if cohort is None:
                 raise JobStopped("cohort_deleted", "the cohort was deleted while its job ran")
             # Locks the job row too, so the reaper cannot take it between here and the commit.
-            state = jobs.touch(conn, self.job_id, self.token)
+            state = jobs.lock_claimed(conn, self.job_id, self.token)
             if state is None:
                 raise JobStopped("claim_lost", "the job ended elsewhere before it could be published")
             if state["cancel_requested"]:

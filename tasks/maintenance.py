@@ -69,3 +69,18 @@ def schedule(self) -> list[int]:
                 log.info("cohort=%s job=%s cron fire=%s", cohort["id"], job["id"], fire.isoformat())
     enqueue(self.app, lambda: db.connection(settings.engine.database_url), created)
     return created
+
+
+@shared_task(name="cohorts.ping", ignore_result=True)
+def ping(counter_key: str | None = None) -> None:
+    """A near no-op for probes and the queue benchmark: optionally counts itself in Redis."""
+    if counter_key:
+        import redis as redis_lib
+
+        from app.settings import Settings
+
+        client = redis_lib.Redis.from_url(Settings.from_env().engine.redis_url)
+        try:
+            client.incr(counter_key)
+        finally:
+            client.close()

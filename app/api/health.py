@@ -31,3 +31,9 @@ def healthz():
         checks["workers"] = {"ok": False, "error": str(exc), "live": []}
     healthy = all(c["ok"] for c in checks.values())
     return jsonify({"ok": healthy, "checks": checks}), 200 if healthy else 503
+
+
+@bp.get("/ping")
+def ping():
+    """Liveness without touching any service (also the baseline of the API benchmark)."""
+    return jsonify({"pong": True})

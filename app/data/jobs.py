@@ -134,10 +134,20 @@ def claim(conn, job_id: int, token: str, stale_seconds: float) -> tuple[dict | N
 def touch(conn, job_id: int, token: str, progress: int | None = None) -> dict | None:
     """Heartbeat (and raise progress); returns {cancel_requested, status} or None if the claim was lost."""
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        # A lost heartbeat or progress tick costs nothing, so it need not wait for the WAL flush.
+        cur.execute("SET LOCAL synchronous_commit TO OFF")
         cur.execute(
             "UPDATE jobs SET heartbeat_at = now(), progress = greatest(progress, coalesce(%s, progress))"
             " WHERE id = %s AND worker = %s AND status = 'computing' RETURNING cancel_requested, status",
             (progress, job_id, token))
+        return cur.fetchone()
+
+
+def lock_claimed(conn, job_id: int, token: str) -> dict | None:
+    """Lock a job this claim still holds; returns {cancel_requested, status} or None if the claim was lost."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT cancel_requested, status FROM jobs WHERE id = %s AND worker = %s AND status = 'computing'"
+                    " FOR UPDATE", (job_id, token))
         return cur.fetchone()
 
 
