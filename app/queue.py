@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import logging
+from datetime import timezone
 
 from app.data import jobs
 
 log = logging.getLogger(__name__)
 
 COMPUTE_TASK = "cohorts.compute"
+# Dialects whose cohorts keep one version per base time (Sensors partitions); the others keep one
+# live computation per cohort, so refreshes and cron fires coalesce.
+PARTITIONED_DIALECTS = ("sensors",)
+
+
+def time_partition(base_time) -> str:
+    """The partition key of a base time, in UTC so it does not change with the project's zone."""
+    return base_time.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cron_partition(cohort: dict, fire_time) -> str:
+    """Where a cron fire computes: its own partition for partitioned dialects, else the cohort's live slot."""
+    return time_partition(fire_time) if cohort["dialect"] in PARTITIONED_DIALECTS else "latest"
 
 
 def submit_cohort_job(conn, cohort: dict, kind: str, *, base_time=None, partition_key: str = "latest",

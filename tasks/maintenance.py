@@ -10,7 +10,7 @@ from celery import shared_task
 from croniter import croniter
 
 from app.data import cohorts, jobs, projects
-from app.queue import enqueue, submit_cohort_job
+from app.queue import cron_partition, enqueue, submit_cohort_job
 from cohort_engine import db
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def schedule(self) -> list[int]:
             fire = due_fire_time(cohort["cron"], tz, since, now)
             if fire is None:
                 continue
-            job, is_new = submit_cohort_job(conn, cohort, "cron", base_time=fire, max_attempts=settings.max_attempts)
+            job, is_new = submit_cohort_job(conn, cohort, "cron", base_time=fire, max_attempts=settings.max_attempts,
+                                            partition_key=cron_partition(cohort, fire))
             cohorts.record_fire(conn, cohort["id"], fire)
             if is_new:
                 created.append(job["id"])

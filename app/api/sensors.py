@@ -5,7 +5,7 @@ Shapes and choices: docs/dialects/sensors.md, "HTTP endpoints".
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import wraps
 from zoneinfo import ZoneInfo
 
@@ -18,7 +18,7 @@ from app.data import cohorts, jobs, projects, versions
 from app.db import check_broker, connection_factory, get_db, get_redis, settings
 from app.dialects.sensors import BASE_TIME_FORMAT, IMPORT_TYPES, ROUTINE, RUN_ONCE, load_partitions, load_rule
 from app.errors import ApiError
-from app.queue import enqueue, submit_cohort_job
+from app.queue import enqueue, submit_cohort_job, time_partition
 from cohort_engine import bitmaps
 from cohort_engine.definition import DefinitionError, check_no_cycle
 
@@ -67,11 +67,6 @@ def parse_base_time(text: str) -> datetime:
     return datetime.strptime(text, BASE_TIME_FORMAT).replace(tzinfo=zone())
 
 
-def partition_key(base_time: datetime) -> str:
-    # In UTC, so the key of an instant does not change with the project's time zone.
-    return base_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def rule_type(cohort: dict) -> int | None:
     return (cohort["request_body"] or {}).get("type")
 
@@ -86,7 +81,7 @@ def load_segmenter(cohort_id: int, lock: bool = False, path: str | None = None) 
 
 
 def submit_partition(conn, cohort: dict, kind: str, base_time: datetime) -> tuple[dict, bool]:
-    return submit_cohort_job(conn, cohort, kind, base_time=base_time, partition_key=partition_key(base_time),
+    return submit_cohort_job(conn, cohort, kind, base_time=base_time, partition_key=time_partition(base_time),
                              max_attempts=settings().max_attempts)
 
 
@@ -178,7 +173,7 @@ def save_rule():
     base_time, created = None, []
     if kind == RUN_ONCE:
         base_time = datetime.now(zone()).replace(microsecond=0)
-        live = jobs.live_for(conn, cohort["id"], partition_key(base_time))
+        live = jobs.live_for(conn, cohort["id"], time_partition(base_time))
         if live is not None and live["params"].get("definition_version") != cohort["definition_version"]:
             jobs.request_cancel(conn, live["id"])
             jobs.fail(conn, live["id"], "superseded", "the rule's definition changed; a new job computes it")
