@@ -19,7 +19,9 @@ DOC_HEAD = """# Benchmarks
 
 Measured by `make bench` (`python -m benchmarks.run`); each section below is rewritten by the
 run that measured it, with its date, command and machine. `BENCH_SCALE=small` runs a quick
-version for development and never writes this file.
+version for development and never writes this file. The bench keeps its data under `var/bench`
+(generated samples are reused by later runs) and its projects in a database of its own,
+`cohorts_bench` (`COHORTS_BENCH_DATABASE_URL`), so it never touches a developer's data.
 """
 
 
