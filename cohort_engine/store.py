@@ -8,6 +8,7 @@ of worker processes evaluate cohorts while an ingest runs, each seeing one consi
 
 from __future__ import annotations
 
+import array
 import csv
 import fcntl
 import json
@@ -311,7 +312,7 @@ def _scratch(threads):
         con.close()
 
 
-def _load_source(con, path) -> tuple[list[int] | None, set[str]]:
+def _load_source(con, path) -> tuple[array.array | None, set[str]]:
     """Load the file into table src; return (for CSV) the line each row starts on, and the time
     columns kept as text because their values carry offsets."""
     path = str(path)
@@ -346,7 +347,10 @@ def _load_source(con, path) -> tuple[list[int] | None, set[str]]:
                 reader = reader[:-1] + f", types = {{{types}}})"
         con.execute(f"CREATE TEMP TABLE src AS SELECT * FROM {reader}")
     except duckdb.Error as exc:
-        raise IngestError(f"{path}: {exc}") from None
+        if lower.endswith((".jsonl", ".ndjson", ".json")):
+            _raise_first_bad_json_line(path)
+        # The first line is the reason; the rest quotes our SQL back, which helps no one.
+        raise IngestError(f"{path}: {str(exc).splitlines()[0]}; nothing was ingested") from None
     if lines is not None:
         rows = con.execute("SELECT count(*) FROM src").fetchone()[0]
         if rows != len(lines):
@@ -354,9 +358,23 @@ def _load_source(con, path) -> tuple[list[int] | None, set[str]]:
     return lines, set(zoned)
 
 
-def _csv_record_lines(path: str, delimiter: str) -> list[int]:
+def _raise_first_bad_json_line(path: str) -> None:
+    """IngestError naming the first line that is not a JSON object (DuckDB's line numbers are off)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                raise IngestError(f"{path}: malformed JSON at line {number}: {exc}; nothing was ingested") from None
+            if not isinstance(value, dict):
+                raise IngestError(f"{path}: line {number} is not a JSON object; nothing was ingested")
+
+
+def _csv_record_lines(path: str, delimiter: str) -> array.array:
     """The line each CSV record starts on; IngestError naming records whose field count is wrong."""
-    lines: list[int] = []
+    lines = array.array("q")
     bad: list[str] = []
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -387,7 +405,7 @@ def _columns(con, table: str) -> dict[str, str]:
         [table]).fetchall()}
 
 
-def _reject_bad_rows(con, path, conditions, lines: list[int] | None) -> None:
+def _reject_bad_rows(con, path, conditions, lines: array.array | None) -> None:
     for condition, reason in conditions:
         bad = [r[0] for r in con.execute(f"SELECT rowid FROM src WHERE {condition} ORDER BY rowid LIMIT 5").fetchall()]
         if bad:

@@ -215,6 +215,8 @@ def _state(engine: ProjectEngine) -> tuple:
     ("events", "too_many_last.csv", "distinct_id,event,time\nok,pay,2024-03-01 00:00:00\n"
      "ok,pay,2024-03-01 00:00:00\nbad,pay,2024-03-01 00:00:00,x,y\n", "wrong number of fields at line 4"),
     ("events", "too_few.csv", "distinct_id,event,time\nok,pay\n", "wrong number of fields at line 2"),
+    ("events", "broken.jsonl", '{"distinct_id": "ok", "event": "pay", "time": "2024-03-01"}\n'
+     '{"distinct_id": "ok", "event": pay}\n', "malformed JSON at line 2"),
     ("events", "no_time.jsonl", '{"distinct_id": "ok", "event": "pay"}\n', "missing column 'time'"),
     ("users", "bool.csv", "distinct_id,vip\nok,true\nbad,7\n", "column 'vip' holds a value that is not a boolean at line 3"),
     ("users", "empty_user.jsonl", '{"distinct_id": "ok"}\n{"distinct_id": ""}\n', "empty distinct_id at line 2"),
