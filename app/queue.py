@@ -46,3 +46,22 @@ def enqueue(celery_app, conn_factory, job_ids) -> list[int]:
         with conn_factory() as conn:
             jobs.mark_enqueued(conn, job_id)
     return failed
+
+
+def delete_cohort_everywhere(conn, redis, key_prefix: str, project_id: int, cohort_id: int, noun: str) -> None:
+    """Delete a cohort's rows (versions and jobs cascade), commit, then its Redis bitmaps.
+
+    Raises ApiError 409 when other cohorts of the project refer to it.
+    """
+    from app.data import cohorts, versions
+    from app.errors import ApiError
+    from cohort_engine import bitmaps
+
+    users = cohorts.referencing(conn, project_id, cohort_id)
+    if users:
+        raise ApiError(409, f"cohorts {users} refer to this {noun}; change or delete them first")
+    keys = versions.bitmap_keys(conn, cohort_id)
+    keys.append(bitmaps.cohort_key(key_prefix, project_id, cohort_id))
+    cohorts.delete(conn, project_id, cohort_id)
+    conn.commit()
+    redis.delete(*keys)

@@ -9,7 +9,7 @@ from app.auth import require_project
 from app.data import cohorts, jobs, versions
 from app.db import check_broker, connection_factory, get_db, get_redis, settings
 from app.errors import ApiError
-from app.queue import enqueue, submit_cohort_job
+from app.queue import delete_cohort_everywhere, enqueue, submit_cohort_job
 from app.schemas import CohortCreateSchema, CohortListQuery, CohortUpdateSchema, JobListQuery, MembersQuery
 from cohort_engine import bitmaps
 from cohort_engine.definition import check_no_cycle
@@ -127,14 +127,7 @@ def update_cohort(cohort_id):
 def delete_cohort(cohort_id):
     conn = get_db()
     load_cohort(cohort_id, lock=True)
-    users = cohorts.referencing(conn, g.project["id"], cohort_id)
-    if users:
-        raise ApiError(409, f"cohorts {users} refer to this cohort; change or delete them first")
-    keys = versions.bitmap_keys(conn, cohort_id)
-    keys.append(bitmaps.cohort_key(settings().engine.key_prefix, g.project["id"], cohort_id))
-    cohorts.delete(conn, g.project["id"], cohort_id)
-    conn.commit()
-    get_redis().delete(*keys)
+    delete_cohort_everywhere(conn, get_redis(), settings().engine.key_prefix, g.project["id"], cohort_id, "cohort")
     return jsonify({"deleted": cohort_id})
 
 

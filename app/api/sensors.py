@@ -14,12 +14,11 @@ from croniter import croniter
 from flask import Blueprint, current_app, g, jsonify, request
 from marshmallow import ValidationError
 
-from app.data import cohorts, jobs, projects, versions
+from app.data import cohorts, jobs, projects
 from app.db import check_broker, connection_factory, get_db, get_redis, settings
 from app.dialects.sensors import BASE_TIME_FORMAT, IMPORT_TYPES, ROUTINE, RUN_ONCE, load_partitions, load_rule
 from app.errors import ApiError
-from app.queue import enqueue, submit_cohort_job, time_partition
-from cohort_engine import bitmaps
+from app.queue import delete_cohort_everywhere, enqueue, submit_cohort_job, time_partition
 from cohort_engine.definition import DefinitionError, check_no_cycle
 
 bp = Blueprint("sensors", __name__, url_prefix="/segmenter")
@@ -227,14 +226,7 @@ def status():
 def delete_rule(cohort_id):
     conn = get_db()
     load_segmenter(cohort_id, lock=True)
-    users = cohorts.referencing(conn, g.project["id"], cohort_id)
-    if users:
-        raise ApiError(409, f"cohorts {users} refer to this rule; change or delete them first")
-    keys = versions.bitmap_keys(conn, cohort_id)
-    keys.append(bitmaps.cohort_key(settings().engine.key_prefix, g.project["id"], cohort_id))
-    cohorts.delete(conn, g.project["id"], cohort_id)
-    conn.commit()
-    get_redis().delete(*keys)
+    delete_cohort_everywhere(conn, get_redis(), settings().engine.key_prefix, g.project["id"], cohort_id, "rule")
     return jsonify({})
 
 
