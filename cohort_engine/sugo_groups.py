@@ -8,14 +8,16 @@ inside an id or even inside a multi-byte character: readers join the bytes befor
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from binascii import crc_hqx
+from collections.abc import Iterable, Sequence
 
 CHUNK_BYTES = 1_048_576
 # Ids are encoded this many at a time, so a writer never holds a second full copy of a huge group.
 ENCODE_BATCH = 200_000
 # A temporary list left behind by a crashed writer disappears by itself after this long.
 TEMP_KEY_TTL_SECONDS = 3600
-READ_BATCH_CHUNKS = 64
+CLUSTER_SLOTS = 16384
+_SWAP_SCRIPT = "redis.call('RENAME', KEYS[1], KEYS[2]) redis.call('PERSIST', KEYS[2]) return 1"
 
 
 class SugoGroupFormatError(ValueError):
@@ -84,23 +86,71 @@ def encode(keys: Sequence[str]) -> list[bytes]:
 
 def read_group(redis, key: str) -> list[str]:
     """The ids of the group stored under key (a missing key is an empty group)."""
-    kind = redis.type(key)
+    # One MULTI, so a writer's RENAME cannot fall between reading the type and the chunks, or
+    # between two chunk ranges (also in Redis Cluster: one key, one slot).
+    pipe = redis.pipeline(transaction=True)
+    pipe.type(key)
+    pipe.lrange(key, 0, -1)
+    kind, parts = pipe.execute(raise_on_error=False)
     if kind in (b"none", "none"):
         return []
     if kind not in (b"list", "list"):
         raise SugoGroupFormatError(f"Redis key {key!r} holds a {kind!r}, not a user group list")
-    parts = []
-    start = 0
-    while True:
-        batch = redis.lrange(key, start, start + READ_BATCH_CHUNKS - 1)
-        parts.extend(batch)
-        if len(batch) < READ_BATCH_CHUNKS:
-            break
-        start += READ_BATCH_CHUNKS
+    if isinstance(parts, Exception):
+        raise parts
     try:
         return parse(b"".join(parts))
     except SugoGroupFormatError as exc:
         raise SugoGroupFormatError(f"Redis key {key!r}: {exc}") from None
+
+
+def cluster_slot(key: str) -> int:
+    """The Redis Cluster slot of key: CRC16 of its hash tag (first non-empty {...}) or of all of it."""
+    data = key.encode("utf-8")
+    tag = _hash_tag(data)
+    return crc_hqx(data if tag is None else tag, 0) % CLUSTER_SLOTS
+
+
+def _hash_tag(data: bytes) -> bytes | None:
+    start = data.find(b"{")
+    if start < 0:
+        return None
+    end = data.find(b"}", start + 1)
+    if end < 0 or end == start + 1:
+        return None
+    return data[start + 1:end]
+
+
+_slot_tags: dict[int, str] = {}
+
+
+def _brace_free_tag_for_slot(slot: int) -> str:
+    """A short text without braces whose CRC16 falls in slot (about 16K tries, once per slot)."""
+    tag = _slot_tags.get(slot)
+    if tag is None:
+        candidate = 0
+        while crc_hqx(f"s{candidate}".encode(), 0) % CLUSTER_SLOTS != slot:
+            candidate += 1
+        tag = _slot_tags[slot] = f"s{candidate}"
+    return tag
+
+
+def temp_key_for(key: str, unique: str) -> str:
+    """A temporary key in key's Redis Cluster slot, so the final RENAME is allowed in a cluster.
+
+    Starts with "<key>:tmp:" whenever the hash-tag rules allow it, so leftovers are easy to find.
+    """
+    data = key.encode("utf-8")
+    if _hash_tag(data) is not None:
+        # Text after the key cannot move its (first) hash tag.
+        return f"{key}:tmp:{unique}"
+    # Without a tag the slot is the CRC of the whole key, so a tag whose content is exactly the key
+    # (or, when the key holds a '}' that would end such a tag early, other text of the same slot).
+    tag = key if "}" not in key and key else _brace_free_tag_for_slot(cluster_slot(key))
+    if "{" in key:
+        # The key's own '{' would open the first tag, so ours must come before it.
+        return f"{{{tag}}}:tmp:{key}:{unique}"
+    return f"{key}:tmp:{{{tag}}}:{unique}"
 
 
 def write_group(redis, key: str, keys: Sequence[str]) -> int:
@@ -110,23 +160,32 @@ def write_group(redis, key: str, keys: Sequence[str]) -> int:
     group or the new one, whole, and a failure midway leaves the old group in place.
     """
     distinct = list(dict.fromkeys(keys))
-    tmp = f"{key}:tmp:{uuid.uuid4().hex}"
+    tmp = temp_key_for(key, uuid.uuid4().hex)
     try:
         pushed = 0
         pipe = redis.pipeline(transaction=False)
         for chunk in _chunks(distinct):
             pipe.rpush(tmp, chunk)
+            if pushed == 0:
+                # With the first chunk, so a writer that dies midway leaves nothing behind for long.
+                pipe.expire(tmp, TEMP_KEY_TTL_SECONDS)
             pushed += 1
             if pushed % 16 == 0:
                 pipe.execute()
-        pipe.expire(tmp, TEMP_KEY_TTL_SECONDS)
         pipe.execute()
-        # RENAME keeps the temporary key's TTL, so clear it in the same transaction.
-        swap = redis.pipeline(transaction=True)
-        swap.rename(tmp, key)
-        swap.persist(key)
-        swap.execute()
+        # RENAME keeps the temporary key's TTL, so clear it atomically with the swap. A script, not
+        # MULTI: redis-py's cluster pipeline refuses RENAME, and a script runs in Redis Cluster too
+        # because both keys share a slot (see temp_key_for).
+        redis.eval(_SWAP_SCRIPT, 2, tmp, key)
     except BaseException:
         redis.delete(tmp)
         raise
     return len(distinct)
+
+
+def delete_groups(redis, keys: Iterable[str]) -> int:
+    """Delete the groups under keys (one DEL per key, so keys may lie in different cluster slots)."""
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.delete(key)
+    return sum(pipe.execute())
