@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from app.data import jobs
 from app.db import get_db, get_redis
 
 bp = Blueprint("health", __name__)
@@ -37,3 +38,18 @@ def healthz():
 def ping():
     """Liveness without touching any service (also the baseline of the API benchmark)."""
     return jsonify({"pong": True})
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus text format: jobs by kind and status, queue wait and heartbeat lag."""
+    conn = get_db()
+    lines = ["# HELP cohorts_jobs Jobs by kind and status.", "# TYPE cohorts_jobs gauge"]
+    for kind, status, count in jobs.status_counts(conn):
+        lines.append(f'cohorts_jobs{{kind="{kind}",status="{status}"}} {count}')
+    waited, lag = jobs.queue_ages(conn)
+    lines += ["# HELP cohorts_oldest_new_job_seconds How long the oldest job has waited in status new.",
+              "# TYPE cohorts_oldest_new_job_seconds gauge", f"cohorts_oldest_new_job_seconds {waited:.3f}",
+              "# HELP cohorts_max_heartbeat_lag_seconds Largest heartbeat age of a computing job.",
+              "# TYPE cohorts_max_heartbeat_lag_seconds gauge", f"cohorts_max_heartbeat_lag_seconds {lag:.3f}"]
+    return "\n".join(lines) + "\n", 200, {"Content-Type": "text/plain; version=0.0.4"}

@@ -218,3 +218,21 @@ def public(job: dict) -> dict:
         "created_at": iso(job["created_at"]), "started_at": iso(job["started_at"]),
         "finished_at": iso(job["finished_at"]),
     }
+
+
+def status_counts(conn) -> list[tuple[str, str, int]]:
+    """(kind, status, count) over all jobs, for /metrics."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT kind, status, count(*) FROM jobs GROUP BY kind, status ORDER BY kind, status")
+        return cur.fetchall()
+
+
+def queue_ages(conn) -> tuple[float, float]:
+    """Seconds the oldest `new` job has waited, and the largest heartbeat lag of `computing` jobs."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'new')), 0),"
+            " coalesce(extract(epoch FROM now() - min(heartbeat_at) FILTER (WHERE status = 'computing')), 0)"
+            " FROM jobs WHERE status IN ('new', 'computing')")
+        waited, lag = cur.fetchone()
+    return float(waited), float(lag)

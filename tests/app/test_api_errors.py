@@ -121,3 +121,11 @@ def test_openapi_document_and_docs_page(client):
     assert client.get("/docs/static/swagger-ui-bundle.js").status_code == 200
 
 
+
+
+def test_metrics_count_jobs_by_kind_and_status(client, api_project):
+    _, _, headers = api_project
+    client.post("/api/v1/cohorts", json={"name": "counted", "definition": GOOD}, headers=headers)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'cohorts_jobs{kind="create",status=' in text
+    assert "cohorts_oldest_new_job_seconds" in text and "cohorts_max_heartbeat_lag_seconds" in text
