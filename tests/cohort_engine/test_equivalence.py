@@ -1,0 +1,400 @@
+"""The engine's member sets equal the brute-force reference's, over random data and random trees.
+
+Each data set is generated once from a fixed seed and ingested through the real store (Parquet ->
+ProjectEngine) into a fresh project; hypothesis then draws many trees and base times against it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cohort_engine.config import EngineConfig
+from cohort_engine.definition import AGGREGATE_FUNCTIONS, PROPERTY_COMPARATORS, parse_definition
+from cohort_engine.project import ProjectEngine
+
+from .reference import Dataset, EngineRunner, Reference, create_project, load_into, reference_outcome
+
+USER_KINDS = {"city": "string", "level": "number", "score": "number", "vip": "boolean", "signup": "time"}
+EVENT_KINDS = {"item": "string", "qty": "number", "price": "number", "paid": "boolean", "due": "time"}
+EVENT_NAMES = ["view", "click", "pay", "share"]
+STRINGS = ["", "alpha", "Alpha", "beta", "ab", "a.b", "x-1", "5", "2.5", "true", "Zürich", "beta gamma"]
+SUBSTRINGS = ["", "a", "A", "be", "ta", ".", "b", "ü", "-1", "gamma", "zz"]
+PATTERNS = ["^a", "a$", "l.h", "[A-Z]", "^$", "ta|ph", "b+", r"\d", r"a\.b", "^[a-z]+$", "e.*a"]
+INTS = list(range(-3, 9))
+FLOATS = [x / 4 for x in range(-8, 25)]
+EXTRA_KEYS = ["nobody-1", "nobody-2"]
+# Largest N per unit for within_last/before_last: about the data's span, so the bound cuts through it.
+DURATION_SPANS = {"minute": 3000, "hour": 400, "day": 25, "week": 4, "month": 2}
+
+
+@dataclass(repr=False)
+class World:
+    """One ingested data set: the engine over it, the reference data, and value pools to draw from."""
+
+    name: str
+    tz: ZoneInfo
+    first_day: date
+    days: int
+    data: Dataset
+    runner: EngineRunner
+    times: list[datetime]
+    cohorts: dict[int, set[str]] = field(default_factory=dict)
+    strategies: dict[str, st.SearchStrategy] = field(default_factory=dict)
+
+    def strategy(self, name: str, build) -> st.SearchStrategy:
+        """A strategy built once per world: building and validating recursive ones is the slow part."""
+        if name not in self.strategies:
+            self.strategies[name] = build(self)
+        return self.strategies[name]
+
+    def __repr__(self) -> str:
+        # Hypothesis prints strategy arguments; the whole data set would be a 70 kB repr.
+        return f"World({self.name})"
+
+    def local_bounds(self) -> tuple[datetime, datetime]:
+        start = datetime.combine(self.first_day, time(), tzinfo=self.tz)
+        return start, start + timedelta(days=self.days)
+
+
+def _local(day: date, seconds: int, tz: ZoneInfo) -> datetime:
+    wall = datetime.combine(day, time()) + timedelta(seconds=seconds)
+    return wall.replace(tzinfo=tz).astimezone(UTC)
+
+
+def make_dataset(seed: int, first_day: date, days: int, tz: ZoneInfo) -> Dataset:
+    """Users with typed, sometimes null profile values and events over `days` local days."""
+    rng = random.Random(seed)
+    keys = [f"u{i:02d}" for i in range(rng.randint(20, 30))]
+
+    def a_time():
+        return _local(first_day + timedelta(days=rng.randint(-10, days + 10)), rng.randrange(86400), tz)
+
+    def maybe(value):
+        return None if rng.random() < 0.2 else value
+
+    profiles = []
+    for key in keys:
+        if rng.random() < 0.75:
+            profiles.append({"key": key, "city": maybe(rng.choice(STRINGS)), "level": maybe(rng.choice(INTS)),
+                             "score": maybe(rng.choice(FLOATS)), "vip": maybe(rng.random() < 0.5),
+                             "signup": maybe(a_time())})
+    # A few users exist only through events, a few only through profiles.
+    active = rng.sample(keys, k=len(keys) - 4)
+    events = []
+    for _ in range(rng.randint(220, 300)):
+        key = rng.choice(active)
+        roll = rng.random()
+        day = first_day + timedelta(days=rng.randrange(days))
+        if roll < 0.08:
+            moment = _local(day, 0, tz)
+        elif roll < 0.16:
+            moment = _local(day, 86399, tz)
+        elif roll < 0.28 and events:
+            # Same user, same instant as an earlier event: sequences must not chain them.
+            earlier = rng.choice(events)
+            key, moment = earlier["key"], earlier["time"]
+        else:
+            moment = _local(day, rng.randrange(86400), tz)
+        events.append({"key": key, "event": rng.choice(EVENT_NAMES), "time": moment,
+                       "item": maybe(rng.choice(STRINGS)), "qty": maybe(rng.choice(INTS)),
+                       "price": maybe(rng.choice(FLOATS)), "paid": maybe(rng.random() < 0.5),
+                       "due": maybe(a_time())})
+    return Dataset(profiles, events, dict(USER_KINDS), dict(EVENT_KINDS))
+
+
+DATASETS = {
+    # (seed, zone, first local day, days, default base time)
+    "utc-new-year": (11, "UTC", date(2023, 12, 18), 22),
+    "new-york-dst-end": (22, "America/New_York", date(2024, 10, 21), 22),
+    "new-york-dst-start": (33, "America/New_York", date(2024, 2, 26), 22),
+    "shanghai-leap-day": (44, "Asia/Shanghai", date(2024, 2, 12), 22),
+}
+STORED_COHORTS = {
+    1: {"type": "profile", "property": "level", "cmp": "gte", "values": [3]},
+    2: {"type": "event", "event": "pay", "window": {"last": 3, "unit": "week"}, "cmp": "gte", "values": [1]},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(DATASETS))
+def world(request, database_url, redis_url, tmp_path_factory) -> World:
+    seed, zone, first_day, days = DATASETS[request.param]
+    tz = ZoneInfo(zone)
+    data = make_dataset(seed, first_day, days, tz)
+    root = tmp_path_factory.mktemp(request.param)
+    config = EngineConfig(database_url=database_url, redis_url=redis_url, store_dir=str(root / "store"),
+                          key_prefix="cohorts-test", threads=1)
+    engine = ProjectEngine(config, create_project(database_url, zone))
+    load_into(engine, data, root / "input")
+    runner = EngineRunner(engine, sorted(data.universe()) + EXTRA_KEYS)
+    times = sorted({e["time"] for e in data.events} | {p["signup"] for p in data.profiles if p["signup"]})
+    found = World(request.param, tz, first_day, days, data, runner, times)
+    base = datetime.combine(first_day + timedelta(days=days - 2), time(9, 30), tzinfo=tz)
+    for cohort_id, tree in STORED_COHORTS.items():
+        found.cohorts[cohort_id] = Reference(data, tz, base).members(parse_definition(tree))
+    return found
+
+
+def assert_same(world: World, raw_tree: dict, base: datetime) -> None:
+    tree = parse_definition(raw_tree)
+    expected = reference_outcome(world.data, world.tz, tree, base, world.cohorts)
+    got = world.runner.members(tree, base, world.cohorts)
+    assert got == expected, f"tree={raw_tree} base={base.isoformat()}"
+
+
+# -- strategies -------------------------------------------------------------------------------------
+
+def local_text(moment: datetime, tz: ZoneInfo, with_time: bool = True) -> str:
+    local = moment.astimezone(tz)
+    return local.strftime("%Y-%m-%dT%H:%M:%S") if with_time else local.date().isoformat()
+
+
+@st.composite
+def condition(draw, world: World, kinds: dict[str, str]) -> dict:
+    """A property condition valid for the property's kind, every comparator reachable."""
+    prop = draw(st.sampled_from(sorted(kinds)))
+    kind = kinds[prop]
+    common = ["eq", "ne", "is_set", "not_set", "is_empty", "not_empty"]
+    choices = {
+        "string": [*common, "gt", "gte", "lt", "lte", "between", "contains", "not_contains",
+                   "starts_with", "ends_with", "regex"],
+        "number": [*common, "gt", "gte", "lt", "lte", "between"],
+        "boolean": [*common, "is_true", "is_false"],
+        "time": [*common, "gt", "gte", "lt", "lte", "between", "date_between", "within_last", "before_last"],
+    }[kind]
+    cmp = draw(st.sampled_from(choices))
+    return {"property": prop, "cmp": cmp, "values": draw(condition_values(world, kind, cmp))}
+
+
+def condition_values(world: World, kind: str, cmp: str):
+    if cmp in ("is_set", "not_set", "is_empty", "not_empty", "is_true", "is_false"):
+        return st.just([])
+    if cmp in ("contains", "not_contains", "starts_with", "ends_with"):
+        return st.sampled_from(SUBSTRINGS).map(lambda s: [s])
+    if cmp == "regex":
+        return st.sampled_from(PATTERNS).map(lambda s: [s])
+    if cmp in ("within_last", "before_last"):
+        return st.sampled_from(sorted(DURATION_SPANS)).flatmap(
+            lambda unit: st.integers(0, DURATION_SPANS[unit]).map(lambda n: [n, unit]))
+    if cmp == "date_between":
+        days = st.integers(-3, world.days + 3).map(lambda n: world.first_day + timedelta(days=n))
+        return st.tuples(days, days).map(lambda t: [min(t).isoformat(), max(t).isoformat()])
+    one = scalar(world, kind)
+    if cmp in ("eq", "ne"):
+        return st.lists(one, min_size=1, max_size=3)
+    if cmp == "between":
+        return st.tuples(one, one).map(lambda t: sorted(t, key=lambda v: sort_key(world, kind, v)))
+    return one.map(lambda v: [v])
+
+
+def sort_key(world: World, kind: str, value):
+    if kind == "number":
+        return float(value)
+    if kind == "time":
+        return datetime.fromisoformat(value).replace(tzinfo=world.tz)
+    return str(value)
+
+
+def scalar(world: World, kind: str):
+    """A comparison value of the kind, sometimes spelled as another JSON type the engine must coerce."""
+    if kind == "string":
+        return st.one_of(st.sampled_from(STRINGS), st.sampled_from([5, 2.5, -1]))
+    if kind == "number":
+        return st.one_of(st.sampled_from(INTS), st.sampled_from(FLOATS), st.sampled_from(["3", "2.5", "-1"]))
+    if kind == "boolean":
+        return st.sampled_from([True, False, "true", "false", "1", "0", 1, 0])
+    near = st.sampled_from(world.times)
+    return st.one_of(
+        near.map(lambda t: local_text(t, world.tz)),
+        near.map(lambda t: local_text(t, world.tz, with_time=False)),
+        near.map(lambda t: local_text(t + timedelta(seconds=1), world.tz)),
+    )
+
+
+@st.composite
+def row_filter(draw, world: World, depth: int = 0) -> dict:
+    kinds = {"event": "string", "time": "time", **EVENT_KINDS}
+    if depth < 2 and draw(st.booleans()):
+        children = draw(st.lists(row_filter(world, depth + 1), min_size=1, max_size=3))
+        return {"op": draw(st.sampled_from(["and", "or"])), "children": children}
+    return draw(condition(world, kinds))
+
+
+@st.composite
+def window(draw, world: World) -> dict:
+    form = draw(st.sampled_from(["dates", "datetimes", "relative"]))
+    if form == "relative":
+        unit = draw(st.sampled_from(["day", "week", "month"]))
+        # Sized so that most relative windows still overlap the data.
+        last, offset = {"day": (8, 4), "week": (3, 2), "month": (2, 1)}[unit]
+        return {"last": draw(st.integers(1, last)), "offset": draw(st.integers(0, offset)), "unit": unit}
+    if form == "dates":
+        days = st.integers(-2, world.days + 1).map(lambda n: world.first_day + timedelta(days=n))
+        low, high = sorted([draw(days), draw(days)])
+        return {"start": low.isoformat(), "end": high.isoformat()}
+    start, _ = world.local_bounds()
+    hours = st.integers(-24, world.days * 24 + 24).map(lambda h: start.replace(tzinfo=None) + timedelta(hours=h))
+    low, high = draw(hours), draw(hours)
+    if low == high:
+        high += timedelta(hours=1)
+    low, high = sorted([low, high])
+    return {"start": low.isoformat(), "end": high.isoformat()}
+
+
+@st.composite
+def event_leaf(draw, world: World) -> dict:
+    fn = draw(st.sampled_from(AGGREGATE_FUNCTIONS))
+    agg = {"fn": fn}
+    if fn == "count_distinct":
+        agg["property"] = draw(st.sampled_from(["item", "qty", "price", "paid", "due", "event"]))
+    elif fn in ("sum", "avg", "min", "max"):
+        agg["property"] = draw(st.sampled_from(["qty", "price"]))
+    cmp = draw(st.sampled_from(["eq", "ne", "gt", "gte", "lt", "lte", "between"]))
+    number = st.one_of(st.integers(-1, 4), st.sampled_from([0.5, 1.5, 2.25, 3.75]))
+    if cmp in ("eq", "ne"):
+        values = draw(st.lists(number, min_size=1, max_size=3))
+    elif cmp == "between":
+        values = sorted([draw(number), draw(number)])
+    else:
+        values = [draw(number)]
+    leaf = {"type": "event", "event": draw(st.sampled_from([*EVENT_NAMES, "*"])), "agg": agg,
+            "window": draw(window(world)), "cmp": cmp, "values": values}
+    if draw(st.booleans()):
+        leaf["filter"] = draw(row_filter(world))
+    return leaf
+
+
+@st.composite
+def sequence_leaf(draw, world: World) -> dict:
+    steps = []
+    for _ in range(draw(st.integers(1, 3))):
+        step = {"event": draw(st.sampled_from([*EVENT_NAMES, "*", "*"]))}
+        if draw(st.integers(0, 2)) == 0:
+            step["filter"] = draw(row_filter(world, depth=1))
+        steps.append(step)
+    return {"type": "sequence", "steps": steps, "window": draw(window(world))}
+
+
+def leaf(world: World):
+    keys = sorted(world.data.universe()) + EXTRA_KEYS
+    return st.one_of(
+        condition(world, USER_KINDS).map(lambda c: {"type": "profile", **c}),
+        event_leaf(world),
+        sequence_leaf(world),
+        st.sampled_from(sorted(STORED_COHORTS)).map(lambda i: {"type": "cohort", "cohort_id": i}),
+        st.lists(st.sampled_from(keys), max_size=5).map(lambda ks: {"type": "ids", "keys": ks}),
+    )
+
+
+def tree(world: World, depth: int = 3):
+    """Nested and/or/not groups over every leaf type; depth-bounded so `not` chains stay short."""
+    leaves = leaf(world)
+    if depth == 0:
+        return leaves
+    below = tree(world, depth - 1)
+    return st.one_of(
+        leaves,
+        st.tuples(st.sampled_from(["and", "or"]), st.lists(below, min_size=1, max_size=3)).map(
+            lambda t: {"op": t[0], "children": t[1]}),
+        below.map(lambda c: {"op": "not", "child": c}),
+    )
+
+
+def base_time(world: World):
+    start, _ = world.local_bounds()
+    return st.integers(5 * 1440, (world.days + 3) * 1440).map(
+        lambda minutes: (start + timedelta(minutes=minutes)).astimezone(UTC).astimezone(world.tz))
+
+
+# -- tests ------------------------------------------------------------------------------------------
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_trees_match_reference(world, data):
+    assert_same(world, data.draw(world.strategy("tree", tree), label="tree"),
+                data.draw(world.strategy("base", base_time), label="base"))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_event_leaves_match_reference(world, data):
+    leaf_tree = data.draw(world.strategy("event", lambda w: st.one_of(event_leaf(w), sequence_leaf(w))), label="leaf")
+    assert_same(world, leaf_tree, data.draw(world.strategy("base", base_time), label="base"))
+
+
+def test_every_comparator_and_kind_matches_reference(world):
+    """A deterministic sweep, so no comparator/kind pair (nor duration unit) is left to chance."""
+    rng = random.Random(7)
+    base = datetime.combine(world.first_day + timedelta(days=world.days - 3), time(13, 5), tzinfo=world.tz)
+    universe = world.data.universe()
+    informative = set()
+    for kinds, wrap in ((USER_KINDS, lambda c: {"type": "profile", **c}),
+                        ({"event": "string", "time": "time", **EVENT_KINDS},
+                         lambda c: {"type": "event", "event": "*", "filter": c, "window": {"last": 2, "unit": "month"},
+                                    "cmp": "gte", "values": [1]})):
+        for prop, kind in kinds.items():
+            for cmp in PROPERTY_COMPARATORS:
+                if cmp in ("within_last", "before_last"):
+                    candidates = [[n, unit] for unit, span in DURATION_SPANS.items() for n in (0, span // 3, span // 2)]
+                elif cmp in ("contains", "not_contains", "starts_with", "ends_with", "regex"):
+                    candidates = [[text] for text in (PATTERNS if cmp == "regex" else SUBSTRINGS)]
+                else:
+                    candidates = [_sweep_values(world, kind, cmp, rng) for _ in range(2)]
+                for values in candidates:
+                    cond = {"property": prop, "cmp": cmp, "values": values}
+                    assert_same(world, wrap(cond), base)
+                    _, members = reference_outcome(world.data, world.tz, parse_definition(wrap(cond)), base)
+                    if members and members != universe:
+                        informative.add(cmp)
+    # Every comparator split the users at least once, so each comparison above could have caught a bug.
+    assert informative == set(PROPERTY_COMPARATORS)
+
+
+def _sweep_values(world: World, kind: str, cmp: str, rng: random.Random) -> list:
+    if cmp in ("is_set", "not_set", "is_empty", "not_empty", "is_true", "is_false"):
+        return []
+    if cmp in ("contains", "not_contains", "starts_with", "ends_with"):
+        return [rng.choice(SUBSTRINGS)]
+    if cmp == "regex":
+        return [rng.choice(PATTERNS)]
+    if cmp in ("within_last", "before_last"):
+        unit = rng.choice(sorted(DURATION_SPANS))
+        return [rng.randint(0, DURATION_SPANS[unit]), unit]
+    if cmp == "date_between":
+        low = world.first_day + timedelta(days=rng.randint(0, world.days))
+        return [low.isoformat(), (low + timedelta(days=rng.randint(0, 5))).isoformat()]
+    pool = {"string": STRINGS, "number": INTS + FLOATS, "boolean": [True, False, "1", "false"],
+            "time": [local_text(t, world.tz) for t in world.times]}[kind]
+    if cmp in ("eq", "ne"):
+        return rng.sample(pool, k=2)
+    if cmp == "between":
+        return sorted(rng.sample(pool, k=2), key=lambda v: sort_key(world, kind, v))
+    return [rng.choice(pool)]
+
+
+def test_every_aggregate_and_window_form_matches_reference(world):
+    windows = [
+        {"start": (world.first_day + timedelta(days=3)).isoformat(),
+         "end": (world.first_day + timedelta(days=9)).isoformat()},
+        {"start": f"{(world.first_day + timedelta(days=2)).isoformat()}T06:00:00",
+         "end": f"{(world.first_day + timedelta(days=12)).isoformat()}T00:00:00"},
+        *({"last": last, "offset": offset, "unit": unit}
+          for unit in ("day", "week", "month") for last in (1, 2) for offset in (0, 1)),
+    ]
+    base = datetime.combine(world.first_day + timedelta(days=world.days - 1), time(23, 59, 59), tzinfo=world.tz)
+    for win in windows:
+        for fn in AGGREGATE_FUNCTIONS:
+            agg = {"fn": fn}
+            if fn != "count" and fn != "days":
+                agg["property"] = "price" if fn != "count_distinct" else "item"
+            for cmp, values in (("gte", [1]), ("lt", [2]), ("eq", [0, 1.5]), ("between", [1, 3])):
+                assert_same(world, {"type": "event", "event": "*", "agg": agg, "window": win,
+                                    "cmp": cmp, "values": values}, base)
+        assert_same(world, {"type": "sequence", "window": win,
+                            "steps": [{"event": "view"}, {"event": "*"}, {"event": "pay"}]}, base)
