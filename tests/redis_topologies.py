@@ -59,6 +59,7 @@ class RedisServer:
     directory: str
     process: subprocess.Popen
     password: str | None = None
+    bus_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -94,25 +95,28 @@ def _tail(path: str | None) -> str:
 
 
 def _launch(directory: str, name: str, config_lines: list[str], *, sentinel: bool = False,
-            password: str | None = None) -> RedisServer:
+            password: str | None = None, cluster: bool = False) -> RedisServer:
     """Start one redis-server (or sentinel) with its own config on a free port, retrying taken ports."""
     last_error: Exception | None = None
     for _ in range(PORT_ATTEMPTS):
         port = free_port()
+        # An explicit cluster bus port, so a node needs any two free ports, not port and port + 10000.
+        bus_port = free_port() if cluster else None
+        lines = [*config_lines, f"cluster-port {bus_port}"] if cluster else config_lines
         node_dir = os.path.join(directory, f"{name}-{port}")
         os.makedirs(node_dir)
         conf = os.path.join(node_dir, "redis.conf")
         log = os.path.join(node_dir, "redis.log")
         with open(conf, "w") as f:
             f.write("\n".join([f"port {port}", f"bind {HOST}", f"dir {node_dir}", f"logfile {log}",
-                               "daemonize no", *config_lines]) + "\n")
+                               "daemonize no", *lines]) + "\n")
             if not sentinel:
                 f.write('save ""\nappendonly no\n')
         args = [REDIS_SERVER, conf] + (["--sentinel"] if sentinel else [])
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         _live_processes.add(process)
-        server = RedisServer(port, node_dir, process, password)
+        server = RedisServer(port, node_dir, process, password, bus_port)
         try:
             _wait_until(lambda s=server: s.client().ping(), f"redis {name} on port {port}", process, log)
             return server
@@ -166,7 +170,7 @@ def _cluster_ok(server: RedisServer, node_count: int) -> bool:
         client.close()
 
 
-def _form_cluster(servers: list[RedisServer], bus_ports: list[int]) -> None:
+def _form_cluster(servers: list[RedisServer]) -> None:
     """What `redis-cli --cluster create --cluster-replicas 0` does, minus its one-second sleeps."""
     slot_count = 16384
     for index, server in enumerate(servers):
@@ -181,8 +185,8 @@ def _form_cluster(servers: list[RedisServer], bus_ports: list[int]) -> None:
             client.close()
     first_node = servers[0].client()
     try:
-        for server, bus_port in zip(servers[1:], bus_ports[1:], strict=True):
-            first_node.execute_command("CLUSTER", "MEET", HOST, server.port, bus_port)
+        for server in servers[1:]:
+            first_node.execute_command("CLUSTER", "MEET", HOST, server.port, server.bus_port)
     finally:
         first_node.close()
 
@@ -191,16 +195,12 @@ def _form_cluster(servers: list[RedisServer], bus_ports: list[int]) -> None:
 def redis_cluster_topology(masters: int = 3) -> Iterator[ClusterTopology]:
     """A Redis Cluster of `masters` masters and no replicas, every node reporting cluster_state:ok."""
     with _topology_dir("redis-cluster-") as (directory, servers):
-        bus_ports = []
         for index in range(masters):
-            # An explicit bus port, so only one free port per node is needed (not port + 10000 too).
-            bus_port = free_port()
-            bus_ports.append(bus_port)
             servers.append(_launch(directory, f"node{index}", [
                 "cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 5000",
-                f"cluster-port {bus_port}", "cluster-require-full-coverage yes",
-            ]))
-        _form_cluster(servers, bus_ports)
+                "cluster-require-full-coverage yes",
+            ], cluster=True))
+        _form_cluster(servers)
         for server in servers:
             _wait_until(lambda s=server: _cluster_ok(s, masters), f"cluster node {server.port}", server.process)
         yield ClusterTopology(list(servers))

@@ -46,6 +46,16 @@ def close_cached_clients():
     sugo_redis.clear_cache()
 
 
+def test_topologies_are_torn_down_even_when_the_body_fails():
+    with pytest.raises(RuntimeError, match="body failed"):
+        with standalone_server() as server:
+            process, directory = server.process, os.path.dirname(server.directory)
+            assert server.client().ping()
+            raise RuntimeError("body failed")
+    assert process.poll() is not None
+    assert not os.path.exists(directory)
+
+
 # -- parse_hosts --------------------------------------------------------------------------------------
 
 def test_parse_hosts_accepts_lists_whitespace_ipv6_and_drops_duplicates():
@@ -310,6 +320,8 @@ def test_cluster_mode_round_trips_a_big_unicode_group(redis_cluster):
     config = cluster_config(redis_cluster, "用户分群-cluster")
     client = connect(config, allow=allow_loopback)
     assert isinstance(client, RedisCluster)
+    node_kwargs = client.get_default_node().redis_connection.connection_pool.connection_kwargs
+    assert node_kwargs["socket_connect_timeout"] == 5
     ids = big_unicode_ids(tag="c")
     assert sugo_groups.write_group(client, config["groupId"], ids) == len(ids)
     node = owner_of(redis_cluster, config["groupId"])
@@ -454,6 +466,7 @@ def sentinel_config(topology, **extra) -> dict:
 def test_sentinel_mode_finds_the_master_and_round_trips_a_big_group(redis_sentinel):
     client = connect(sentinel_config(redis_sentinel), allow=allow_loopback)
     assert client.connection_pool.get_master_address() == (HOST, redis_sentinel.master.port)
+    assert client.connection_pool.connection_kwargs["socket_connect_timeout"] == 5
     ids = big_unicode_ids(tag="s")
     key = "用户分群-sentinel"
     assert sugo_groups.write_group(client, key, ids) == len(ids)
