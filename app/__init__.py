@@ -25,7 +25,7 @@ def create_app(config: dict | None = None):
     app.extensions["celery"] = app.config["CELERY"]
 
     from app import db, errors
-    from app.api import docs, health, native, sensors
+    from app.api import docs, health, native, sensors, sugo
 
     db.init_app(app)
     errors.init_app(app)
@@ -33,5 +33,6 @@ def create_app(config: dict | None = None):
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(sensors.bp)
+    app.register_blueprint(sugo.bp)
     logging.getLogger(__name__).info("app created broker=%s", settings.broker_url)
     return app

@@ -30,6 +30,18 @@ class Settings:
     backoff_base: float = 60.0
     backoff_max: float = 3600.0
     broker_check: bool = True
+    # Sugo /ant and /druid/v2 (docs/dialects/sugo.md): the project served to requests without a token,
+    sugo_project: str = "default"
+    # the dataSource names of the embedded broker (name=events|users, comma-separated),
+    sugo_datasources: str = "schedule_desc=events,tag_bank=users"
+    # addresses that are this service's own embedded broker (answered in-process, never over HTTP),
+    sugo_embedded_brokers: str = "127.0.0.1:6061,localhost:6061"
+    # hosts (host or host:port) that request bodies may name besides our own Redis and embedded broker,
+    sugo_allowed_hosts: str = ""
+    # how long a request waits for its job before answering 202, and hproxy retries per batch.
+    sugo_wait_seconds: float = 25.0
+    sugo_hproxy_retries: int = 3
+    sugo_hproxy_backoff: float = 0.5
 
     @property
     def visibility_timeout(self) -> int:

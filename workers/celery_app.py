@@ -10,7 +10,7 @@ from app.settings import Settings
 def create_celery(settings: Settings | None = None) -> Celery:
     """A configured Celery app; tasks are found in the `tasks` package."""
     settings = settings or Settings.from_env()
-    celery = Celery("cohorts", broker=settings.broker_url, include=["tasks.cohorts", "tasks.maintenance"])
+    celery = Celery("cohorts", broker=settings.broker_url, include=["tasks.cohorts", "tasks.maintenance", "tasks.sugo"])
     celery.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -1,0 +1,174 @@
+"""Sugo `/ant` endpoints (user groups, tag batch updates) as jobs, and the embedded Druid broker `/druid/v2`.
+
+Shapes and choices: docs/dialects/sugo.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from app.data import jobs, projects
+from app.db import check_broker, get_db, settings
+from app.dialects import sugo as dialect
+from app.errors import ApiError
+from cohort_engine.druid import BadQuery, DataSources, execute
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("sugo", __name__)
+
+TASKS = {"usergroup": "sugo.usergroup", "batchUpdate": "sugo.batch_update"}
+LOADERS = {"single": dialect.load_single, "multi": dialect.load_multi,
+           "tag_user_group": dialect.load_tag_user_group, "tag_query": dialect.load_tag_query}
+POLL_FIRST_SECONDS = 0.01
+POLL_MAX_SECONDS = 0.2
+
+
+def current_project() -> dict:
+    """The project of a Bearer (or ?token=) token if one is sent, else COHORTS_SUGO_PROJECT."""
+    scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+    token = (bearer.strip() if scheme.lower() == "bearer" else "") or request.args.get("token", "").strip()
+    if token:
+        project = projects.by_token(get_db(), token)
+        if project is None:
+            raise ApiError(401, "invalid token")
+    else:
+        name = settings().sugo_project
+        project = projects.by_name(get_db(), name)
+        if project is None:
+            raise ApiError(404, f"project {name!r} (COHORTS_SUGO_PROJECT, used when no token is sent) does not exist")
+    g.project = project
+    return project
+
+
+def wants_async() -> bool:
+    return request.args.get("async", "").strip().lower() in ("1", "true", "yes")
+
+
+def send(job_id: int, task: str) -> None:
+    """Put a committed job on the queue (if the broker fails, the job stays `new` for the sweeper)."""
+    try:
+        current_app.extensions["celery"].send_task(task, args=[job_id])
+    except Exception as exc:
+        log.warning("job=%s enqueue failed: %s", job_id, exc)
+        return
+    conn = get_db()
+    jobs.mark_enqueued(conn, job_id)
+    conn.commit()
+
+
+def wait_for(job_id: int, seconds: float) -> dict:
+    """The job once it has ended, or as it is when `seconds` have passed."""
+    conn = get_db()
+    deadline = time.monotonic() + seconds
+    pause = POLL_FIRST_SECONDS
+    while True:
+        job = jobs.get(conn, job_id)
+        conn.rollback()
+        if job["status"] in ("succeed", "failed") or time.monotonic() >= deadline:
+            return job
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 1.5, POLL_MAX_SECONDS)
+
+
+def accepted(job: dict):
+    body = {"jobId": job["id"], "status": job["status"], "progress": job["progress"], "job": jobs.public(job)}
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = f"/api/v1/jobs/{job['id']}"
+    return response
+
+
+def ended(job: dict):
+    status, body = dialect.answer(job)
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def submit(endpoint: str):
+    project = current_project()
+    data = LOADERS[endpoint](request.get_json(silent=True))
+    dialect.check_hosts(endpoint, data, dialect.allowlist_for(settings()))
+    check_broker()
+    kind = dialect.ENDPOINT_KINDS[endpoint]
+    conn = get_db()
+    job, _ = jobs.insert(conn, project["id"], kind, params={"endpoint": endpoint, "request": data},
+                         max_attempts=settings().max_attempts)
+    conn.commit()
+    log.info("job=%s kind=%s endpoint=%s project=%s", job["id"], kind, endpoint, project["name"])
+    send(job["id"], TASKS[kind])
+    if wants_async():
+        return accepted(job)
+    job = wait_for(job["id"], settings().sugo_wait_seconds)
+    return ended(job) if job["status"] in ("succeed", "failed") else accepted(job)
+
+
+@bp.post("/ant/usergroup/single")
+def usergroup_single():
+    return submit("single")
+
+
+@bp.post("/ant/usergroup/multi")
+def usergroup_multi():
+    return submit("multi")
+
+
+@bp.post("/ant/tag/usergroup/batchUpdate")
+def tag_usergroup_batch_update():
+    return submit("tag_user_group")
+
+
+@bp.post("/ant/tag/query/batchUpdate")
+def tag_query_batch_update():
+    return submit("tag_query")
+
+
+@bp.get("/ant/jobs/<int:job_id>")
+def sugo_job(job_id):
+    """A Sugo job of the project, and its answer in the seed's shape once it has ended."""
+    project = current_project()
+    job = jobs.get(get_db(), job_id, project["id"])
+    if job is None or job["kind"] not in TASKS:
+        raise ApiError(404, f"job {job_id} not found")
+    body = {"job": jobs.public(job), "status": None, "answer": None}
+    if job["status"] in ("succeed", "failed"):
+        body["status"], body["answer"] = dialect.answer(job)
+    return jsonify(body)
+
+
+# -- the embedded Druid broker ----------------------------------------------------------------------
+
+
+def druid_response(status: int, body) -> Response:
+    indent = 2 if "pretty" in request.args else None
+    return Response(json.dumps(body, ensure_ascii=False, indent=indent), status=status, mimetype="application/json")
+
+
+@bp.post("/druid/v2")
+@bp.post("/druid/v2/")
+def druid_query():
+    """A native Druid query answered from the project's embedded store, as a broker answers it."""
+    project = current_project()
+    query = request.get_json(silent=True, force=True)
+    if query is None:
+        return druid_response(400, BadQuery("the request body is not valid JSON").body())
+    datasources = DataSources.for_config(settings().engine, dialect.datasource_mapping(settings(), project["name"]))
+    status, body = execute(query, datasources)
+    return druid_response(status, body)
+
+
+@bp.delete("/druid/v2/<query_id>")
+def druid_cancel(query_id):
+    """Accepted, as Druid does; embedded queries are bounded by their context.timeout instead."""
+    return Response(status=202)
+
+
+@bp.get("/druid/v2/datasources")
+def druid_datasources():
+    current_project()
+    return druid_response(200, sorted(dialect.datasource_mapping(settings(), "").keys()))

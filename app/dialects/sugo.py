@@ -1,0 +1,403 @@
+"""Sugo `/ant` API (user groups, tag batch updates): request schemas and their translation.
+
+Seeds 000 and 001; semantics and every choice made here: docs/dialects/sugo.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from cohort_engine.druid import DataSourceSpec
+from cohort_engine.druid.client import broker_endpoints
+from cohort_engine.hproxy import cell, hproxy_endpoints, is_multi_value
+from cohort_engine.sugo_redis import HostNotAllowed, SugoRedisConfigError, check_allowed
+
+SOURCE_TYPES = ("tindex", "uindex", "usergroup")
+TEMPORARY_TYPES = ("tindex", "uindex")
+FINAL = "finalGroup"
+OPS = ("or", "and", "exclude")
+USER_GROUP_TYPES = ("user_group", "lucene_user_group")
+TAG_QUERY_TYPES = ("groupBy", "lucene_groupBy", "scan", "lucene_scan")
+DEFAULT_PRIMARY_COLUMN = "distinct_id"
+DEFAULT_REDIS_PORT = 6379
+DEFAULT_BROKER_PORT = 8082
+# Error code of a failed job -> the HTTP status of the answer (anything else: 500).
+FAILURE_STATUS = {"bad_query": 400, "bad_group": 400, "bad_request": 400, "unsupported": 501, "timeout": 504,
+                  "backend_unavailable": 503, "backend_error": 502, "cancelled": 409, "superseded": 409}
+ENDPOINT_KINDS = {"single": "usergroup", "multi": "usergroup", "tag_user_group": "batchUpdate",
+                  "tag_query": "batchUpdate"}
+
+
+def _one_of(choices) -> validate.OneOf:
+    return validate.OneOf(choices, error="must be one of: " + ", ".join(choices))
+
+
+class DataConfigSchema(Schema):
+    """A Redis location and group id (`dataConfig` / `userGroupConfig`); other keys pass to the client."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    hostAndPorts = fields.String(required=True, validate=validate.Length(min=1))
+    clusterMode = fields.Boolean(load_default=False)
+    sentinelMode = fields.Boolean(load_default=False)
+    groupId = fields.String(required=True, validate=validate.Length(min=1))
+
+
+class UserGroupQuerySchema(Schema):
+    """Sugo's `user_group` query; filter, intervals, granularity and context go to the broker as sent."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    queryType = fields.String(required=True, validate=_one_of(USER_GROUP_TYPES))
+    dataSource = fields.String(required=True, validate=validate.Length(min=1))
+    dimension = fields.String(required=True, validate=validate.Length(min=1))
+    dataConfig = fields.Nested(DataConfigSchema, required=True)
+
+
+class GroupRefSchema(Schema):
+    """The query of a `usergroup` or `finalGroup` entry: only where the group lives."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    dataConfig = fields.Nested(DataConfigSchema, required=True)
+
+
+def _exactly_one(data: dict, names: tuple[str, str], required: bool = True) -> None:
+    given = [n for n in names if data.get(n) is not None]
+    if len(given) > 1:
+        raise ValidationError({names[1]: [f"give either {names[0]} or {names[1]}, not both"]})
+    if required and not given:
+        raise ValidationError({names[0]: [f"missing: give {names[0]} (a URL) or {names[1]} (host:port list)"]})
+
+
+class SingleSchema(Schema):
+    brokerUrl = fields.String(validate=validate.Length(min=1))
+    broker = fields.String(validate=validate.Length(min=1))
+    query = fields.Nested(UserGroupQuerySchema, required=True)
+    append = fields.Boolean(load_default=False)
+
+    @validates_schema
+    def _broker(self, data, **kwargs):
+        _exactly_one(data, ("brokerUrl", "broker"))
+
+
+class MultiEntrySchema(Schema):
+    type = fields.String(required=True, validate=_one_of(SOURCE_TYPES + (FINAL,)))
+    brokerUrl = fields.String(validate=validate.Length(min=1))
+    broker = fields.String(validate=validate.Length(min=1))
+    query = fields.Dict(required=True)
+    op = fields.String(validate=_one_of(OPS))
+    append = fields.Boolean(load_default=False)
+
+    @validates_schema
+    def _by_type(self, data, **kwargs):
+        kind = data.get("type")
+        if kind in TEMPORARY_TYPES:
+            _exactly_one(data, ("brokerUrl", "broker"))
+            schema = UserGroupQuerySchema()
+        else:
+            _exactly_one(data, ("brokerUrl", "broker"), required=False)
+            schema = GroupRefSchema()
+        errors = schema.validate(data.get("query") or {})
+        if errors:
+            raise ValidationError({"query": errors})
+
+
+class TagUserGroupSchema(Schema):
+    hproxyUrl = fields.String(validate=validate.Length(min=1))
+    hproxy = fields.String(validate=validate.Length(min=1))
+    dataSource = fields.String(required=True, validate=validate.Length(min=1))
+    primaryColumn = fields.String(required=True, validate=validate.Length(min=1))
+    userGroupConfig = fields.Nested(DataConfigSchema, required=True)
+    dimData = fields.Dict(keys=fields.String(validate=validate.Length(min=1)), values=fields.Raw(allow_none=True),
+                          required=True, validate=validate.Length(min=1, error="must name at least one column"))
+    appendFlags = fields.Dict(keys=fields.String(), values=fields.Boolean(), load_default=dict)
+
+    @validates_schema
+    def _columns(self, data, **kwargs):
+        _exactly_one(data, ("hproxyUrl", "hproxy"))
+        errors = _append_flag_errors(data.get("appendFlags") or {})
+        primary = data.get("primaryColumn")
+        for column, value in (data.get("dimData") or {}).items():
+            if column == primary:
+                errors[f"dimData.{column}"] = ["is the primary column; it takes each user's id"]
+            elif isinstance(value, (list, tuple)) and not is_multi_value(column):
+                errors[f"dimData.{column}"] = ["a list is only allowed for a multi-value column (m?_ prefix)"]
+            elif isinstance(value, dict):
+                errors[f"dimData.{column}"] = ["must be a value or, for a multi-value column, a list"]
+        if errors:
+            raise ValidationError(errors)
+
+
+class TagQuerySchema(Schema):
+    brokerUrl = fields.String(validate=validate.Length(min=1))
+    broker = fields.String(validate=validate.Length(min=1))
+    hproxyUrl = fields.String(validate=validate.Length(min=1))
+    hproxy = fields.String(validate=validate.Length(min=1))
+    dataSource = fields.String(required=True, validate=validate.Length(min=1))
+    primaryColumn = fields.String(load_default=DEFAULT_PRIMARY_COLUMN, validate=validate.Length(min=1))
+    dimMap = fields.Dict(keys=fields.String(validate=validate.Length(min=1)),
+                         values=fields.String(validate=validate.Length(min=1)), required=True,
+                         validate=validate.Length(min=1, error="must map at least one result column"))
+    appendFlags = fields.Dict(keys=fields.String(), values=fields.Boolean(), load_default=dict)
+    query = fields.Dict(required=True)
+
+    @validates_schema
+    def _columns(self, data, **kwargs):
+        _exactly_one(data, ("brokerUrl", "broker"))
+        _exactly_one(data, ("hproxyUrl", "hproxy"))
+        errors = _append_flag_errors(data.get("appendFlags") or {})
+        dim_map = data.get("dimMap") or {}
+        primary = data.get("primaryColumn") or DEFAULT_PRIMARY_COLUMN
+        if dim_map and primary not in dim_map.values():
+            errors["dimMap"] = [f"must map a result column to the primary column {primary!r}"]
+        targets = list(dim_map.values())
+        for column in {t for t in targets if targets.count(t) > 1}:
+            errors["dimMap"] = [f"two result columns map to {column!r}"]
+        query_type = (data.get("query") or {}).get("queryType")
+        if query_type not in TAG_QUERY_TYPES:
+            errors["query.queryType"] = ["must be one of: " + ", ".join(TAG_QUERY_TYPES)]
+        if errors:
+            raise ValidationError(errors)
+
+
+def _append_flag_errors(flags: Mapping[str, bool]) -> dict[str, list[str]]:
+    return {f"appendFlags.{column}": ["may be true only for a multi-value column (mi_ ml_ mf_ mp_ md_ ms_)"]
+            for column, flag in flags.items() if flag and not is_multi_value(column)}
+
+
+def _body(body, kind: type) -> object:
+    if not isinstance(body, kind):
+        what = "an array of group entries" if kind is list else "a JSON object"
+        raise ValidationError({"_body": [f"the request body must be {what}"]})
+    return body
+
+
+def load_single(body) -> dict:
+    return SingleSchema().load(_body(body, dict))
+
+
+def load_multi(body) -> list[dict]:
+    """Entries of a multi request, validated together: exactly one finalGroup, ops where needed."""
+    entries = _body(body, list)
+    errors: dict = {}
+    loaded = []
+    for index, entry in enumerate(entries):
+        try:
+            loaded.append(MultiEntrySchema().load(entry if isinstance(entry, dict) else {"_": entry}))
+        except ValidationError as exc:
+            errors[index] = exc.messages if isinstance(entry, dict) else ["must be a JSON object"]
+            loaded.append(None)
+    if errors:
+        raise ValidationError(errors)
+    finals = [i for i, e in enumerate(loaded) if e["type"] == FINAL]
+    sources = [i for i, e in enumerate(loaded) if e["type"] != FINAL]
+    if len(finals) != 1:
+        raise ValidationError({"_body": [f"exactly one entry must have type finalGroup (found {len(finals)})"]})
+    if not sources:
+        raise ValidationError({"_body": ["at least one tindex, uindex or usergroup entry is needed"]})
+    for index in sources[1:]:
+        if not loaded[index].get("op"):
+            errors[index] = {"op": ["missing: or, and or exclude (only the first group may leave it out)"]}
+    if errors:
+        raise ValidationError(errors)
+    for entry in loaded:
+        entry["query"] = (UserGroupQuerySchema() if entry["type"] in TEMPORARY_TYPES else GroupRefSchema()).load(
+            entry["query"])
+    return loaded
+
+
+def load_tag_user_group(body) -> dict:
+    return TagUserGroupSchema().load(_body(body, dict))
+
+
+def load_tag_query(body) -> dict:
+    return TagQuerySchema().load(_body(body, dict))
+
+
+def broker_of(data: dict) -> tuple[str, str]:
+    """(field name, value) of the broker a request or entry names."""
+    return ("brokerUrl", data["brokerUrl"]) if data.get("brokerUrl") else ("broker", data["broker"])
+
+
+def hproxy_of(data: dict) -> tuple[str, str]:
+    return ("hproxyUrl", data["hproxyUrl"]) if data.get("hproxyUrl") else ("hproxy", data["hproxy"])
+
+
+# -- which hosts a request may contact ------------------------------------------------------------
+
+
+def _url_address(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r} has a bad port") from None
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host")
+    return parts.hostname.lower(), port or {"http": 80, "https": 443}.get(parts.scheme, default_port)
+
+
+def broker_addresses(value: str) -> list[tuple[str, int]]:
+    """(host, port) of every broker of a brokerUrl / broker value."""
+    return [_url_address(u, DEFAULT_BROKER_PORT) for u in broker_endpoints(value)]
+
+
+def hproxy_addresses(value: str) -> list[tuple[str, int]]:
+    return [_url_address(u, 80) for u in hproxy_endpoints(value, "_")]
+
+
+def parse_address_list(text: str, default_port: int | None) -> set[tuple[str, int | None]]:
+    """{(host, port)} of "host[:port],..." settings text; a missing port means any port."""
+    found: set[tuple[str, int | None]] = set()
+    for item in (part.strip() for part in (text or "").split(",")):
+        if not item:
+            continue
+        host, port = _url_address("//" + item if "://" not in item else item, 0)
+        found.add((host, port or default_port))
+    return found
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    """Hosts a request body may make us contact; an entry with port None allows any port of its host."""
+
+    entries: frozenset
+    embedded: frozenset
+
+    def __call__(self, host: str, port: int) -> bool:
+        host = host.lower()
+        return (host, port) in self.entries or (host, None) in self.entries
+
+    def is_embedded(self, broker: str) -> bool:
+        """Whether every host of a broker value is this service's own embedded broker."""
+        return all(address in self.embedded for address in broker_addresses(broker))
+
+
+def allowlist_for(settings) -> Allowlist:
+    """Our own Redis and embedded broker, plus COHORTS_SUGO_ALLOWED_HOSTS."""
+    redis = urlsplit(settings.engine.redis_url)
+    own_redis = {((redis.hostname or "127.0.0.1").lower(), redis.port or DEFAULT_REDIS_PORT)}
+    embedded = frozenset((h, p) for h, p in parse_address_list(settings.sugo_embedded_brokers, 80))
+    extra = parse_address_list(settings.sugo_allowed_hosts, None)
+    return Allowlist(frozenset(own_redis | set(embedded) | extra), embedded)
+
+
+def _check_addresses(path: str, addresses: Iterable[tuple[str, int]], allow: Allowlist, errors: dict) -> None:
+    for host, port in addresses:
+        if not allow(host, port):
+            errors.setdefault(path, []).append(
+                f"{host}:{port} is not an allowed host (COHORTS_SUGO_ALLOWED_HOSTS); nothing was contacted")
+
+
+def _check_value(path: str, value: str, parse, allow: Allowlist, errors: dict) -> None:
+    try:
+        addresses = parse(value)
+    except ValueError as exc:
+        errors.setdefault(path, []).append(str(exc))
+        return
+    _check_addresses(path, addresses, allow, errors)
+
+
+def _check_redis(path: str, config: dict, allow: Allowlist, errors: dict) -> None:
+    try:
+        check_allowed(config, allow, path)
+    except HostNotAllowed as exc:
+        errors.setdefault(exc.field, []).append(
+            f"{exc.host}:{exc.port} is not an allowed Redis host (COHORTS_SUGO_ALLOWED_HOSTS); nothing was contacted")
+    except SugoRedisConfigError as exc:
+        errors.setdefault(exc.field, []).append(str(exc).split(": ", 1)[-1])
+
+
+def check_hosts(endpoint: str, data, allow: Allowlist) -> None:
+    """ValidationError naming every field of a loaded request whose hosts the allowlist refuses."""
+    errors: dict[str, list[str]] = {}
+    if endpoint == "multi":
+        for index, entry in enumerate(data):
+            if entry["type"] in TEMPORARY_TYPES:
+                name, value = broker_of(entry)
+                _check_value(f"[{index}].{name}", value, broker_addresses, allow, errors)
+            _check_redis(f"[{index}].query.dataConfig", entry["query"]["dataConfig"], allow, errors)
+    else:
+        if data.get("brokerUrl") or data.get("broker"):
+            name, value = broker_of(data)
+            _check_value(name, value, broker_addresses, allow, errors)
+        if data.get("hproxyUrl") or data.get("hproxy"):
+            name, value = hproxy_of(data)
+            _check_value(name, value, hproxy_addresses, allow, errors)
+        if endpoint == "single":
+            _check_redis("query.dataConfig", data["query"]["dataConfig"], allow, errors)
+        elif endpoint == "tag_user_group":
+            _check_redis("userGroupConfig", data["userGroupConfig"], allow, errors)
+    if errors:
+        raise ValidationError(errors)
+
+
+# -- translation ----------------------------------------------------------------------------------
+
+
+def user_group_as_group_by(query: dict) -> dict:
+    """A standard Druid groupBy for the distinct values of a user_group query's dimension."""
+    group_by = {key: value for key, value in query.items() if key not in ("queryType", "dimension", "dataConfig")}
+    group_by["queryType"] = "groupBy"
+    group_by.setdefault("granularity", "all")
+    group_by["dimensions"] = [{"type": "default", "dimension": query["dimension"], "outputName": query["dimension"]}]
+    group_by["aggregations"] = []
+    return group_by
+
+
+def written_flags(columns: Iterable[str], flags: Mapping[str, bool]) -> dict[str, bool]:
+    """appendFlags of the columns a row writes (flags for columns it does not write are dropped)."""
+    return {column: bool(flags[column]) for column in columns if column in flags}
+
+
+def group_rows(ids: Iterable[str], data: dict) -> Iterator[dict]:
+    """hproxy rows writing dimData to every id of a group."""
+    primary = data["primaryColumn"]
+    values = {column: cell(column, value) for column, value in data["dimData"].items()}
+    flags = written_flags(values, data["appendFlags"])
+    for key in ids:
+        yield {"values": {**values, primary: key}, "appendFlags": flags}
+
+
+def event_rows(events: Iterable[dict], data: dict, skipped: list[int]) -> Iterator[dict]:
+    """hproxy rows from query result events through dimMap; events without a primary key are counted in skipped."""
+    dim_map = data["dimMap"]
+    primary = data["primaryColumn"]
+    flags = written_flags(dim_map.values(), data["appendFlags"])
+    for event in events:
+        values = {column: cell(column, event.get(source)) for source, column in dim_map.items()}
+        if values.get(primary) in (None, ""):
+            skipped[0] += 1
+            continue
+        yield {"values": values, "appendFlags": flags}
+
+
+def datasource_mapping(settings, project: str) -> dict[str, DataSourceSpec]:
+    """COHORTS_SUGO_DATASOURCES ("name=events|users,...") as tables of project for the embedded broker."""
+    mapping = {}
+    for item in (part.strip() for part in settings.sugo_datasources.split(",")):
+        if item:
+            name, _, table = item.partition("=")
+            mapping[name.strip()] = DataSourceSpec(project, table.strip() or "events")
+    return mapping
+
+
+def answer(job: dict) -> tuple[int, object]:
+    """(HTTP status, body) for an ended job, in the seed's shape or a Druid-like error body."""
+    if job["status"] == "succeed":
+        result = job["result"] or {}
+        if job["kind"] == "usergroup":
+            return 200, [{"event": {"RowCount": result.get("count", 0)}}]
+        return 200, {"success": result.get("success", 0), "failed": result.get("failed", 0),
+                     "errors": result.get("errors", [])}
+    code = job["error_code"] or "internal_error"
+    return FAILURE_STATUS.get(code, 500), {"error": code, "errorMessage": job["error_message"], "errorClass": None,
+                                           "host": None, "jobId": job["id"]}

@@ -1,0 +1,291 @@
+"""Sugo jobs (`usergroup`, `batchUpdate`): user groups by Roaring set algebra, tag writes through hproxy.
+
+The plain logic lives in SugoRunner (no Celery); SugoJobExecutor adds the job life cycle
+(claim, heartbeat, progress, final status) by reusing the cohort job executor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import redis as redis_lib
+from pyroaring import BitMap
+
+from app.data import projects
+from app.dialects import sugo as dialect
+from cohort_engine import db, sugo_groups
+from cohort_engine.bitmaps import to_bitmap
+from cohort_engine.druid import DataSources, DruidQueryError, run, user_group_uids
+from cohort_engine.druid.client import DruidClient, DruidError
+from cohort_engine.hproxy import HproxyClient
+from cohort_engine.project import ProjectEngine
+from cohort_engine.sugo_redis import SugoRedisConfigError, connect, normalise, parse_hosts
+from tasks.executor import JobExecutor, JobStopped
+
+log = logging.getLogger(__name__)
+
+PAGE_ROWS = 50_000
+DRUID_CODES = {400: "bad_query", 501: "unsupported", 504: "timeout"}
+
+Step = Callable[[int, int], None]
+
+
+class EmbeddedBroker(DruidClient):
+    """The broker client interface (query, paging) answered in-process by the embedded executor."""
+
+    def __init__(self, datasources: DataSources):
+        self.datasources = datasources
+        self.endpoints = ["embedded"]
+
+    def query(self, query: dict, query_id: str | None = None) -> list:
+        query, _ = self.with_query_id(query, query_id)
+        return run(query, self.datasources)
+
+    def cancel(self, query_id: str) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def druid_failure(exc: Exception, where: str) -> JobStopped:
+    """JobStopped with an error code and message for a broker's (or the embedded executor's) error."""
+    if isinstance(exc, DruidQueryError):
+        return JobStopped(DRUID_CODES.get(exc.status, "backend_error"), f"{exc.error}: {exc.message}")
+    if exc.error_code == "Connection failed":
+        return JobStopped("backend_unavailable", f"broker {where} unreachable: {exc.message}")
+    code = DRUID_CODES.get(exc.status, "timeout" if exc.error_code == "Query timeout" else "backend_error")
+    return JobStopped(code, f"broker {where} answered {exc.error_code}: {exc.message}")
+
+
+class SugoRunner:
+    """Runs one Sugo request for a project; `step(done, total)` reports progress (and may stop the job)."""
+
+    def __init__(self, settings, project: str, step: Step | None = None):
+        self.settings = settings
+        self.engine = ProjectEngine(settings.engine, project)
+        self.allow = dialect.allowlist_for(settings)
+        self.datasources = DataSources.for_config(settings.engine, dialect.datasource_mapping(settings, project))
+        self.step = step or (lambda done, total: None)
+        own = urlsplit(settings.engine.redis_url)
+        self.own_redis = ((own.hostname or "127.0.0.1").lower(), own.port or dialect.DEFAULT_REDIS_PORT)
+        self.own_db = int(own.path.strip("/") or 0)
+        self.written_rows = 0
+
+    # -- Redis groups <-> bitmaps over the project's user-key dictionary ---------------------------
+
+    def redis_for(self, config: dict, path: str):
+        """A client for a dataConfig; our own Redis (as hostAndPorts) means our own Redis database too."""
+        config = dict(config)
+        if config.get("db") is None and not config.get("clusterMode"):
+            try:
+                hosts = parse_hosts(config["hostAndPorts"])
+            except ValueError:
+                hosts = []
+            if hosts and all(h == self.own_redis for h in hosts):
+                config["db"] = self.own_db
+        try:
+            return connect(config, allow=self.allow, path=path)
+        except SugoRedisConfigError as exc:
+            raise JobStopped("bad_request", str(exc)) from None
+
+    def bitmap_of(self, keys) -> BitMap:
+        return to_bitmap(self.engine.encode(keys)) if len(keys) else BitMap()
+
+    def read_bitmap(self, client, group_id: str) -> BitMap:
+        return self.bitmap_of(sugo_groups.read_group(client, group_id))
+
+    def write_bitmap(self, client, group_id: str, bitmap: BitMap) -> int:
+        """Replace the group with the users of bitmap (readers see the old or the new group, whole)."""
+        return sugo_groups.write_group(client, group_id, list(self.engine.iter_keys(bitmap, batch=65536)))
+
+    # -- brokers ------------------------------------------------------------------------------------
+
+    def broker(self, value: str):
+        if self.allow.is_embedded(value):
+            return EmbeddedBroker(self.datasources)
+        for host, port in dialect.broker_addresses(value):
+            if not self.allow(host, port):
+                raise JobStopped("bad_request", f"broker {host}:{port} is not an allowed host")
+        return DruidClient(value)
+
+    def user_group(self, broker_value: str, query: dict) -> BitMap:
+        """The users of a user_group query: in-process from the embedded store, else a paged groupBy."""
+        broker = self.broker(broker_value)
+        try:
+            if isinstance(broker, EmbeddedBroker):
+                try:
+                    return user_group_uids(query, self.datasources)
+                except DruidQueryError as exc:
+                    if "key dimension" not in exc.message:
+                        raise
+                    return self.bitmap_of(run(query, self.datasources))
+            bitmap = BitMap()
+            dimension = query["dimension"]
+            for page in broker.iter_group_by(dialect.user_group_as_group_by(query), PAGE_ROWS):
+                keys = [str(e[dimension]) for e in page if e.get(dimension) not in (None, "")]
+                bitmap |= self.bitmap_of(keys)
+            return bitmap
+        except (DruidError, DruidQueryError) as exc:
+            raise druid_failure(exc, broker_value) from None
+        finally:
+            broker.close()
+
+    # -- the four endpoints -------------------------------------------------------------------------
+
+    def single(self, request: dict) -> dict:
+        query = request["query"]
+        config = query["dataConfig"]
+        total = 3
+        bitmap = self.user_group(dialect.broker_of(request)[1], query)
+        self.step(1, total)
+        client = self.redis_for(config, "query.dataConfig")
+        if request["append"]:
+            bitmap |= self.read_bitmap(client, config["groupId"])
+        self.step(2, total)
+        count = self.write_bitmap(client, config["groupId"], bitmap)
+        return {"count": count}
+
+    def multi(self, entries: list[dict]) -> dict:
+        """Sources applied left to right (or / and / exclude), written to the finalGroup; temporaries deleted."""
+        sources = [e for e in entries if e["type"] != dialect.FINAL]
+        final = next(e for e in entries if e["type"] == dialect.FINAL)
+        total = len(sources) + 2
+        accumulated: BitMap | None = None
+        done = 0
+        for index, entry in enumerate(entries):
+            if entry["type"] == dialect.FINAL:
+                continue
+            if entry["type"] in dialect.TEMPORARY_TYPES:
+                current = self.user_group(dialect.broker_of(entry)[1], entry["query"])
+            else:
+                config = entry["query"]["dataConfig"]
+                current = self.read_bitmap(self.redis_for(config, f"[{index}].query.dataConfig"), config["groupId"])
+            if accumulated is None:
+                accumulated = current
+            elif entry["op"] == "or":
+                accumulated |= current
+            elif entry["op"] == "and":
+                accumulated &= current
+            else:
+                accumulated -= current
+            done += 1
+            self.step(done, total)
+        final_config = final["query"]["dataConfig"]
+        client = self.redis_for(final_config, f"[{entries.index(final)}].query.dataConfig")
+        if final["append"]:
+            accumulated |= self.read_bitmap(client, final_config["groupId"])
+        count = self.write_bitmap(client, final_config["groupId"], accumulated)
+        self.step(len(sources) + 1, total)
+        self.delete_temporaries(entries)
+        return {"count": count}
+
+    def delete_temporaries(self, entries: list[dict]) -> None:
+        """Delete the tindex/uindex groups, as Sugo does, but never the output or a kept usergroup."""
+        def where(entry):
+            config = entry["query"]["dataConfig"]
+            return normalise(config), config["groupId"]
+
+        kept = {where(e) for e in entries if e["type"] not in dialect.TEMPORARY_TYPES}
+        for index, entry in enumerate(entries):
+            if entry["type"] in dialect.TEMPORARY_TYPES and where(entry) not in kept:
+                config = entry["query"]["dataConfig"]
+                self.redis_for(config, f"[{index}].query.dataConfig").delete(config["groupId"])
+
+    def hproxy(self, request: dict) -> HproxyClient:
+        value = dialect.hproxy_of(request)[1]
+        for host, port in dialect.hproxy_addresses(value):
+            if not self.allow(host, port):
+                raise JobStopped("bad_request", f"hproxy {host}:{port} is not an allowed host")
+        return HproxyClient(value, request["dataSource"], retries=self.settings.sugo_hproxy_retries,
+                            backoff_seconds=self.settings.sugo_hproxy_backoff)
+
+    def tag_user_group(self, request: dict) -> dict:
+        """Write dimData to every user of the group, 1000 rows an hproxy request."""
+        config = request["userGroupConfig"]
+        ids = sugo_groups.read_group(self.redis_for(config, "userGroupConfig"), config["groupId"])
+        batches = max(1, -(-len(ids) // 1000))
+        self.step(1, batches + 1)
+        with self.hproxy(request) as client:
+            answer = client.update(self._counted(dialect.group_rows(ids, request)), request["primaryColumn"],
+                                   on_batch=lambda done: self.step(done + 1, batches + 1))
+        return {**answer, "rows": len(ids)}
+
+    def tag_query(self, request: dict) -> dict:
+        """Run the query (paged), map its columns through dimMap and write them with hproxy."""
+        query = dict(request["query"])
+        broker_value = dialect.broker_of(request)[1]
+        broker = self.broker(broker_value)
+        skipped = [0]
+        limit = (query.get("limitSpec") or {}).get("limit") if "groupBy" in query["queryType"] else query.get("limit")
+        expected_batches = max(1, -(-limit // 1000)) if isinstance(limit, int) and limit > 0 else None
+        sent = [0]
+
+        def on_batch(done: int) -> None:
+            sent[0] = done
+            total = expected_batches + 1 if expected_batches else done + 2
+            self.step(min(done, total - 1), total)
+
+        def events():
+            if "groupBy" in query["queryType"]:
+                pages = broker.iter_group_by(query, PAGE_ROWS)
+            else:
+                pages = broker.iter_scan(dict(query, resultFormat="list"), PAGE_ROWS)
+            for page in pages:
+                yield from page
+
+        try:
+            with self.hproxy(request) as client:
+                answer = client.update(self._counted(dialect.event_rows(events(), request, skipped)),
+                                       request["primaryColumn"], on_batch=on_batch)
+        except (DruidError, DruidQueryError) as exc:
+            failure = druid_failure(exc, broker_value)
+            if self.written_rows:
+                failure.message += (f"; {self.written_rows} rows in {sent[0]} batches had already been sent to "
+                                    "hproxy before the failure")
+            raise failure from None
+        finally:
+            broker.close()
+        if skipped[0]:
+            answer["failed"] += skipped[0]
+            answer["errors"].append(f"{skipped[0]} result rows had no {request['primaryColumn']} and were not sent")
+        return {**answer, "rows": self.written_rows + skipped[0]}
+
+    def _counted(self, rows):
+        for row in rows:
+            self.written_rows += 1
+            yield row
+
+    def run(self, endpoint: str, request) -> dict:
+        handlers = {"single": self.single, "multi": self.multi, "tag_user_group": self.tag_user_group,
+                    "tag_query": self.tag_query}
+        try:
+            return handlers[endpoint](request)
+        except sugo_groups.SugoGroupFormatError as exc:
+            raise JobStopped("bad_group", str(exc)) from None
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+            raise JobStopped("backend_unavailable", f"Sugo group Redis unreachable: {exc}") from None
+        except redis_lib.RedisError as exc:
+            raise JobStopped("backend_error", f"Sugo group Redis refused: {exc}") from None
+
+
+class SugoJobExecutor(JobExecutor):
+    """A Sugo job through the cohort job life cycle: claim, heartbeat, progress, succeed or failed."""
+
+    def _compute(self, job: dict) -> dict:
+        with db.connection(self.dsn) as conn:
+            project = projects.by_id(conn, job["project_id"])
+        last = [-1]
+
+        def step(done: int, total: int) -> None:
+            percent = min(99, done * 99 // max(total, 1))
+            if percent > last[0]:
+                last[0] = percent
+                self._progress(done, total)
+
+        params = job["params"]
+        runner = SugoRunner(self.settings, project["name"], step)
+        result = runner.run(params["endpoint"], params["request"])
+        return self._finish(job, None, result)

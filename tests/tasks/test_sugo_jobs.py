@@ -1,0 +1,520 @@
+"""Sugo /ant jobs end to end: HTTP -> job row -> real Celery worker -> Redis groups in Sugo's format / hproxy.
+
+Every request of seeds 000 and 001 is sent as the seed writes it, with only brokerUrl, hproxyUrl and
+hostAndPorts pointed at local services: the embedded broker (answered in the worker, or over real
+HTTP by this app served with werkzeug in a thread), and hproxy = a small real HTTP server in this
+file that records every request it gets. Expected groups and tag rows come from a brute force over
+the sample Parquet files with plain Python sets, never from the engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+import uuid
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow.parquet as pq
+import pytest
+import redis as redis_lib
+from werkzeug.serving import make_server
+
+from app.data.projects import set_token
+from cohort_engine import db, sugo_groups
+from cohort_engine.project import ProjectEngine
+from cohort_engine.sample import write_sample
+from tests.redis_topologies import free_port, redis_cluster, redis_sentinel  # noqa: F401
+from tests.services import start_worker, stop, wait_for_worker, wait_until
+
+EMBEDDED = "http://127.0.0.1:6061/druid/v2?pretty"  # an alias of our own broker: answered in the worker
+REDIS = "127.0.0.1:6379"  # our own Redis: groups land in the tests' Redis database
+
+SEED_SINGLE = {
+    "brokerUrl": "http://192.168.0.225:8082/druid/v2?pretty",
+    "query": {
+        "queryType": "user_group", "dataSource": "schedule_desc", "granularity": "all", "intervals": "1000/3000",
+        "filter": {"type": "selector", "dimension": "sugo_province", "value": "广东省"},
+        "dimension": "distinct_id",
+        "dataConfig": {"hostAndPorts": "192.168.0.223:6379", "clusterMode": False,
+                       "groupId": "schedule_desc_sugo_province"},
+        "context": {"timeout": 180000, "useOffheap": True, "groupByStrategy": "v2"}},
+    "append": True,
+}
+SEED_MULTI = [
+    {"type": "tindex", "brokerUrl": "http://192.168.0.225:8082/druid/v2?pretty", "query": {
+        "queryType": "user_group", "dataSource": "schedule_desc", "granularity": "all", "intervals": "1000/3000",
+        "filter": {"type": "selector", "dimension": "sugo_province", "value": "广东省"},
+        "dimension": "distinct_id",
+        "dataConfig": {"hostAndPorts": "192.168.0.223:6379", "clusterMode": False,
+                       "groupId": "schedule_desc_sugo_province"},
+        "context": {"timeout": 180000, "useOffheap": True, "groupByStrategy": "v2"}}},
+    {"type": "usergroup", "query": {"dataConfig": {
+        "hostAndPorts": "192.168.0.220:6379", "clusterMode": False, "sentinelMode": False,
+        "groupId": "usergroup_N4pahgU1y"}}, "op": "or"},
+    {"type": "uindex", "brokerUrl": "http://192.168.0.223:8082/druid/v2?pretty", "query": {
+        "queryType": "user_group", "dataSource": "tag_bank", "granularity": "all", "intervals": "1000/3000",
+        "filter": {"type": "selector", "dimension": "ub_risk", "value": "R4"},
+        "dimension": "distinct_id",
+        "dataConfig": {"hostAndPorts": "192.168.0.223:6379", "clusterMode": False, "groupId": "tag_bank_ub_risk"},
+        "context": {"timeout": 180000, "useOffheap": True, "groupByStrategy": "v2"}}, "op": "exclude"},
+    {"type": "finalGroup", "query": {"dataConfig": {
+        "hostAndPorts": "192.168.0.223:6379", "clusterMode": False, "groupId": "test_usergroup_multi"}},
+     "append": True},
+]
+SEED_TAG_USERGROUP = {
+    "hproxyUrl": "http://192.168.0.225:8085/druid/proxy/batchupdate/ssss",
+    "dataSource": "ssss", "primaryColumn": "distinct_id",
+    "userGroupConfig": {"hostAndPorts": "192.168.0.223:6379", "clusterMode": False,
+                        "groupId": "test_usergroup_multi2"},
+    "dimData": {"s_test2": "sstt2233", "mi_testmi": "5,9"},
+    "appendFlags": {"s_test2": False, "mi_testmi": False},
+}
+SEED_TAG_QUERY = {
+    "brokerUrl": "http://192.168.0.225:8082/druid/v2?pretty",
+    "hproxyUrl": "http://192.168.0.225:8085/druid/proxy/batchupdate/ssss",
+    "dataSource": "ssss",
+    "dimMap": {"distinct_id": "distinct_id", "count": "i_count", "sum_age": "d_sum_age"},
+    "appendFlags": {"i_count": False, "l_sum_age": False},
+    "query": {
+        "queryType": "lucene_groupBy", "dataSource": "schedule_desc", "intervals": "1000/3000", "granularity": "all",
+        "context": {"timeout": 180000, "useOffheap": True, "groupByStrategy": "v2"},
+        "dimensions": [{"type": "default", "dimension": "distinct_id", "outputName": "distinct_id"}],
+        "aggregations": [{"name": "sum_age", "type": "lucene_doubleSum", "fieldName": "age"},
+                         {"type": "lucene_count", "name": "count"}],
+        "limitSpec": {"type": "default", "columns": [{"dimension": "distinct_id"}], "limit": 3}},
+}
+
+
+# -- a recording hproxy ------------------------------------------------------------------------------
+
+
+class Hproxy:
+    """A real HTTP server answering batch updates as hproxy does, recording (path, rows) of each request.
+
+    `fail_times[n]` answers the n-th request (0-based, counted over the server's life) with HTTP 500;
+    `fail_key` answers 500 to every batch holding that primary key; `delay` slows every answer.
+    """
+
+    def __init__(self):
+        self.requests: list[tuple[str, list]] = []
+        self.fail_times: set[int] = set()
+        self.fail_key: str | None = None
+        self.delay = 0.0
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                rows = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with owner.lock:
+                    number = len(owner.requests)
+                    owner.requests.append((self.path, rows))
+                time.sleep(owner.delay)
+                keys = {r["values"].get("distinct_id") for r in rows}
+                if number in owner.fail_times or (owner.fail_key is not None and owner.fail_key in keys):
+                    self.send_response(500)
+                    self.end_headers()
+                    self.wfile.write(b"hproxy: region server busy")
+                    return
+                body = json.dumps({"success": len(rows), "failed": 0, "errors": []}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reset(self):
+        with self.lock:
+            self.requests.clear()
+        self.fail_times, self.fail_key, self.delay = set(), None, 0.0
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample(database_url, service_settings, tmp_path_factory):
+    """A project with the sample data set ingested; (name, id, token, written files)."""
+    name = "su" + uuid.uuid4().hex[:10]
+    token = "tok-" + uuid.uuid4().hex
+    with db.connection(database_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO projects (name) VALUES (%s) RETURNING id", (name,))
+        project_id = cur.fetchone()[0]
+        set_token(conn, name, token)
+    written = write_sample(tmp_path_factory.mktemp("sugo"), 2000, 40_000, seed=17)
+    engine = ProjectEngine(service_settings.engine, name)
+    engine.ingest_users(written["users"])
+    for part in written["events"]:
+        engine.ingest_events(part)
+    return name, project_id, token, written
+
+
+@pytest.fixture(scope="module")
+def brute(sample):
+    """Plain Python views of the sample files."""
+    events = [pq.read_table(p, columns=["distinct_id", "sugo_province", "age"]).to_pylist()
+              for p in sample[3]["events"]]
+    events = [row for part in events for row in part]
+    users = pq.read_table(sample[3]["users"], columns=["distinct_id", "ub_risk"]).to_pylist()
+    return {"events": events, "users": users,
+            "guangdong": {e["distinct_id"] for e in events if e["sugo_province"] == "广东省"},
+            "r4": {u["distinct_id"] for u in users if u["ub_risk"] == "R4"},
+            "all": sorted({e["distinct_id"] for e in events} | {u["distinct_id"] for u in users})}
+
+
+@pytest.fixture(scope="module")
+def hproxy():
+    server = Hproxy()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def ports():
+    return {"broker": free_port(), "dead": free_port()}
+
+
+@pytest.fixture(scope="module")
+def sugo_settings(service_settings, sample, hproxy, ports, redis_cluster, redis_sentinel):  # noqa: F811
+    allowed = [f"127.0.0.1:{p}" for p in (hproxy.port, ports["broker"], ports["dead"])]
+    allowed += [n.address for n in redis_cluster.nodes] + [redis_sentinel.host_and_ports]
+    return replace(service_settings, queue="sugo-" + uuid.uuid4().hex[:8], sugo_project=sample[0],
+                   sugo_embedded_brokers="127.0.0.1:6061", sugo_allowed_hosts=",".join(allowed),
+                   sugo_hproxy_backoff=0.01, sugo_wait_seconds=30.0)
+
+
+@pytest.fixture(scope="module")
+def sugo_celery(sugo_settings):
+    from workers.celery_app import create_celery
+
+    return create_celery(sugo_settings)
+
+
+@pytest.fixture(scope="module")
+def sugo_app(sugo_settings, sugo_celery):
+    from app import create_app
+
+    return create_app({"TESTING": True, "SETTINGS": sugo_settings, "CELERY": sugo_celery})
+
+
+@pytest.fixture(scope="module")
+def http_broker(sugo_app, ports):
+    """This app served over real HTTP on a loopback port, so the worker reaches /druid/v2 as a remote broker."""
+    server = make_server("127.0.0.1", ports["broker"], sugo_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{ports['broker']}/druid/v2?pretty"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sugo_worker(service_env, sugo_settings, sugo_celery, tmp_path_factory):
+    env = {"COHORTS_QUEUE": sugo_settings.queue, "COHORTS_SUGO_PROJECT": sugo_settings.sugo_project,
+           "COHORTS_SUGO_EMBEDDED_BROKERS": sugo_settings.sugo_embedded_brokers,
+           "COHORTS_SUGO_ALLOWED_HOSTS": sugo_settings.sugo_allowed_hosts, "COHORTS_SUGO_HPROXY_BACKOFF": "0.01"}
+    log = tmp_path_factory.mktemp("sugo-logs") / "worker-sugo.log"
+    process = start_worker(service_env, "sugo", log, extra_env=env)
+    try:
+        wait_for_worker(sugo_celery, "sugo")
+        yield process
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def client(sugo_app, sugo_worker, hproxy):
+    hproxy.reset()
+    return sugo_app.test_client()
+
+
+@pytest.fixture
+def groups(redis_url):
+    """The tests' Redis database, where groups named with our own Redis's hostAndPorts live."""
+    connection = redis_lib.Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+def local(body, broker=EMBEDDED, redis=REDIS, hproxy_url=None):
+    """A seed body with only its addresses replaced."""
+    body = copy.deepcopy(body)
+    for item in body if isinstance(body, list) else [body]:
+        if "brokerUrl" in item:
+            item["brokerUrl"] = broker
+        if "hproxyUrl" in item:
+            item["hproxyUrl"] = hproxy_url
+        for config in (item.get("query", {}).get("dataConfig"), item.get("userGroupConfig")):
+            if config is not None:
+                config["hostAndPorts"] = redis
+    return body
+
+
+def read(groups, key) -> list[str]:
+    return sugo_groups.read_group(groups, key)
+
+
+def row_count(response) -> int:
+    body = response.get_json()
+    assert response.status_code == 200, body
+    assert list(body[0]) == ["event"] and list(body[0]["event"]) == ["RowCount"]
+    return body[0]["event"]["RowCount"]
+
+
+# -- seed 001: user groups ------------------------------------------------------------------------------
+
+
+def test_seed_single_appends_to_the_group(client, groups, brute):
+    old = ["old-外部-1", "old-2", sorted(brute["guangdong"])[0]]
+    sugo_groups.write_group(groups, "schedule_desc_sugo_province", old)
+    count = row_count(client.post("/ant/usergroup/single", json=local(SEED_SINGLE)))
+    expected = brute["guangdong"] | set(old)
+    assert count == len(expected)
+    stored = read(groups, "schedule_desc_sugo_province")
+    assert len(stored) == len(set(stored)) and set(stored) == expected
+
+
+def test_seed_single_through_a_remote_http_broker_overwrites(client, groups, brute, http_broker):
+    sugo_groups.write_group(groups, "schedule_desc_sugo_province", ["stale-1", "stale-2"])
+    body = dict(local(SEED_SINGLE, broker=http_broker), append=False)
+    assert row_count(client.post("/ant/usergroup/single", json=body)) == len(brute["guangdong"])
+    assert set(read(groups, "schedule_desc_sugo_province")) == brute["guangdong"]
+
+
+def test_seed_multi(client, groups, brute):
+    kept = brute["all"][:300:3] + ["外部-only-1", "外部-only-2"]
+    existing = ["previous-1", brute["all"][5]]
+    sugo_groups.write_group(groups, "usergroup_N4pahgU1y", kept)
+    sugo_groups.write_group(groups, "test_usergroup_multi", existing)
+    # Whatever the temporary keys held is gone afterwards, as with Sugo's service.
+    sugo_groups.write_group(groups, "tag_bank_ub_risk", ["junk"])
+    count = row_count(client.post("/ant/usergroup/multi", json=local(SEED_MULTI)))
+    expected = ((brute["guangdong"] | set(kept)) - brute["r4"]) | set(existing)
+    assert count == len(expected)
+    assert set(read(groups, "test_usergroup_multi")) == expected
+    assert read(groups, "usergroup_N4pahgU1y") == kept
+    assert not groups.exists("schedule_desc_sugo_province") and not groups.exists("tag_bank_ub_risk")
+
+
+@pytest.mark.parametrize("ops, append", [(["or", "and", "exclude"], False), (["exclude", "or", "and"], True),
+                                         (["and", "and", "or"], True)])
+def test_multi_set_algebra_matches_python_sets(client, groups, brute, ops, append):
+    tag = uuid.uuid4().hex[:6]
+    universe = brute["all"][:400] + [f"外部{i}" for i in range(40)]
+    sets = [set(universe[i::k]) for i, k in ((0, 2), (1, 3), (0, 5), (2, 7))]
+    names = [f"{tag}-src{i}" for i in range(4)]
+    for name, members in zip(names, sets, strict=True):
+        sugo_groups.write_group(groups, name, sorted(members))
+    before = set(universe[::11])
+    sugo_groups.write_group(groups, f"{tag}-out", sorted(before))
+    body = [{"type": "usergroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "groupId": names[0]}}}]
+    body += [{"type": "usergroup", "op": op, "query": {"dataConfig": {"hostAndPorts": REDIS, "groupId": name}}}
+             for op, name in zip(ops, names[1:], strict=True)]
+    body.append({"type": "finalGroup", "append": append,
+                 "query": {"dataConfig": {"hostAndPorts": REDIS, "groupId": f"{tag}-out"}}})
+    expected = set(sets[0])
+    for op, members in zip(ops, sets[1:], strict=True):
+        expected = expected | members if op == "or" else expected & members if op == "and" else expected - members
+    if append:
+        expected |= before
+    assert row_count(client.post("/ant/usergroup/multi", json=body)) == len(expected)
+    assert set(read(groups, f"{tag}-out")) == expected
+    assert all(set(read(groups, n)) == s for n, s in zip(names, sets, strict=True))
+
+
+def test_multi_across_sentinel_and_cluster(client, groups, brute, redis_sentinel, redis_cluster):  # noqa: F811
+    tag = uuid.uuid4().hex[:6]
+    sentinel_config = {"hostAndPorts": redis_sentinel.host_and_ports, "sentinelMode": True,
+                       "masterName": redis_sentinel.master_name, "password": redis_sentinel.password}
+    master = redis_sentinel.master.client()
+    members = set(brute["all"][:500:2])
+    sugo_groups.write_group(master, f"{tag}-kept", sorted(members))
+    master.close()
+    cluster_config = {"hostAndPorts": redis_cluster.host_and_ports, "clusterMode": True, "groupId": f"{tag}-final"}
+    body = [{"type": "usergroup", "query": {"dataConfig": dict(sentinel_config, groupId=f"{tag}-kept")}},
+            {"type": "tindex", "op": "and", "brokerUrl": EMBEDDED,
+             "query": dict(SEED_MULTI[0]["query"], dataConfig=dict(sentinel_config, groupId=f"{tag}-tmp"))},
+            {"type": "finalGroup", "query": {"dataConfig": cluster_config}}]
+    expected = members & brute["guangdong"]
+    assert row_count(client.post("/ant/usergroup/multi", json=body)) == len(expected)
+    cluster = redis_lib.RedisCluster(host="127.0.0.1", port=redis_cluster.nodes[0].port)
+    try:
+        assert set(sugo_groups.read_group(cluster, f"{tag}-final")) == expected
+    finally:
+        cluster.close()
+
+
+def test_failure_midway_keeps_the_previous_group(client, groups, brute):
+    tag = uuid.uuid4().hex[:6]
+    previous = ["keep-1", "keep-2", brute["all"][0]]
+    sugo_groups.write_group(groups, f"{tag}-out", previous)
+    sugo_groups.write_group(groups, f"{tag}-a", brute["all"][:50])
+    bad_query = copy.deepcopy(SEED_MULTI[0]["query"])
+    bad_query["dataConfig"]["hostAndPorts"] = REDIS
+    bad_query["filter"] = {"type": "selectr", "dimension": "sugo_province", "value": "x"}  # Druid answers 400
+    body = [{"type": "usergroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "groupId": f"{tag}-a"}}},
+            {"type": "tindex", "op": "or", "brokerUrl": EMBEDDED, "query": bad_query},
+            {"type": "finalGroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "groupId": f"{tag}-out"}}}]
+    response = client.post("/ant/usergroup/multi", json=body)
+    assert response.status_code == 400
+    error = response.get_json()
+    assert error["error"] == "bad_query" and "Json parse failed" in error["errorMessage"]
+    assert "filter" in error["errorMessage"] and isinstance(error["jobId"], int)
+    assert read(groups, f"{tag}-out") == previous
+    groups.set(f"{tag}-notalist", "x")
+    body[1] = {"type": "usergroup", "op": "or", "query": {"dataConfig": {"hostAndPorts": REDIS,
+                                                                          "groupId": f"{tag}-notalist"}}}
+    response = client.post("/ant/usergroup/multi", json=body)
+    assert response.status_code == 400 and response.get_json()["error"] == "bad_group"
+    assert read(groups, f"{tag}-out") == previous
+
+
+def test_remote_broker_error_answers_its_code(client, http_broker):
+    body = local(SEED_SINGLE, broker=http_broker)
+    body["query"]["filter"] = {"type": "javascript", "dimension": "sugo_province", "function": "x"}
+    response = client.post("/ant/usergroup/single", json=body)
+    assert response.status_code == 501
+    assert response.get_json()["error"] == "unsupported"
+    assert "Unsupported operation" in response.get_json()["errorMessage"]
+
+
+# -- seed 000: tag batch updates ----------------------------------------------------------------------------
+
+
+def test_seed_tag_usergroup_batch_update(client, groups, hproxy, brute):
+    ids = brute["all"][10:15]
+    sugo_groups.write_group(groups, "test_usergroup_multi2", ids)
+    body = local(SEED_TAG_USERGROUP, hproxy_url=f"http://127.0.0.1:{hproxy.port}/druid/proxy/batchupdate/ssss")
+    response = client.post("/ant/tag/usergroup/batchUpdate", json=body)
+    assert response.status_code == 200
+    assert response.get_json() == {"success": 5, "failed": 0, "errors": []}
+    assert [path for path, _ in hproxy.requests] == ["/druid/proxy/batchupdate/ssss"]
+    assert hproxy.requests[0][1] == [
+        {"values": {"s_test2": "sstt2233", "mi_testmi": "5,9", "distinct_id": key},
+         "appendFlags": {"s_test2": False, "mi_testmi": False}} for key in ids]
+
+
+def test_seed_tag_query_batch_update(client, hproxy, brute):
+    body = local(SEED_TAG_QUERY, hproxy_url=f"http://127.0.0.1:{hproxy.port}/druid/proxy/batchupdate/ssss")
+    response = client.post("/ant/tag/query/batchUpdate", json=body)
+    assert response.status_code == 200
+    assert response.get_json() == {"success": 3, "failed": 0, "errors": []}
+    first = sorted({e["distinct_id"] for e in brute["events"]}, key=lambda k: k.encode())[:3]
+    expected = [{"values": {"distinct_id": key,
+                            "i_count": sum(1 for e in brute["events"] if e["distinct_id"] == key),
+                            "d_sum_age": float(sum(e["age"] for e in brute["events"] if e["distinct_id"] == key))},
+                 "appendFlags": {"i_count": False}} for key in first]
+    assert [rows for _, rows in hproxy.requests] == [expected]
+
+
+def test_tag_query_over_broker_list_pages_and_batches(client, hproxy, brute, http_broker, ports):
+    body = local(SEED_TAG_QUERY)
+    del body["brokerUrl"], body["hproxyUrl"]
+    body["broker"] = f"127.0.0.1:{ports['dead']},127.0.0.1:{ports['broker']}"  # the first host refuses
+    body["hproxy"] = f"127.0.0.1:{hproxy.port}"
+    body["query"]["limitSpec"]["limit"] = 1500
+    response = client.post("/ant/tag/query/batchUpdate", json=body)
+    assert response.get_json() == {"success": 1500, "failed": 0, "errors": []}
+    assert [len(rows) for _, rows in hproxy.requests] == [1000, 500]
+    assert {path for path, _ in hproxy.requests} == {"/druid/proxy/batchupdate/ssss"}
+    sent = [row["values"]["distinct_id"] for _, rows in hproxy.requests for row in rows]
+    assert sent == sorted({e["distinct_id"] for e in brute["events"]}, key=lambda k: k.encode())[:1500]
+
+
+def test_batches_of_1000_multi_values_joined_and_a_failing_batch_retried(client, groups, hproxy, brute):
+    ids = [f"user-{i:05d}" for i in range(2500)]
+    sugo_groups.write_group(groups, "batch-group", ids)
+    hproxy.fail_times = {1}  # the second request fails once and is retried
+    body = {"hproxy": f"127.0.0.1:{hproxy.port}", "dataSource": "tags", "primaryColumn": "distinct_id",
+            "userGroupConfig": {"hostAndPorts": REDIS, "groupId": "batch-group"},
+            "dimData": {"mi_levels": [3, 5, 8], "s_name": "x", "md_days": ["2024-01-01", "2024-01-02"]},
+            "appendFlags": {"mi_levels": True, "s_name": False}}
+    response = client.post("/ant/tag/usergroup/batchUpdate", json=body)
+    assert response.get_json() == {"success": 2500, "failed": 0, "errors": []}
+    sizes = [len(rows) for _, rows in hproxy.requests]
+    assert sizes == [1000, 1000, 1000, 500]  # the retry resends the second batch whole
+    assert hproxy.requests[1][1] == hproxy.requests[2][1]
+    first = hproxy.requests[0][1][0]
+    assert first == {"values": {"mi_levels": "3,5,8", "s_name": "x", "md_days": "2024-01-01,2024-01-02",
+                                "distinct_id": "user-00000"}, "appendFlags": {"mi_levels": True, "s_name": False}}
+    assert [r["values"]["distinct_id"] for _, rows in hproxy.requests[:2] + hproxy.requests[3:] for r in rows] == ids
+
+
+def test_a_batch_that_keeps_failing_is_reported(client, groups, hproxy):
+    ids = [f"user-{i:05d}" for i in range(2500)]
+    sugo_groups.write_group(groups, "batch-group", ids)
+    hproxy.fail_key = "user-01500"
+    body = {"hproxy": f"127.0.0.1:{hproxy.port}", "dataSource": "tags", "primaryColumn": "distinct_id",
+            "userGroupConfig": {"hostAndPorts": REDIS, "groupId": "batch-group"}, "dimData": {"s_name": "x"}}
+    response = client.post("/ant/tag/usergroup/batchUpdate", json=body)
+    answer = response.get_json()
+    assert response.status_code == 200
+    assert answer["success"] == 1500 and answer["failed"] == 1000 and len(answer["errors"]) == 1
+    error = answer["errors"][0]
+    assert error["batch"] == 1 and error["written"] == 0 and error["notWritten"] == 1000
+    assert (error["firstKey"], error["lastKey"]) == ("user-01000", "user-01999")
+    assert "HTTP 500" in error["error"] and "4 attempts" in error["error"]
+    assert [len(rows) for _, rows in hproxy.requests] == [1000] + [1000] * 4 + [500]
+
+
+# -- waiting, 202 and progress ---------------------------------------------------------------------------------
+
+
+def test_async_answers_202_then_the_job_reports_progress_and_result(client, groups, hproxy, sample):
+    ids = [f"slow-{i}" for i in range(3000)]
+    sugo_groups.write_group(groups, "slow-group", ids)
+    hproxy.delay = 0.3
+    body = {"hproxyUrl": f"http://127.0.0.1:{hproxy.port}/druid/proxy/batchupdate/t", "dataSource": "t",
+            "primaryColumn": "distinct_id", "userGroupConfig": {"hostAndPorts": REDIS, "groupId": "slow-group"},
+            "dimData": {"s_a": "1"}}
+    response = client.post("/ant/tag/usergroup/batchUpdate?async=true", json=body)
+    assert response.status_code == 202
+    job_id = response.get_json()["jobId"]
+    assert response.headers["Location"] == f"/api/v1/jobs/{job_id}"
+    headers = {"Authorization": f"Bearer {sample[2]}"}
+    seen = []
+
+    def finished():
+        job = client.get(response.headers["Location"], headers=headers).get_json()
+        seen.append(job["progress"])
+        return job if job["status"] in ("succeed", "failed") else None
+
+    job = wait_until(finished, timeout=30, interval=0.05, what="slow batch update")
+    assert job["status"] == "succeed" and job["kind"] == "batchUpdate" and job["cohort_id"] is None
+    assert job["result"]["success"] == 3000
+    assert seen == sorted(seen) and len(set(seen)) >= 3 and seen[-1] == 100
+    polled = client.get(f"/ant/jobs/{job_id}").get_json()
+    assert polled["answer"] == {"success": 3000, "failed": 0, "errors": []} and polled["status"] == 200
+
+
+def test_past_the_wait_limit_the_answer_is_202(sugo_settings, sugo_celery, sugo_worker, groups, hproxy, sample):
+    from app import create_app
+
+    hproxy.reset()
+    hproxy.delay = 1.0
+    sugo_groups.write_group(groups, "one-id", ["only"])
+    app = create_app({"TESTING": True, "SETTINGS": replace(sugo_settings, sugo_wait_seconds=0.3),
+                      "CELERY": sugo_celery})
+    body = {"hproxyUrl": f"http://127.0.0.1:{hproxy.port}/x", "dataSource": "t", "primaryColumn": "distinct_id",
+            "userGroupConfig": {"hostAndPorts": REDIS, "groupId": "one-id"}, "dimData": {"s_a": "1"}}
+    client = app.test_client()
+    response = client.post("/ant/tag/usergroup/batchUpdate", json=body)
+    assert response.status_code == 202  # hproxy takes a second, the request waits 0.3 s
+    job_id = response.get_json()["jobId"]
+    done = wait_until(lambda: client.get(f"/ant/jobs/{job_id}").get_json()["answer"], timeout=30,
+                      what="job to end")
+    assert done == {"success": 1, "failed": 0, "errors": []}
