@@ -10,6 +10,8 @@ from app.data import jobs
 log = logging.getLogger(__name__)
 
 COMPUTE_TASK = "cohorts.compute"
+# Job kinds run by their own task (Sugo /ant jobs carry no cohort); every other kind computes a cohort.
+KIND_TASKS = {"usergroup": "sugo.usergroup", "batchUpdate": "sugo.batch_update"}
 # Dialects whose cohorts keep one version per base time (Sensors partitions); the others keep one
 # live computation per cohort, so refreshes and cron fires coalesce.
 PARTITIONED_DIALECTS = ("sensors",)
@@ -36,9 +38,14 @@ def submit_cohort_job(conn, cohort: dict, kind: str, *, base_time=None, partitio
 def enqueue(celery_app, conn_factory, job_ids) -> list[int]:
     """Send committed jobs to the workers; return the ids that could not be sent (the sweeper retries them)."""
     failed = []
+    job_ids = list(job_ids)
+    kinds = {}
+    if job_ids:
+        with conn_factory() as conn:
+            kinds = jobs.kinds_of(conn, job_ids)
     for job_id in job_ids:
         try:
-            celery_app.send_task(COMPUTE_TASK, args=[job_id])
+            celery_app.send_task(KIND_TASKS.get(kinds.get(job_id), COMPUTE_TASK), args=[job_id])
         except Exception as exc:  # broker down: the job stays `new` and the sweeper re-enqueues it
             log.warning("job=%s enqueue failed: %s", job_id, exc)
             failed.append(job_id)

@@ -12,16 +12,16 @@ import time
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from app.data import jobs, projects
-from app.db import check_broker, get_db, settings
+from app.db import check_broker, connection_factory, get_db, settings
 from app.dialects import sugo as dialect
 from app.errors import ApiError
+from app.queue import KIND_TASKS, enqueue
 from cohort_engine.druid import BadQuery, DataSources, execute
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("sugo", __name__)
 
-TASKS = {"usergroup": "sugo.usergroup", "batchUpdate": "sugo.batch_update"}
 LOADERS = {"single": dialect.load_single, "multi": dialect.load_multi,
            "tag_user_group": dialect.load_tag_user_group, "tag_query": dialect.load_tag_query}
 POLL_FIRST_SECONDS = 0.01
@@ -47,18 +47,6 @@ def current_project() -> dict:
 
 def wants_async() -> bool:
     return request.args.get("async", "").strip().lower() in ("1", "true", "yes")
-
-
-def send(job_id: int, task: str) -> None:
-    """Put a committed job on the queue (if the broker fails, the job stays `new` for the sweeper)."""
-    try:
-        current_app.extensions["celery"].send_task(task, args=[job_id])
-    except Exception as exc:
-        log.warning("job=%s enqueue failed: %s", job_id, exc)
-        return
-    conn = get_db()
-    jobs.mark_enqueued(conn, job_id)
-    conn.commit()
 
 
 def wait_for(job_id: int, seconds: float) -> dict:
@@ -101,7 +89,8 @@ def submit(endpoint: str):
                          max_attempts=settings().max_attempts)
     conn.commit()
     log.info("job=%s kind=%s endpoint=%s project=%s", job["id"], kind, endpoint, project["name"])
-    send(job["id"], TASKS[kind])
+    # By kind, enqueue sends the job to its Sugo task (and the sweeper resends it there).
+    enqueue(current_app.extensions["celery"], connection_factory(), [job["id"]])
     if wants_async():
         return accepted(job)
     job = wait_for(job["id"], settings().sugo_wait_seconds)
@@ -133,7 +122,7 @@ def sugo_job(job_id):
     """A Sugo job of the project, and its answer in the seed's shape once it has ended."""
     project = current_project()
     job = jobs.get(get_db(), job_id, project["id"])
-    if job is None or job["kind"] not in TASKS:
+    if job is None or job["kind"] not in KIND_TASKS:
         raise ApiError(404, f"job {job_id} not found")
     body = {"job": jobs.public(job), "status": None, "answer": None}
     if job["status"] in ("succeed", "failed"):

@@ -103,6 +103,13 @@ def partition_summaries(conn, cohort_ids) -> dict[int, dict]:
     return summaries
 
 
+def kinds_of(conn, job_ids) -> dict[int, str]:
+    """{job id: kind} of the given jobs."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, kind FROM jobs WHERE id = ANY(%s)", (list(job_ids),))
+        return dict(cur.fetchall())
+
+
 def mark_enqueued(conn, job_id: int) -> None:
     with conn.cursor() as cur:
         cur.execute("UPDATE jobs SET enqueued_at = now() WHERE id = %s", (job_id,))

@@ -518,3 +518,27 @@ def test_past_the_wait_limit_the_answer_is_202(sugo_settings, sugo_celery, sugo_
     done = wait_until(lambda: client.get(f"/ant/jobs/{job_id}").get_json()["answer"], timeout=30,
                       what="job to end")
     assert done == {"success": 1, "failed": 0, "errors": []}
+
+
+def test_a_job_left_new_is_resent_to_its_sugo_task(client, groups, brute, sample, sugo_celery, database_url):
+    """What the sweeper does for a job whose first enqueue was lost: enqueue by id picks the task by kind."""
+    from app.data import jobs
+    from app.queue import enqueue
+    from tests.tasks.conftest import ended
+
+    sugo_groups.write_group(groups, "resent-src", brute["all"][:20])
+    request = {"brokerUrl": EMBEDDED, "append": False, "query": {
+        "queryType": "user_group", "dataSource": "tag_bank", "intervals": "1000/3000", "dimension": "distinct_id",
+        "filter": {"type": "selector", "dimension": "ub_risk", "value": "R4"},
+        "dataConfig": {"hostAndPorts": REDIS, "groupId": "resent-out"}}}
+    with db.connection(database_url) as conn:
+        job, _ = jobs.insert(conn, sample[1], "usergroup", params={"endpoint": "single", "request": request})
+    assert enqueue(sugo_celery, lambda: db.connection(database_url), [job["id"]]) == []
+
+    def finished():
+        state = client.get(f"/ant/jobs/{job['id']}").get_json()["job"]
+        return state if ended(state) else None
+
+    done = wait_until(finished, timeout=30, what="resent job")
+    assert done["status"] == "succeed" and done["result"]["count"] == len(brute["r4"])
+    assert set(read(groups, "resent-out")) == brute["r4"]
