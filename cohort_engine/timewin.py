@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from dateutil.relativedelta import relativedelta
-
-UTC = timezone.utc
 
 
 def to_utc_naive(moment: datetime) -> datetime:
@@ -74,7 +72,9 @@ def resolve_window(window: dict, base_time: datetime, tz: ZoneInfo) -> tuple[dat
 def duration_before(base_time: datetime, n: int, unit: str, tz: ZoneInfo) -> datetime:
     """base_time minus n units (calendar arithmetic in local time), as naive UTC."""
     if unit in ("minute", "hour"):
-        return to_utc_naive(base_time - timedelta(**{unit + "s": n}))
+        # Elapsed time, so subtract in UTC: arithmetic on a datetime aware in a DST zone moves
+        # its wall clock, which makes "2 hours before 03:30 EDT" 01:30 EST, one hour earlier.
+        return to_utc_naive(base_time) - timedelta(**{unit + "s": n})
     local = base_time.astimezone(tz).replace(tzinfo=None)
     shifted = local - relativedelta(**{unit + "s": n})
     return to_utc_naive(shifted.replace(tzinfo=tz))

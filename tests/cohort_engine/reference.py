@@ -16,7 +16,7 @@ import calendar
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import cache
 
 KINDS = ("string", "number", "boolean", "time")
@@ -55,10 +55,11 @@ def months_back(moment: datetime, n: int) -> datetime:
 
 def minus_duration(base: datetime, n: int, unit: str, tz: tzinfo) -> datetime:
     """base minus n units: minutes/hours as elapsed time, days/weeks/months on the local calendar."""
+    # Elapsed time is counted in UTC: Python's arithmetic on a zone-aware datetime is wall-clock.
     if unit == "minute":
-        return base - timedelta(seconds=60 * n)
+        return base.astimezone(UTC) - timedelta(seconds=60 * n)
     if unit == "hour":
-        return base - timedelta(seconds=3600 * n)
+        return base.astimezone(UTC) - timedelta(seconds=3600 * n)
     wall = base.astimezone(tz).replace(tzinfo=None)
     if unit == "day":
         wall = wall - timedelta(days=n)
@@ -66,7 +67,12 @@ def minus_duration(base: datetime, n: int, unit: str, tz: tzinfo) -> datetime:
         wall = wall - timedelta(days=7 * n)
     else:
         wall = months_back(wall, n)
-    return wall.replace(tzinfo=tz)
+    return wall.replace(tzinfo=tz).astimezone(UTC)
+
+
+def instant(moment: datetime) -> datetime:
+    """The same instant in UTC: aware datetimes sharing one zone compare by wall clock, ignoring fold."""
+    return moment.astimezone(UTC)
 
 
 class Reference:
@@ -77,7 +83,7 @@ class Reference:
         assert base_time.tzinfo is not None
         self.data = data
         self.tz = tz
-        self.base = base_time
+        self.base = instant(base_time)
         self.load_cohort = load_cohort
         self.universe = data.universe()
         self.profile_of = {p["key"]: p for p in data.profiles}
@@ -143,7 +149,7 @@ class Reference:
         per_step = [self.matching_rows(s["event"], s.get("filter"), leaf["window"]) for s in leaf["steps"]]
         out = set()
         for key in self.universe:
-            times = [sorted({r["time"] for r in rows if r["key"] == key}) for rows in per_step]
+            times = [sorted({instant(r["time"]) for r in rows if r["key"] == key}) for rows in per_step]
 
             @cache
             def possible(step: int, after: datetime | None, times=times) -> bool:
@@ -192,9 +198,9 @@ class Reference:
         if len(window["start"]) == 10:
             first, final = date.fromisoformat(window["start"]), date.fromisoformat(window["end"])
             return lambda t: first <= t.astimezone(tz).date() <= final
-        start = local_time(window["start"], tz)
-        end = local_time(window["end"], tz)
-        return lambda t: start <= t < end
+        start = instant(local_time(window["start"], tz))
+        end = instant(local_time(window["end"], tz))
+        return lambda t: start <= instant(t) < end
 
     # -- one comparison -----------------------------------------------------------------------
 
@@ -247,14 +253,17 @@ class Reference:
         if cmp == "within_last":
             need("time")
             since = minus_duration(self.base, values[0], values[1], self.tz)
-            return non_null(lambda v: since <= v <= self.base)
+            return non_null(lambda v: since <= instant(v) <= self.base)
         if cmp == "before_last":
             need("time")
             since = minus_duration(self.base, values[0], values[1], self.tz)
-            return non_null(lambda v: v < since)
+            return non_null(lambda v: instant(v) < since)
         if kind == "boolean" and cmp != "eq":
             raise RefError("type_mismatch", f"{cmp} on boolean")
         typed = [coerce(v, kind, self.tz) for v in values]
+        if kind == "time":
+            typed = [instant(t) for t in typed]
+            return self.positive_on_instants(cmp, typed)
         if cmp == "eq":
             return non_null(lambda v: any(v == t for t in typed))
         if cmp == "between":
@@ -264,6 +273,17 @@ class Reference:
             "gt": lambda v: v > bound, "gte": lambda v: v >= bound,
             "lt": lambda v: v < bound, "lte": lambda v: v <= bound,
         }[cmp])
+
+
+    def positive_on_instants(self, cmp: str, typed: list[datetime]) -> Callable[[object], bool]:
+        """eq/gt/.../between on time values, compared as UTC instants."""
+        tests = {
+            "eq": lambda v: any(v == t for t in typed), "between": lambda v: typed[0] <= v <= typed[1],
+            "gt": lambda v: v > typed[0], "gte": lambda v: v >= typed[0],
+            "lt": lambda v: v < typed[0], "lte": lambda v: v <= typed[0],
+        }
+        test = tests[cmp]
+        return lambda v: v is not None and test(instant(v))
 
 
 def local_time(text: str, tz: tzinfo) -> datetime:

@@ -239,3 +239,17 @@ def test_datetime_window_across_the_dst_fold(engine_config):
     day = {"type": "event", "event": "pay", "window": {"start": "2024-11-03", "end": "2024-11-03"}, "cmp": "gte",
            "values": [1]}
     env.check(day, local("2024-11-04T00:00:00", zone), {"edt", "est"})
+
+
+def test_hours_are_elapsed_time_across_the_spring_forward(engine_config):
+    """03:30 EDT on 2024-03-10 is only 1.5 hours after 01:00 EST, though the clock moved 2.5 hours."""
+    zone = "America/New_York"
+    profiles = [{"key": "early", "signup": utc("2024-03-10T05:45:00")},  # 00:45 EST
+                {"key": "late", "signup": utc("2024-03-10T06:45:00")}]  # 01:45 EST
+    env = Env(engine_config, zone, Dataset(profiles, [], {"signup": "time"}, {}))
+    base = local("2024-03-10T03:30:00", zone)
+    signed_up = {"type": "profile", "property": "signup", "cmp": "within_last"}
+    env.check({**signed_up, "values": [1, "hour"]}, base, {"late"})
+    env.check({**signed_up, "values": [100, "minute"]}, base, {"late"})
+    env.check({**signed_up, "values": [2, "hour"]}, base, {"early", "late"})
+    env.check({**signed_up, "cmp": "before_last", "values": [90, "minute"]}, base, {"early"})
