@@ -1,0 +1,155 @@
+"""Sugo benchmark: /ant/usergroup/multi over 10 groups end to end vs the same work done directly; group format speed."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+import uuid
+
+import numpy as np
+import redis as redis_lib
+import requests
+
+from cohort_engine import db, sugo_groups
+from cohort_engine.bitmaps import to_bitmap
+from cohort_engine.config import EngineConfig
+from cohort_engine.project import ProjectEngine
+
+from . import BenchContext, Row, section
+from .jobs import _start, _stop, _wait
+
+PORT = 6072
+BROKER = "redis://127.0.0.1:6379/11"
+GROUPS = "redis://127.0.0.1:6379/10"
+PROJECT = "bench_sugo"
+GROUP_COUNT = 10
+OPS = ["or", "or", "and", "or", "exclude", "or", "or", "and", "or"]
+RUNS = 3
+
+
+def _keys(universe: int) -> list[str]:
+    return [f"u{(i * 2654435761) % 4294967296:08x}-{i}" for i in range(universe)]
+
+
+def _groups(universe_keys: list[str], size: int) -> list[list[str]]:
+    rng = np.random.default_rng(7)
+    return [[universe_keys[i] for i in rng.choice(len(universe_keys), size, replace=False).tolist()]
+            for _ in range(GROUP_COUNT)]
+
+
+def _engine(ctx: BenchContext) -> ProjectEngine:
+    with db.connection(ctx.database_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO projects (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (PROJECT,))
+    config = EngineConfig(database_url=ctx.database_url, redis_url=GROUPS, store_dir=str(ctx.work_dir / "store"))
+    return ProjectEngine(config, PROJECT)
+
+
+def _body(names: list[str], output: str) -> list[dict]:
+    def config(name):
+        return {"hostAndPorts": "127.0.0.1:6379", "clusterMode": False, "groupId": name}
+
+    body = [{"type": "usergroup", "query": {"dataConfig": config(names[0])}}]
+    body += [{"type": "usergroup", "op": op, "query": {"dataConfig": config(n)}} for op, n in zip(OPS, names[1:],
+                                                                                                    strict=True)]
+    return body + [{"type": "finalGroup", "append": False, "query": {"dataConfig": config(output)}}]
+
+
+def _direct(engine: ProjectEngine, client, names: list[str], output: str) -> int:
+    """The floor: read + parse, key -> id, pyroaring ops, id -> key, encode + write, with nothing around it."""
+    accumulated = None
+    for position, name in enumerate(names):
+        current = to_bitmap(engine.encode(sugo_groups.read_group(client, name)))
+        if accumulated is None:
+            accumulated = current
+        else:
+            op = OPS[position - 1]
+            if op == "or":
+                accumulated |= current
+            elif op == "and":
+                accumulated &= current
+            else:
+                accumulated -= current
+    return sugo_groups.write_group(client, output, list(engine.iter_keys(accumulated, batch=65536)))
+
+
+def _format_rates(keys: list[str]) -> tuple[float, float]:
+    started = time.perf_counter()
+    chunks = sugo_groups.encode(keys)
+    encode_seconds = time.perf_counter() - started
+    joined = b"".join(chunks)
+    started = time.perf_counter()
+    parsed = sugo_groups.parse(joined)
+    parse_seconds = time.perf_counter() - started
+    if parsed != keys:
+        raise RuntimeError("benchmark: parse(encode(keys)) != keys")
+    return len(keys) / parse_seconds, len(keys) / encode_seconds
+
+
+@section("sugo")
+def sugo_section(ctx: BenchContext) -> list[Row]:
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    db.migrate(ctx.database_url)
+    size = 100_000 if ctx.small else 1_000_000
+    universe = _keys(3 * size)
+    members = _groups(universe, size)
+    engine = _engine(ctx)
+    engine.encode(universe)  # every key in the dictionary once (a no-op when an earlier run added them)
+    client = redis_lib.Redis.from_url(GROUPS, socket_timeout=120)
+    names = [f"bench-sugo-{i}" for i in range(GROUP_COUNT)]
+    for name, keys in zip(names, members, strict=True):
+        sugo_groups.write_group(client, name, keys)
+    parse_rate, encode_rate = _format_rates(members[0])
+
+    env = {**os.environ, "COHORTS_DATABASE_URL": ctx.database_url, "COHORTS_BROKER_URL": BROKER,
+           "COHORTS_REDIS_URL": GROUPS, "COHORTS_STORE_DIR": str(ctx.work_dir / "store"),
+           "COHORTS_KEY_PREFIX": "cohorts-bench", "COHORTS_QUEUE": "bench-sugo", "COHORTS_SUGO_PROJECT": PROJECT,
+           "COHORTS_SUGO_WAIT_SECONDS": "600", "COHORTS_SOFT_TIME_LIMIT": "900", "COHORTS_HARD_TIME_LIMIT": "960"}
+    redis_lib.Redis.from_url(BROKER).flushdb()
+    python = sys.executable
+    web = _start(env, [python, "-m", "gunicorn", "--bind", f"127.0.0.1:{PORT}", "--workers", "1", "--timeout", "900",
+                       "wsgi:app"], "bench-sugo-web.log", ctx)
+    worker = _start(env, [python, "-m", "celery", "-A", "workers.main", "worker", "--pool", "prefork",
+                          "--concurrency", "1", "--queues", "bench-sugo", "--loglevel", "WARNING", "--without-mingle",
+                          "--without-gossip", "--hostname", "bench-sugo@%h"], "bench-sugo-worker.log", ctx)
+    end_to_end, floor, counts = [], [], set()
+    try:
+        _wait(lambda: requests.get(f"http://127.0.0.1:{PORT}/healthz", timeout=5).status_code == 200, 60, "web")
+        session = requests.Session()
+        url = f"http://127.0.0.1:{PORT}/ant/usergroup/multi"
+        # The first run loads the worker's dictionary cache, as the first _direct run loads this process's.
+        for attempt in range(RUNS + 1):
+            output = f"bench-sugo-out-{uuid.uuid4().hex[:6]}"
+            started = time.perf_counter()
+            response = session.post(url, json=_body(names, output), timeout=900)
+            seconds = time.perf_counter() - started
+            if response.status_code != 200:
+                raise RuntimeError(f"benchmark: multi answered {response.status_code}: {response.text[:300]}")
+            counts.add(response.json()[0]["event"]["RowCount"])
+            client.delete(output)
+            if attempt:
+                end_to_end.append(seconds)
+            started = time.perf_counter()
+            counts.add(_direct(engine, client, names, output))
+            seconds = time.perf_counter() - started
+            client.delete(output)
+            if attempt:
+                floor.append(seconds)
+    finally:
+        _stop(web)
+        _stop(worker)
+        client.delete(*names)
+    if len(counts) != 1:
+        raise RuntimeError(f"benchmark: end to end and direct runs disagree on the group size: {counts}")
+    e2e, direct = statistics.median(end_to_end), statistics.median(floor)
+    label = f"{GROUP_COUNT} groups x {size:,} ids"
+    return [
+        Row(f"/ant/usergroup/multi over {label} (HTTP, job, worker)", e2e, "s", baseline=direct,
+            baseline_label="direct: read+parse, pyroaring, encode+write", target="ratio <= 2", passed=e2e / direct <= 2,
+            note=f"median of {RUNS} runs after a warm-up, output {counts.pop():,} ids; 9 ops or/and/exclude over a "
+                 f"{len(universe):,}-key universe; both sides map keys to ids with the project dictionary"),
+        Row("Sugo group parse", parse_rate, "ids/s", target=">= 2M/s", passed=parse_rate >= 2_000_000,
+            note=f"{size:,} ids of about {len(members[0][0])} bytes"),
+        Row("Sugo group encode", encode_rate, "ids/s", target=">= 2M/s", passed=encode_rate >= 2_000_000),
+    ]
