@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +36,8 @@ def write_sample(out: str | Path, users: int, events: int, seed: int, end: date 
     out = Path(out)
     (out / "events").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    end = end or datetime.now(timezone.utc).date()
-    end_ts = int(datetime.combine(end + timedelta(days=1), time(), tzinfo=timezone.utc).timestamp() * 1e6)
+    end = end or datetime.now(UTC).date()
+    end_ts = int(datetime.combine(end + timedelta(days=1), time(), tzinfo=UTC).timestamp() * 1e6)
     span = days * 86_400 * 1_000_000
     keys = pa.array(user_keys(users))
 

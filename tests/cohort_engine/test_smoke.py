@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,7 +11,7 @@ def test_profile_and_event_leaves_over_a_tiny_store(engine_config, project, tmp_
     name, _ = project
     engine = ProjectEngine(engine_config, name)
     pq.write_table(pa.table({"distinct_id": ["a", "b", "c"], "level": [1, 3, 5]}), tmp_path / "u.parquet")
-    day = datetime(2024, 3, 1, 12, tzinfo=timezone.utc)
+    day = datetime(2024, 3, 1, 12, tzinfo=UTC)
     pq.write_table(pa.table({
         "distinct_id": ["a", "a", "b", "d"],
         "event": ["pay", "pay", "pay", "pay"],
