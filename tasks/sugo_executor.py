@@ -7,13 +7,15 @@ The plain logic lives in SugoRunner (no Celery); SugoJobExecutor adds the job li
 from __future__ import annotations
 
 import logging
+import threading
+import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import redis as redis_lib
 from pyroaring import BitMap
 
-from app.data import projects
+from app.data import jobs, projects
 from app.dialects import sugo as dialect
 from cohort_engine import db, sugo_groups
 from cohort_engine.bitmaps import to_bitmap
@@ -73,6 +75,10 @@ class SugoRunner:
         self.own_redis = ((own.hostname or "127.0.0.1").lower(), own.port or dialect.DEFAULT_REDIS_PORT)
         self.own_db = int(own.path.strip("/") or 0)
         self.written_rows = 0
+        # Remote queries in flight, so a cancel request can reach the broker (DELETE /druid/v2/{queryId}).
+        self._active: dict[str, DruidClient] = {}
+        self._active_lock = threading.Lock()
+        self.cancelled = False
 
     # -- Redis groups <-> bitmaps over the project's user-key dictionary ---------------------------
 
@@ -111,6 +117,30 @@ class SugoRunner:
                 raise JobStopped("bad_request", f"broker {host}:{port} is not an allowed host")
         return DruidClient(value)
 
+    def cancel(self) -> None:
+        """Ask the brokers of the remote queries in flight to cancel them; the job then ends `cancelled`."""
+        self.cancelled = True
+        with self._active_lock:
+            active = list(self._active.items())
+        for query_id, client in active:
+            try:
+                client.cancel(query_id)
+                log.info("druid query cancelled query_id=%s", query_id)
+            except DruidError as exc:
+                log.warning("druid cancel failed query_id=%s error=%s", query_id, exc)
+
+    def _track(self, client, query_id: str | None) -> None:
+        with self._active_lock:
+            if query_id is None:
+                self._active = {k: v for k, v in self._active.items() if v is not client}
+            elif not isinstance(client, EmbeddedBroker):
+                self._active[query_id] = client
+
+    def _failure(self, exc: Exception, where: str) -> JobStopped:
+        if self.cancelled:
+            return JobStopped("cancelled", "the job was cancelled on request; its broker query was cancelled too")
+        return druid_failure(exc, where)
+
     def user_group(self, broker_value: str, query: dict) -> BitMap:
         """The users of a user_group query: in-process from the embedded store, else a paged groupBy."""
         broker = self.broker(broker_value)
@@ -124,13 +154,16 @@ class SugoRunner:
                     return self.bitmap_of(run(query, self.datasources))
             bitmap = BitMap()
             dimension = query["dimension"]
-            for page in broker.iter_group_by(dialect.user_group_as_group_by(query), PAGE_ROWS):
+            query_id = str(uuid.uuid4())
+            self._track(broker, query_id)
+            for page in broker.iter_group_by(dialect.user_group_as_group_by(query), PAGE_ROWS, query_id):
                 keys = [str(e[dimension]) for e in page if e.get(dimension) not in (None, "")]
                 bitmap |= self.bitmap_of(keys)
             return bitmap
         except (DruidError, DruidQueryError) as exc:
-            raise druid_failure(exc, broker_value) from None
+            raise self._failure(exc, broker_value) from None
         finally:
+            self._track(broker, None)
             broker.close()
 
     # -- the four endpoints -------------------------------------------------------------------------
@@ -228,11 +261,14 @@ class SugoRunner:
             total = expected_batches + 1 if expected_batches else done + 2
             self.step(min(done, total - 1), total)
 
+        query_id = str(uuid.uuid4())
+        self._track(broker, query_id)
+
         def events():
             if "groupBy" in query["queryType"]:
-                pages = broker.iter_group_by(query, PAGE_ROWS)
+                pages = broker.iter_group_by(query, PAGE_ROWS, query_id)
             else:
-                pages = broker.iter_scan(dict(query, resultFormat="list"), PAGE_ROWS)
+                pages = broker.iter_scan(dict(query, resultFormat="list"), PAGE_ROWS, query_id)
             for page in pages:
                 yield from page
 
@@ -241,12 +277,13 @@ class SugoRunner:
                 answer = client.update(self._counted(dialect.event_rows(events(), request, skipped)),
                                        request["primaryColumn"], on_batch=on_batch)
         except (DruidError, DruidQueryError) as exc:
-            failure = druid_failure(exc, broker_value)
+            failure = self._failure(exc, broker_value)
             if self.written_rows:
                 failure.message += (f"; {self.written_rows} rows in {sent[0]} batches had already been sent to "
                                     "hproxy before the failure")
             raise failure from None
         finally:
+            self._track(broker, None)
             broker.close()
         if skipped[0]:
             answer["failed"] += skipped[0]
@@ -287,5 +324,35 @@ class SugoJobExecutor(JobExecutor):
 
         params = job["params"]
         runner = SugoRunner(self.settings, project["name"], step)
-        result = runner.run(params["endpoint"], params["request"])
+        watcher = CancelWatcher(self.dsn, self.job_id, runner, self.settings.heartbeat_interval)
+        watcher.start()
+        try:
+            result = runner.run(params["endpoint"], params["request"])
+        finally:
+            watcher.stop()
         return self._finish(job, None, result)
+
+
+class CancelWatcher(threading.Thread):
+    """Polls the job's cancel flag while it runs, so a cancel reaches a long broker query at once."""
+
+    def __init__(self, dsn: str, job_id: int, runner: SugoRunner, interval: float):
+        super().__init__(daemon=True, name=f"cancel-watch-{job_id}")
+        self.dsn, self.job_id, self.runner, self.interval = dsn, job_id, runner, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                with db.connection(self.dsn) as conn:
+                    job = jobs.get(conn, self.job_id)
+            except Exception:  # a missed poll is retried at the next interval
+                log.warning("job=%s cancel poll failed", self.job_id, exc_info=True)
+                continue
+            if job is not None and job["cancel_requested"]:
+                self.runner.cancel()
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=self.interval + 5)

@@ -186,12 +186,12 @@ def hproxy():
 
 @pytest.fixture(scope="module")
 def ports():
-    return {"broker": free_port(), "dead": free_port()}
+    return {"broker": free_port(), "dead": free_port(), "slow": free_port()}
 
 
 @pytest.fixture(scope="module")
 def sugo_settings(service_settings, sample, hproxy, ports, redis_cluster, redis_sentinel):  # noqa: F811
-    allowed = [f"127.0.0.1:{p}" for p in (hproxy.port, ports["broker"], ports["dead"])]
+    allowed = [f"127.0.0.1:{p}" for p in (hproxy.port, ports["broker"], ports["dead"], ports["slow"])]
     allowed += [n.address for n in redis_cluster.nodes] + [redis_sentinel.host_and_ports]
     return replace(service_settings, queue="sugo-" + uuid.uuid4().hex[:8], sugo_project=sample[0],
                    sugo_embedded_brokers="127.0.0.1:6061", sugo_allowed_hosts=",".join(allowed),
@@ -542,3 +542,70 @@ def test_a_job_left_new_is_resent_to_its_sugo_task(client, groups, brute, sample
     done = wait_until(finished, timeout=30, what="resent job")
     assert done["status"] == "succeed" and done["result"]["count"] == len(brute["r4"])
     assert set(read(groups, "resent-out")) == brute["r4"]
+
+
+class SlowBroker:
+    """A real HTTP "broker" whose queries hang until DELETE /druid/v2/{queryId} cancels them (Druid then answers 500)."""
+
+    def __init__(self, port: int):
+        self.query_ids: list[str] = []
+        self.deleted: list[str] = []
+        self.cancelled = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                query = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.query_ids.append(query["context"]["queryId"])
+                owner.cancelled.wait(30)
+                self._answer(500, {"error": "Query cancelled", "errorMessage": "cancelled by request",
+                                   "errorClass": "org.apache.druid.query.QueryInterruptedException", "host": None})
+
+            def do_DELETE(self):
+                owner.deleted.append(self.path.rsplit("/", 1)[-1])
+                owner.cancelled.set()
+                self._answer(202, {})
+
+            def _answer(self, status, body):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.cancelled.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_cancelling_the_job_cancels_its_broker_query(client, groups, sample, ports):
+    slow = SlowBroker(ports["slow"])
+    try:
+        sugo_groups.write_group(groups, "schedule_desc_sugo_province", ["before"])
+        body = local(SEED_SINGLE)
+        del body["brokerUrl"]
+        body["broker"] = f"127.0.0.1:{ports['slow']}"
+        response = client.post("/ant/usergroup/single?async=true", json=body)
+        assert response.status_code == 202
+        job_id = response.get_json()["jobId"]
+        wait_until(lambda: slow.query_ids, timeout=30, what="the query to reach the broker")
+        headers = {"Authorization": f"Bearer {sample[2]}"}
+        assert client.post(f"/api/v1/jobs/{job_id}/cancel", headers=headers).status_code == 202
+
+        def failed():
+            job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).get_json()
+            return job if job["status"] == "failed" else None
+
+        assert wait_until(failed, timeout=30, what="cancelled job")["error_code"] == "cancelled"
+        assert slow.deleted == slow.query_ids[:1]
+        assert read(groups, "schedule_desc_sugo_province") == ["before"]
+    finally:
+        slow.close()
