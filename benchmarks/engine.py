@@ -99,10 +99,13 @@ def _ingest(engine: ProjectEngine, data: dict) -> tuple[float, float]:
     started = time.perf_counter()
     engine.ingest_users(data["users"])
     users_seconds = time.perf_counter() - started
+    print(f"  {engine.name}: profiles ingested in {users_seconds:.0f} s", flush=True)
     started = time.perf_counter()
     for part in data["events"]:
         engine.ingest_events(part)
-    return users_seconds, time.perf_counter() - started
+    events_seconds = time.perf_counter() - started
+    print(f"  {engine.name}: {len(data['events'])} event files ingested in {events_seconds:.0f} s", flush=True)
+    return users_seconds, events_seconds
 
 
 def _best_of(fn, runs: int = 3) -> tuple[float, object]:
@@ -219,7 +222,9 @@ def engine_section(ctx: BenchContext) -> list[Row]:
                     note=f"{len(data['events'])} files; each part is sorted by event, time and written with zstd"))
     rows.append(Row(f"ingest profiles from Parquet ({users / 1e6:g}M users, new keys)", users / users_seconds, "users/s"))
     rows.append(_cohort_vs_sql(ctx, engine, label))
+    print(f"  cohort at {label}: engine {rows[-1].value:.2f} s, SQL {rows[-1].baseline:.2f} s", flush=True)
     rows += _dictionary_rows(ctx)
+    print(f"  dictionary: {rows[-5].value:.2f} s new, {rows[-4].value:.2f} s known", flush=True)
 
     events, users = scale["large"]
     label = f"{events / 1e6:g}M events / {users / 1e6:g}M users"
