@@ -62,3 +62,34 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: s
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def create_token_project(database_url: str, prefix: str = "t") -> tuple[str, int, str]:
+    """A new project with an API token: (name, id, token)."""
+    import uuid
+
+    from app.data.projects import set_token
+    from cohort_engine import db
+
+    name = prefix + uuid.uuid4().hex[:10]
+    token = "tok-" + uuid.uuid4().hex
+    with db.connection(database_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO projects (name) VALUES (%s) RETURNING id", (name,))
+        project_id = cur.fetchone()[0]
+        set_token(conn, name, token)
+    return name, project_id, token
+
+
+def create_sample_project(database_url: str, engine_config, folder, users: int, events: int, seed: int,
+                          prefix: str = "s") -> tuple[str, int, str, dict]:
+    """A token project holding cohort_engine.sample data: (name, id, token, written files)."""
+    from cohort_engine.project import ProjectEngine
+    from cohort_engine.sample import write_sample
+
+    name, project_id, token = create_token_project(database_url, prefix)
+    written = write_sample(folder, users, events, seed=seed)
+    engine = ProjectEngine(engine_config, name)
+    engine.ingest_users(written["users"])
+    for part in written["events"]:
+        engine.ingest_events(part)
+    return name, project_id, token, written

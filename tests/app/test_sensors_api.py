@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -16,11 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app.data.projects import set_token
-from cohort_engine import bitmaps, db
+from cohort_engine import bitmaps
 from cohort_engine.project import ProjectEngine
 from tests.conftest import set_timezone
-from tests.services import start_beat, stop, wait_until
+from tests.services import create_token_project, start_beat, stop, wait_until
 
 ZONE = ZoneInfo("Asia/Shanghai")  # not UTC, so local base times and local days are exercised
 FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -55,12 +53,7 @@ def brute_level_above(level: int) -> set[str]:
 @pytest.fixture(scope="module")
 def store(database_url, service_settings, tmp_path_factory):
     """A project in Asia/Shanghai with LEVELS profiles and PAYS events; returns (id, token, engine)."""
-    name = "sn" + uuid.uuid4().hex[:10]
-    token = "tok-" + uuid.uuid4().hex
-    with db.connection(database_url) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO projects (name) VALUES (%s) RETURNING id", (name,))
-        project_id = cur.fetchone()[0]
-        set_token(conn, name, token)
+    name, project_id, token = create_token_project(database_url, "sn")
     set_timezone(database_url, name, "Asia/Shanghai")
     folder = tmp_path_factory.mktemp("sensors-data")
     pq.write_table(pa.table({"distinct_id": list(LEVELS), "level": pa.array(list(LEVELS.values()), pa.int64())}),

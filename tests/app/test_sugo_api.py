@@ -15,10 +15,8 @@ from dataclasses import replace
 import pyarrow.parquet as pq
 import pytest
 
-from app.data.projects import set_token
 from cohort_engine import db
-from cohort_engine.project import ProjectEngine
-from cohort_engine.sample import write_sample
+from tests.services import create_sample_project
 
 REDIS = "127.0.0.1:6379"
 EMBEDDED = "http://127.0.0.1:6061/druid/v2?pretty"
@@ -56,17 +54,8 @@ class CountingListener:
 @pytest.fixture(scope="module")
 def sugo_project(database_url, service_settings, tmp_path_factory):
     """A project holding a small sample data set; returns (name, id, token, written files)."""
-    name = "sg" + uuid.uuid4().hex[:10]
-    token = "tok-" + uuid.uuid4().hex
-    with db.connection(database_url) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO projects (name) VALUES (%s) RETURNING id", (name,))
-        project_id = cur.fetchone()[0]
-        set_token(conn, name, token)
-    written = write_sample(tmp_path_factory.mktemp("sugo-api"), 400, 6000, seed=3)
-    engine = ProjectEngine(service_settings.engine, name)
-    engine.ingest_users(written["users"])
-    for part in written["events"]:
-        engine.ingest_events(part)
+    name, project_id, token, written = create_sample_project(
+        database_url, service_settings.engine, tmp_path_factory.mktemp("sugo-api"), 400, 6000, seed=3, prefix="sg")
     return name, project_id, token, written
 
 

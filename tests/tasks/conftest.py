@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import date, datetime, timezone
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from app.data.projects import set_token
-from cohort_engine import db
-from cohort_engine.project import ProjectEngine
-from cohort_engine.sample import write_sample
-from tests.services import start_beat, stop, wait_until
+from tests.services import create_sample_project, start_beat, stop, wait_until
 
 SLOW_LEAVES = 30
 
@@ -30,17 +25,8 @@ def beat(service_env, tmp_path_factory):
 @pytest.fixture(scope="module")
 def sample_project(database_url, service_settings, tmp_path_factory):
     """A project with 3,000 users and 300,000 events; returns (name, id, headers, sample files)."""
-    name = "s" + uuid.uuid4().hex[:12]
-    token = "tok-" + uuid.uuid4().hex
-    with db.connection(database_url) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO projects (name) VALUES (%s) RETURNING id", (name,))
-        project_id = cur.fetchone()[0]
-        set_token(conn, name, token)
-    written = write_sample(tmp_path_factory.mktemp("sample"), 3000, 300_000, seed=11)
-    engine = ProjectEngine(service_settings.engine, name)
-    engine.ingest_users(written["users"])
-    for part in written["events"]:
-        engine.ingest_events(part)
+    name, project_id, token, written = create_sample_project(
+        database_url, service_settings.engine, tmp_path_factory.mktemp("sample"), 3000, 300_000, seed=11, prefix="s")
     return name, project_id, {"Authorization": f"Bearer {token}"}, written
 
 

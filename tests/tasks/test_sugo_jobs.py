@@ -22,12 +22,9 @@ import pytest
 import redis as redis_lib
 from werkzeug.serving import make_server
 
-from app.data.projects import set_token
 from cohort_engine import db, sugo_groups
-from cohort_engine.project import ProjectEngine
-from cohort_engine.sample import write_sample
 from tests.redis_topologies import free_port, redis_cluster, redis_sentinel  # noqa: F401
-from tests.services import start_worker, stop, wait_for_worker, wait_until
+from tests.services import create_sample_project, start_worker, stop, wait_for_worker, wait_until
 
 EMBEDDED = "http://127.0.0.1:6061/druid/v2?pretty"  # an alias of our own broker: answered in the worker
 REDIS = "127.0.0.1:6379"  # our own Redis: groups land in the tests' Redis database
@@ -150,17 +147,8 @@ class Hproxy:
 @pytest.fixture(scope="module")
 def sample(database_url, service_settings, tmp_path_factory):
     """A project with the sample data set ingested; (name, id, token, written files)."""
-    name = "su" + uuid.uuid4().hex[:10]
-    token = "tok-" + uuid.uuid4().hex
-    with db.connection(database_url) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO projects (name) VALUES (%s) RETURNING id", (name,))
-        project_id = cur.fetchone()[0]
-        set_token(conn, name, token)
-    written = write_sample(tmp_path_factory.mktemp("sugo"), 2000, 40_000, seed=17)
-    engine = ProjectEngine(service_settings.engine, name)
-    engine.ingest_users(written["users"])
-    for part in written["events"]:
-        engine.ingest_events(part)
+    name, project_id, token, written = create_sample_project(
+        database_url, service_settings.engine, tmp_path_factory.mktemp("sugo"), 2000, 40_000, seed=17, prefix="su")
     return name, project_id, token, written
 
 
