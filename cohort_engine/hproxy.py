@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from requests.adapters import HTTPAdapter
+
+from .http import EndpointsClient
 
 log = logging.getLogger(__name__)
 
@@ -71,29 +72,15 @@ def batches(rows: Iterable[dict], size: int = BATCH_ROWS) -> Iterator[list[dict]
         yield batch
 
 
-class HproxyClient:
+class HproxyClient(EndpointsClient):
     """Posts row batches to hproxy, retrying a failed batch with backoff on the next host."""
 
     def __init__(self, target: str, data_source: str, *, retries: int = 3, backoff_seconds: float = 0.5,
                  timeout_seconds: float = 120.0, connect_timeout: float = 5.0, session: requests.Session | None = None):
-        self.endpoints = hproxy_endpoints(target, data_source)
+        super().__init__(hproxy_endpoints(target, data_source), pool_size=4, session=session)
         self.retries = retries
         self.backoff_seconds = backoff_seconds
         self.timeout = (connect_timeout, timeout_seconds)
-        self.session = session or requests.Session()
-        adapter = HTTPAdapter(pool_connections=len(self.endpoints), pool_maxsize=4, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self._current = 0
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def post_batch(self, rows: list[dict]) -> tuple[dict, int]:
         """hproxy's answer to one batch and the attempts it took; HproxyError once retries are spent."""

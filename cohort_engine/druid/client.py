@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from requests.adapters import HTTPAdapter
+
+from ..http import EndpointsClient
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +75,18 @@ def row_event(row: dict) -> dict:
     return row["event"]
 
 
-class DruidClient:
+class DruidClient(EndpointsClient):
     """Pooled, retrying broker client; every query carries a context.queryId so it can be cancelled."""
 
     def __init__(self, broker: str, *, retries: int = 3, backoff_seconds: float = 0.5, connect_timeout: float = 5.0,
                  default_timeout_ms: int = 300_000, timeout_grace_seconds: float = 1.0, pool_size: int = 8,
                  session: requests.Session | None = None):
-        self.endpoints = broker_endpoints(broker)
+        super().__init__(broker_endpoints(broker), pool_size=pool_size, session=session)
         self.retries = retries
         self.backoff_seconds = backoff_seconds
         self.connect_timeout = connect_timeout
         self.default_timeout_ms = default_timeout_ms
         self.timeout_grace_seconds = timeout_grace_seconds
-        self.session = session or requests.Session()
-        adapter = HTTPAdapter(pool_connections=len(self.endpoints), pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self._current = 0
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     @staticmethod
     def with_query_id(query: dict, query_id: str | None = None) -> tuple[dict, str]:
