@@ -35,23 +35,23 @@ def submit_cohort_job(conn, cohort: dict, kind: str, *, base_time=None, partitio
                        base_time=base_time, partition_key=partition_key, max_attempts=max_attempts)
 
 
-def enqueue(celery_app, conn_factory, job_ids) -> list[int]:
-    """Send committed jobs to the workers; return the ids that could not be sent (the sweeper retries them)."""
-    failed = []
-    job_ids = list(job_ids)
-    kinds = {}
-    if job_ids:
-        with conn_factory() as conn:
-            kinds = jobs.kinds_of(conn, job_ids)
-    for job_id in job_ids:
+def enqueue(celery_app, conn_factory, jobs_to_send) -> list[int]:
+    """Send committed jobs (rows with id and kind) to their task; return the ids that could not be sent.
+
+    A job that could not be sent stays `new` and the sweeper sends it again.
+    """
+    sent, failed = [], []
+    for job in jobs_to_send:
         try:
-            celery_app.send_task(KIND_TASKS.get(kinds.get(job_id), COMPUTE_TASK), args=[job_id])
-        except Exception as exc:  # broker down: the job stays `new` and the sweeper re-enqueues it
-            log.warning("job=%s enqueue failed: %s", job_id, exc)
-            failed.append(job_id)
-            continue
+            celery_app.send_task(KIND_TASKS.get(job["kind"], COMPUTE_TASK), args=[job["id"]])
+        except Exception as exc:  # broker down
+            log.warning("job=%s enqueue failed: %s", job["id"], exc)
+            failed.append(job["id"])
+        else:
+            sent.append(job["id"])
+    if sent:
         with conn_factory() as conn:
-            jobs.mark_enqueued(conn, job_id)
+            jobs.mark_enqueued(conn, sent)
     return failed
 
 

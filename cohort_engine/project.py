@@ -23,15 +23,19 @@ class UnknownProject(LookupError):
 class ProjectEngine:
     """Everything the engine does for one project; each call borrows a pooled connection and gives it back."""
 
-    def __init__(self, config: EngineConfig, project: str):
+    def __init__(self, config: EngineConfig, project: str, *, project_id: int | None = None,
+                 timezone: str | None = None):
+        """The engine of the named project; give project_id and timezone when the caller has them."""
         self.config = config
-        with db.connection(config.database_url) as conn, conn.cursor() as cur:
-            cur.execute("SELECT id, timezone FROM projects WHERE name = %s", (project,))
-            row = cur.fetchone()
-        if row is None:
-            raise UnknownProject(f"project {project!r} does not exist")
+        if project_id is None or timezone is None:
+            with db.connection(config.database_url) as conn, conn.cursor() as cur:
+                cur.execute("SELECT id, timezone FROM projects WHERE name = %s", (project,))
+                row = cur.fetchone()
+            if row is None:
+                raise UnknownProject(f"project {project!r} does not exist")
+            project_id, timezone = row
         self.name = project
-        self.project_id, tzname = row
+        self.project_id, tzname = project_id, timezone
         self.tz = ZoneInfo(tzname)
         self.store = EventStore(config.store_dir, project, threads=config.threads)
 

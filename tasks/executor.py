@@ -58,6 +58,8 @@ class JobExecutor:
         self.settings = settings
         self.dsn = settings.engine.database_url
         self.job_id = job_id
+        self.project: dict | None = None
+        self.cohort: dict | None = None
         # Names the process, so operators (and tests) can tell which worker holds a job.
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
@@ -68,6 +70,10 @@ class JobExecutor:
     def run(self) -> dict | None:
         with db.connection(self.dsn) as conn:
             job, why = jobs.claim(conn, self.job_id, self.token, self.settings.stale_after)
+            if why == "claimed":
+                # Loaded in the claim's transaction: one round trip fewer for every job.
+                self.project = projects.by_id(conn, job["project_id"])
+                self.cohort = cohorts.get_any(conn, job["cohort_id"]) if job["cohort_id"] else None
             if why == "exhausted":
                 jobs.fail(conn, self.job_id, "worker_lost",
                           f"the job was started {job['attempts']} times and its worker was lost each time "
@@ -121,6 +127,9 @@ class JobExecutor:
                     message)
 
     def _progress(self, done: int, total: int) -> None:
+        if done == 0 or done >= total:
+            # The claim set 0 and publishing checks the claim and the cancel flag: nothing to write.
+            return
         percent = min(99, done * 99 // max(total, 1))
         with db.connection(self.dsn) as conn:
             state = jobs.touch(conn, self.job_id, self.token, percent)
@@ -130,14 +139,13 @@ class JobExecutor:
             raise JobStopped("cancelled", "the job was cancelled on request")
 
     def _compute(self, job: dict) -> dict:
-        with db.connection(self.dsn) as conn:
-            project = projects.by_id(conn, job["project_id"])
-            cohort = cohorts.get_any(conn, job["cohort_id"]) if job["cohort_id"] else None
+        project, cohort = self.project, self.cohort
         if job["cohort_id"] and cohort is None:
             raise JobStopped("cohort_deleted", "the cohort was deleted before its job ran")
         definition = cohort["definition"] if cohort else job["params"]["definition"]
         definition_version = cohort["definition_version"] if cohort else 0
-        engine = ProjectEngine(self.settings.engine, project["name"])
+        engine = ProjectEngine(self.settings.engine, project["name"], project_id=project["id"],
+                               timezone=project["timezone"])
         prefix = self.settings.engine.key_prefix
 
         def load_cohort(cohort_id: int):
@@ -158,12 +166,6 @@ class JobExecutor:
             cohort = cohorts.get_any(conn, job["cohort_id"], lock=True)
             if cohort is None:
                 raise JobStopped("cohort_deleted", "the cohort was deleted while its job ran")
-            # Locks the job row too, so the reaper cannot take it between here and the commit.
-            state = jobs.lock_claimed(conn, self.job_id, self.token)
-            if state is None:
-                raise JobStopped("claim_lost", "the job ended elsewhere before it could be published")
-            if state["cancel_requested"]:
-                raise JobStopped("cancelled", "the job was cancelled on request")
             if cohort["definition_version"] != definition_version:
                 raise JobStopped("superseded", "the cohort's definition changed while this job ran; "
                                                "the job for the new definition publishes instead")
@@ -172,24 +174,34 @@ class JobExecutor:
             latest = versions.get(conn, cohort["latest_version_id"])
             is_newest = latest is None or (latest["definition_version"], latest["base_time"]) <= (
                 definition_version, job["base_time"])
-            if is_newest:
-                bitmaps.publish(self.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
-                                result.bitmap)
-                cohorts.set_latest_version(conn, cohort["id"], version["id"])
-            if job["kind"] == "cron":
-                cohorts.record_outcome(conn, cohort["id"], False, self.settings.backoff_base, self.settings.backoff_max)
             outcome = {"count": result.count, "version_id": version["id"], "published": is_newest,
                        "leaves": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()}
                                   for t in result.timings]}
-            jobs.succeed(conn, self.job_id, self.token, outcome, version["id"])
+            # Also locks the job row, so the reaper cannot take the job before this commits.
+            self._mark_succeeded(conn, outcome, version["id"])
+            if is_newest:
+                cohorts.set_latest_version(conn, cohort["id"], version["id"])
+                bitmaps.publish(self.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
+                                result.bitmap)
+            if job["kind"] == "cron":
+                cohorts.record_outcome(conn, cohort["id"], False, self.settings.backoff_base, self.settings.backoff_max)
         log.info("job=%s cohort=%s status=succeed count=%s published=%s", job["id"], job["cohort_id"], result.count,
                  is_newest)
         return outcome
 
     def _finish(self, job: dict, version_id, outcome: dict) -> dict:
         with db.connection(self.dsn) as conn:
-            jobs.succeed(conn, self.job_id, self.token, outcome, version_id)
+            self._mark_succeeded(conn, outcome, version_id)
         log.info("job=%s status=succeed count=%s", job["id"], outcome.get("count"))
         return outcome
+
+    def _mark_succeeded(self, conn, outcome: dict, version_id) -> None:
+        """Set the job succeed in conn's transaction, or raise why this claim may not."""
+        if jobs.succeed(conn, self.job_id, self.token, outcome, version_id):
+            return
+        state = jobs.lock_claimed(conn, self.job_id, self.token)
+        if state is not None and state["cancel_requested"]:
+            raise JobStopped("cancelled", "the job was cancelled on request")
+        raise JobStopped("claim_lost", "the job ended elsewhere before it could be published")
 
 

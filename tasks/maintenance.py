@@ -30,15 +30,17 @@ def sweep(self) -> dict:
                 failed.append(job["id"])
             else:
                 jobs.requeue(conn, job["id"])
-                requeued.append(job["id"])
+                requeued.append(job)
         waiting = jobs.waiting_unqueued(conn, settings.sweep_interval, settings.requeue_after)
     for job_id in failed:
         log.warning("job=%s status=failed error_code=worker_lost reaped=true", job_id)
-    resend = requeued + [j for j in waiting if j not in requeued]
+    requeued_ids = {job["id"] for job in requeued}
+    resend = requeued + [job for job in waiting if job["id"] not in requeued_ids]
     enqueue(self.app, lambda: db.connection(settings.engine.database_url), resend)
+    resent_ids = [job["id"] for job in resend]
     if resend or failed:
-        log.info("sweep requeued=%s failed=%s", resend, failed)
-    return {"requeued": resend, "failed": failed}
+        log.info("sweep requeued=%s failed=%s", resent_ids, failed)
+    return {"requeued": resent_ids, "failed": failed}
 
 
 def due_fire_time(cron: str, tz: ZoneInfo, since: datetime, now: datetime) -> datetime | None:
@@ -66,10 +68,10 @@ def schedule(self) -> list[int]:
                                             partition_key=cron_partition(cohort, fire))
             cohorts.record_fire(conn, cohort["id"], fire)
             if is_new:
-                created.append(job["id"])
+                created.append(job)
                 log.info("cohort=%s job=%s cron fire=%s", cohort["id"], job["id"], fire.isoformat())
     enqueue(self.app, lambda: db.connection(settings.engine.database_url), created)
-    return created
+    return [job["id"] for job in created]
 
 
 @shared_task(name="cohorts.ping", ignore_result=True)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import redis as redis_lib
 from pyroaring import BitMap
 
-from app.data import jobs, projects
+from app.data import jobs
 from app.dialects import sugo as dialect
 from cohort_engine import db, sugo_groups
 from cohort_engine.bitmaps import to_bitmap
@@ -312,8 +312,7 @@ class SugoJobExecutor(JobExecutor):
     """A Sugo job through the cohort job life cycle: claim, heartbeat, progress, succeed or failed."""
 
     def _compute(self, job: dict) -> dict:
-        with db.connection(self.dsn) as conn:
-            project = projects.by_id(conn, job["project_id"])
+        project = self.project
         last = [-1]
 
         def step(done: int, total: int) -> None:

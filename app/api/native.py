@@ -58,7 +58,7 @@ def reject_cycles(cohort_id, definition) -> None:
 def commit_and_enqueue(job: dict, created: bool) -> None:
     get_db().commit()
     if created:
-        enqueue(current_app.extensions["celery"], connection_factory(), [job["id"]])
+        enqueue(current_app.extensions["celery"], connection_factory(), [job])
 
 
 @bp.post("/cohorts")

@@ -84,10 +84,10 @@ def submit_partition(conn, cohort: dict, kind: str, base_time: datetime) -> tupl
                              max_attempts=settings().max_attempts)
 
 
-def commit_and_enqueue(job_ids: list[int]) -> None:
+def commit_and_enqueue(created: list[dict]) -> None:
     get_db().commit()
-    if job_ids:
-        enqueue(current_app.extensions["celery"], connection_factory(), job_ids)
+    if created:
+        enqueue(current_app.extensions["celery"], connection_factory(), created)
 
 
 def duplicate_name(name: str) -> ValidationError:
@@ -177,7 +177,7 @@ def save_rule():
             jobs.request_cancel(conn, live["id"])
             jobs.fail(conn, live["id"], "superseded", "the rule's definition changed; a new job computes it")
         job, is_new = submit_partition(conn, cohort, job_kind, base_time)
-        created = [job["id"]] if is_new else []
+        created = [job] if is_new else []
     elif running:
         base_time = croniter(cron, cohort["updated_at"].astimezone(zone())).get_next(datetime)
     commit_and_enqueue(created)
@@ -202,7 +202,7 @@ def execute():
         for text in base_times:
             job, is_new = submit_partition(conn, cohort, "execute", parse_base_time(text))
             if is_new:
-                created.append(job["id"])
+                created.append(job)
     commit_and_enqueue(created)
     return jsonify({})
 

@@ -90,7 +90,7 @@ def submit(endpoint: str):
     conn.commit()
     log.info("job=%s kind=%s endpoint=%s project=%s", job["id"], kind, endpoint, project["name"])
     # By kind, enqueue sends the job to its Sugo task (and the sweeper resends it there).
-    enqueue(current_app.extensions["celery"], connection_factory(), [job["id"]])
+    enqueue(current_app.extensions["celery"], connection_factory(), [job])
     if wants_async():
         return accepted(job)
     job = wait_for(job["id"], settings().sugo_wait_seconds)

@@ -103,21 +103,24 @@ def partition_summaries(conn, cohort_ids) -> dict[int, dict]:
     return summaries
 
 
-def kinds_of(conn, job_ids) -> dict[int, str]:
-    """{job id: kind} of the given jobs."""
+def mark_enqueued(conn, job_ids: list[int]) -> None:
     with conn.cursor() as cur:
-        cur.execute("SELECT id, kind FROM jobs WHERE id = ANY(%s)", (list(job_ids),))
-        return dict(cur.fetchall())
-
-
-def mark_enqueued(conn, job_id: int) -> None:
-    with conn.cursor() as cur:
-        cur.execute("UPDATE jobs SET enqueued_at = now() WHERE id = %s", (job_id,))
+        # Bookkeeping for the sweeper: losing it costs at most a harmless second delivery.
+        cur.execute("SET LOCAL synchronous_commit TO OFF")
+        cur.execute("UPDATE jobs SET enqueued_at = now() WHERE id = ANY(%s)", (list(job_ids),))
 
 
 def claim(conn, job_id: int, token: str, stale_seconds: float) -> tuple[dict | None, str]:
     """Take a job for computing; returns (job, why) with why one of claimed, done, busy, exhausted, missing."""
+    claim_sql = ("UPDATE jobs SET status = 'computing', attempts = attempts + 1, worker = %s, progress = 0,"
+                 " started_at = coalesce(started_at, now()), heartbeat_at = now() WHERE id = %s")
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        # The common case, a new job with attempts left, in one statement.
+        cur.execute(claim_sql + " AND status = 'new' AND attempts < max_attempts RETURNING " + COLUMNS,
+                    (token, job_id))
+        job = cur.fetchone()
+        if job is not None:
+            return job, "claimed"
         cur.execute("SELECT " + COLUMNS + " FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
         job = cur.fetchone()
         if job is None:
@@ -131,10 +134,7 @@ def claim(conn, job_id: int, token: str, stale_seconds: float) -> tuple[dict | N
                 return job, "busy"
         if job["attempts"] >= job["max_attempts"]:
             return job, "exhausted"
-        cur.execute(
-            "UPDATE jobs SET status = 'computing', attempts = attempts + 1, worker = %s, progress = 0,"
-            " started_at = coalesce(started_at, now()), heartbeat_at = now() WHERE id = %s RETURNING " + COLUMNS,
-            (token, job_id))
+        cur.execute(claim_sql + " RETURNING " + COLUMNS, (token, job_id))
         return cur.fetchone(), "claimed"
 
 
@@ -159,10 +159,12 @@ def lock_claimed(conn, job_id: int, token: str) -> dict | None:
 
 
 def succeed(conn, job_id: int, token: str, result: dict, version_id: int | None) -> bool:
+    """Mark a job this claim still holds, and nobody asked to cancel, succeed; False if it could not."""
     with conn.cursor() as cur:
         cur.execute(
             "UPDATE jobs SET status = 'succeed', progress = 100, result = %s, version_id = %s, finished_at = now(),"
-            " error_code = NULL, error_message = NULL WHERE id = %s AND worker = %s AND status = 'computing'",
+            " error_code = NULL, error_message = NULL"
+            " WHERE id = %s AND worker = %s AND status = 'computing' AND NOT cancel_requested",
             (Json(result), version_id, job_id, token))
         return cur.rowcount == 1
 
@@ -203,14 +205,14 @@ def requeue(conn, job_id: int) -> None:
                     " WHERE id = %s AND status = 'computing'", (job_id,))
 
 
-def waiting_unqueued(conn, older_than_seconds: float, requeue_after_seconds: float) -> list[int]:
-    """Jobs left `new` that were never enqueued (or long ago): the sweeper enqueues them again."""
-    with conn.cursor() as cur:
+def waiting_unqueued(conn, older_than_seconds: float, requeue_after_seconds: float) -> list[dict]:
+    """Jobs ({id, kind}) left `new` that were never enqueued (or long ago): the sweeper enqueues them again."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(
-            "SELECT id FROM jobs WHERE status = 'new' AND created_at < now() - make_interval(secs => %s)"
+            "SELECT id, kind FROM jobs WHERE status = 'new' AND created_at < now() - make_interval(secs => %s)"
             " AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => %s)) ORDER BY id LIMIT 1000",
             (older_than_seconds, requeue_after_seconds))
-        return [r[0] for r in cur.fetchall()]
+        return cur.fetchall()
 
 
 def public(job: dict) -> dict:

@@ -89,9 +89,9 @@ def test_an_older_run_never_overwrites_a_newer_version(client, worker, sample_pr
         cohort = cohorts.get_any(conn, cohort_id)
         newer, _ = submit_cohort_job(conn, cohort, "refresh", base_time=now + timedelta(hours=1), partition_key="n")
         older, _ = submit_cohort_job(conn, cohort, "refresh", base_time=now - timedelta(days=3), partition_key="o")
-    enqueue(celery_app, connect, [newer["id"]])
+    enqueue(celery_app, connect, [newer])
     newer_done = wait_for_job(client, headers, newer["id"], ended)
-    enqueue(celery_app, connect, [older["id"]])
+    enqueue(celery_app, connect, [older])
     older_done = wait_for_job(client, headers, older["id"], ended)
     assert newer_done["status"] == older_done["status"] == "succeed"
     assert newer_done["result"]["published"] and not older_done["result"]["published"]

@@ -521,7 +521,7 @@ def test_a_job_left_new_is_resent_to_its_sugo_task(client, groups, brute, sample
         "dataConfig": {"hostAndPorts": REDIS, "groupId": "resent-out"}}}
     with db.connection(database_url) as conn:
         job, _ = jobs.insert(conn, sample[1], "usergroup", params={"endpoint": "single", "request": request})
-    assert enqueue(sugo_celery, lambda: db.connection(database_url), [job["id"]]) == []
+    assert enqueue(sugo_celery, lambda: db.connection(database_url), [job]) == []
 
     def finished():
         state = client.get(f"/ant/jobs/{job['id']}").get_json()["job"]
