@@ -50,7 +50,7 @@ def stop(process, sig=signal.SIGTERM, timeout: float = 10.0) -> None:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=timeout)
     except ProcessLookupError:
-        pass
+        return  # already gone
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):

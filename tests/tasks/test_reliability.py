@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -68,10 +69,8 @@ def test_job_that_kills_its_worker_every_time_ends_worker_lost(client, worker, s
             pid = holder_pid(pg, job_id)
             if pid and pid not in killed:
                 killed.add(pid)
-                try:
+                with contextlib.suppress(ProcessLookupError):  # it may have died already
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             stop_killing.wait(0.05)
 
     killer = threading.Thread(target=kill_every_holder, daemon=True)

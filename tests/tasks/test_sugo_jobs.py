@@ -124,7 +124,7 @@ class Hproxy:
                 self.wfile.write(body)
 
             def log_message(self, *args):
-                pass
+                """Quiet: the test reads what the server records, not its access log."""
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
@@ -563,7 +563,7 @@ class SlowBroker:
                 self.wfile.write(data)
 
             def log_message(self, *args):
-                pass
+                """Quiet: the test reads what the server records, not its access log."""
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -32,7 +32,7 @@ class Broker:
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
-                pass
+                """Quiet: the test reads the recorded requests, not the access log."""
 
             def _answer(self, status, body):
                 payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
