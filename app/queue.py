@@ -38,20 +38,22 @@ def submit_cohort_job(conn, cohort: dict, kind: str, *, base_time=None, partitio
 def enqueue(celery_app, conn_factory, jobs_to_send) -> list[int]:
     """Send committed jobs (rows with id and kind) to their task; return the ids that could not be sent.
 
-    A job that could not be sent stays `new` and the sweeper sends it again.
+    New job rows are inserted already marked enqueued (no extra write on the happy path); a job
+    that could not be sent is unmarked, stays `new`, and the sweeper sends it at its next pass.
     """
-    sent, failed = [], []
+    failed = []
     for job in jobs_to_send:
         try:
             celery_app.send_task(KIND_TASKS.get(job["kind"], COMPUTE_TASK), args=[job["id"]])
         except Exception as exc:  # broker down
             log.warning("job=%s enqueue failed: %s", job["id"], exc)
             failed.append(job["id"])
-        else:
-            sent.append(job["id"])
-    if sent:
-        with conn_factory() as conn:
-            jobs.mark_enqueued(conn, sent)
+    if failed:
+        try:
+            with conn_factory() as conn:
+                jobs.unmark_enqueued(conn, failed)
+        except Exception as exc:  # then the sweeper resends them after COHORTS_REQUEUE_AFTER
+            log.warning("jobs=%s could not be unmarked: %s", failed, exc)
     return failed
 
 

@@ -32,6 +32,7 @@ def sweep(self) -> dict:
                 jobs.requeue(conn, job["id"])
                 requeued.append(job)
         waiting = jobs.waiting_unqueued(conn, settings.sweep_interval, settings.requeue_after)
+        jobs.mark_enqueued(conn, [job["id"] for job in waiting])
     for job_id in failed:
         log.warning("job=%s status=failed error_code=worker_lost reaped=true", job_id)
     requeued_ids = {job["id"] for job in requeued}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import psycopg2
 from psycopg2.extras import Json, RealDictCursor
 
 COLUMNS = ("id, project_id, kind, cohort_id, version_id, partition_key, params, base_time, status, progress,"
@@ -15,20 +14,19 @@ def insert(conn, project_id: int, kind: str, *, cohort_id=None, params=None, bas
            partition_key="latest", max_attempts=3) -> tuple[dict, bool]:
     """Insert a job; if the cohort partition already has a live job, return that one instead.
 
-    Returns (job, created).
+    Returns (job, created). The new row is marked enqueued: the caller sends it right after the
+    commit, and clears the mark with unmark_enqueued if sending fails.
     """
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
-        cur.execute("SAVEPOINT job_insert")
-        try:
-            cur.execute(
-                "INSERT INTO jobs (project_id, kind, cohort_id, params, base_time, partition_key, max_attempts)"
-                " VALUES (%s, %s, %s, %s, coalesce(%s, now()), %s, %s) RETURNING " + COLUMNS,
-                (project_id, kind, cohort_id, Json(params or {}), base_time, partition_key, max_attempts))
-            job = cur.fetchone()
-            cur.execute("RELEASE SAVEPOINT job_insert")
+        # A live job of the partition (or a cron fire already recorded) makes this a no-op.
+        cur.execute(
+            "INSERT INTO jobs (project_id, kind, cohort_id, params, base_time, partition_key, max_attempts,"
+            " enqueued_at) VALUES (%s, %s, %s, %s, coalesce(%s, now()), %s, %s, now())"
+            " ON CONFLICT DO NOTHING RETURNING " + COLUMNS,
+            (project_id, kind, cohort_id, Json(params or {}), base_time, partition_key, max_attempts))
+        job = cur.fetchone()
+        if job is not None:
             return job, True
-        except psycopg2.errors.UniqueViolation:
-            cur.execute("ROLLBACK TO SAVEPOINT job_insert")
         cur.execute(
             "SELECT " + COLUMNS + " FROM jobs WHERE cohort_id = %s AND partition_key = %s AND status IN ('new', 'computing')",
             (cohort_id, partition_key))
@@ -105,9 +103,13 @@ def partition_summaries(conn, cohort_ids) -> dict[int, dict]:
 
 def mark_enqueued(conn, job_ids: list[int]) -> None:
     with conn.cursor() as cur:
-        # Bookkeeping for the sweeper: losing it costs at most a harmless second delivery.
-        cur.execute("SET LOCAL synchronous_commit TO OFF")
         cur.execute("UPDATE jobs SET enqueued_at = now() WHERE id = ANY(%s)", (list(job_ids),))
+
+
+def unmark_enqueued(conn, job_ids: list[int]) -> None:
+    """Jobs that could not be sent: the sweeper sends them at its next pass."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE jobs SET enqueued_at = NULL WHERE id = ANY(%s) AND status = 'new'", (list(job_ids),))
 
 
 def claim(conn, job_id: int, token: str, stale_seconds: float) -> tuple[dict | None, str]:
@@ -201,7 +203,8 @@ def stale_computing(conn, stale_seconds: float) -> list[dict]:
 
 def requeue(conn, job_id: int) -> None:
     with conn.cursor() as cur:
-        cur.execute("UPDATE jobs SET status = 'new', worker = NULL, progress = 0, enqueued_at = NULL"
+        # Marked enqueued: the sweeper sends it right after this commits.
+        cur.execute("UPDATE jobs SET status = 'new', worker = NULL, progress = 0, enqueued_at = now()"
                     " WHERE id = %s AND status = 'computing'", (job_id,))
 
 

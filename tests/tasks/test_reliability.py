@@ -128,17 +128,23 @@ def test_concurrent_refreshes_compute_once(app, worker, sample_project, pg):
     pg.commit()
 
 
-def test_sweeper_enqueues_a_job_left_new(client, worker, beat, sample_project, database_url):
+def test_sweeper_enqueues_a_job_left_new(client, worker, beat, sample_project, database_url, service_settings):
+    from dataclasses import replace
+
     from app.data import cohorts
-    from app.queue import submit_cohort_job
+    from app.queue import enqueue, submit_cohort_job
     from cohort_engine import db
+    from workers.celery_app import create_celery
 
     _, project_id, headers, _ = sample_project
-    # As if the broker had been down right after the commit: a job row that was never enqueued.
+    # The broker goes down between the commit and the send: nothing listens on port 1.
+    down = create_celery(replace(service_settings, broker_url="redis://127.0.0.1:1/0"))
+    down.conf.broker_connection_timeout = 1
     with db.connection(database_url) as conn:
         cohort = cohorts.insert(conn, project_id, "never-enqueued",
                                 {"type": "profile", "property": "user_level", "cmp": "gte", "values": [5]})
         job, _ = submit_cohort_job(conn, cohort, "create")
+    assert enqueue(down, lambda: db.connection(database_url), [job]) == [job["id"]]
     finished = wait_for_job(client, headers, job["id"], ended, timeout=60)
     assert finished["status"] == "succeed"
 
