@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import redis as redis_lib
 from flask import current_app, g, request
 
@@ -46,15 +48,24 @@ def get_redis():
     return client
 
 
+BROKER_OK_SECONDS = 1.0
+
+
 def check_broker() -> None:
-    """Raise redis.ConnectionError if the broker does not answer, before anything is written."""
+    """Raise redis.ConnectionError if the broker does not answer, before anything is written.
+
+    A good answer is trusted for a second: under load that saves a round trip per request, and a
+    broker lost within that second only delays the job (the send fails and the sweeper resends).
+    """
     if not settings().broker_check or not settings().broker_url.startswith("redis"):
         return
-    client = current_app.extensions.get("broker_redis")
-    if client is None:
-        client = redis_lib.Redis.from_url(settings().broker_url, socket_timeout=2, socket_connect_timeout=2)
-        current_app.extensions["broker_redis"] = client
-    client.ping()
+    state = current_app.extensions.setdefault("broker_check", {"client": None, "ok_until": 0.0})
+    if state["ok_until"] > time.monotonic():
+        return
+    if state["client"] is None:
+        state["client"] = redis_lib.Redis.from_url(settings().broker_url, socket_timeout=2, socket_connect_timeout=2)
+    state["client"].ping()
+    state["ok_until"] = time.monotonic() + BROKER_OK_SECONDS
 
 
 def connection_factory():

@@ -178,34 +178,60 @@ def jobs_section(ctx: BenchContext) -> list[Row]:
     worker = _start(env, [python, "-m", "celery", "-A", "workers.main", "worker", "--pool", "prefork",
                           "--concurrency", "2", "--queues", "bench", "--loglevel", "WARNING", "--without-mingle",
                           "--without-gossip", "--hostname", "bench@%h"], "bench-worker.log", ctx)
-    count = 100 if ctx.small else 1000
-    seconds = 3 if ctx.small else 15
+    count = 100 if ctx.small else 500
+    seconds = 3 if ctx.small else 8
+    rounds = 1 if ctx.small else 3
+    throughput, status_rps, latencies, job_lat, bare_lat = [], [], [], [], []
     try:
         _wait(lambda: requests.get(f"http://127.0.0.1:{PORT}/healthz", timeout=5).status_code == 200, 60, "web + worker")
-        raw_rate = _raw_celery_rate(count)
-        job_rate, latencies = _job_rate(ctx, headers, count)
-        with db.connection(ctx.database_url) as conn, conn.cursor() as cur:
-            cur.execute("SELECT max(id) FROM jobs WHERE project_id = %s", (project_id,))
-            job_id = cur.fetchone()[0]
-        bare_rps, bare_lat = _load(f"http://127.0.0.1:{PORT}/ping", {}, seconds)
-        job_rps, job_lat = _load(f"http://127.0.0.1:{PORT}/api/v1/jobs/{job_id}", headers, seconds)
+        # Baseline and subject alternate within each round, and the median round ratio is reported:
+        # the machine is shared, so a slow moment should hit both sides of a ratio, not one.
+        for _ in range(rounds):
+            raw_rate = _raw_celery_rate(count)
+            job_rate, round_latencies = _job_rate(ctx, headers, count)
+            throughput.append((job_rate, raw_rate))
+            latencies += round_latencies
+            with db.connection(ctx.database_url) as conn, conn.cursor() as cur:
+                cur.execute("SELECT max(id) FROM jobs WHERE project_id = %s", (project_id,))
+                job_id = cur.fetchone()[0]
+            bare_rps, round_bare = _load(f"http://127.0.0.1:{PORT}/ping", {}, seconds)
+            job_rps, round_job = _load(f"http://127.0.0.1:{PORT}/api/v1/jobs/{job_id}", headers, seconds)
+            status_rps.append((job_rps, bare_rps))
+            bare_lat += round_bare
+            job_lat += round_job
     finally:
         _stop(web)
         _stop(worker)
-    ratio_jobs = job_rate / raw_rate
-    ratio_rps = job_rps / bare_rps
+    job_rate, raw_rate = _median_pair(throughput)
+    job_rps, bare_rps = _median_pair(status_rps)
+    latencies.sort()
+    job_lat.sort()
+    bare_lat.sort()
+    per_round = "; rounds (value/baseline): "
     return [
-        Row(f"trivial cohort jobs over HTTP ({count}, 2 worker processes)", job_rate, "jobs/s", baseline=raw_rate,
-            baseline_label="raw Celery tasks/s", target="ratio >= 0.5", passed=ratio_jobs >= 0.5,
+        Row(f"trivial cohort jobs over HTTP ({count} a round, 2 worker processes)", job_rate, "jobs/s",
+            baseline=raw_rate, baseline_label="raw Celery tasks/s", target="ratio >= 0.5",
+            passed=job_rate / raw_rate >= 0.5,
             note="baseline: cohorts.ping tasks (a Redis INCR each, so completion can be counted) on the same "
                  f"broker and worker; jobs: POST /api/v1/cohorts with an ids leaf from {SUBMITTERS} clients, "
-                 "timed until every job is succeed"),
+                 "timed until every job is succeed; median round" + per_round + _rounds(throughput)),
         Row("job latency submit -> succeed, p50", statistics.median(latencies), "s"),
         Row("job latency submit -> succeed, p99", _percentile(latencies, 0.99), "s",
-            note="from the job row's created_at to finished_at (server clocks), while all jobs queue at once"),
+            note="from the job row's created_at to finished_at (server clocks), while a round's jobs queue at once"),
         Row("GET /api/v1/jobs/<id> (4 keep-alive clients, loopback)", job_rps, "req/s", baseline=bare_rps,
-            baseline_label="GET /ping req/s", target="ratio >= 0.7", passed=ratio_rps >= 0.7,
-            note="gunicorn 2 workers x 4 threads; the load generator is Python (requests) on the same 2 cores"),
+            baseline_label="GET /ping req/s", target="ratio >= 0.7", passed=job_rps / bare_rps >= 0.7,
+            note="gunicorn 2 workers x 4 threads; the load generator is Python (requests) on the same 2 cores; "
+                 f"{seconds} s per side; median round" + per_round + _rounds(status_rps)),
         Row("GET /api/v1/jobs/<id> latency p99", _percentile(job_lat, 0.99) * 1000, "ms",
             baseline=_percentile(bare_lat, 0.99) * 1000, baseline_label="/ping p99 ms"),
     ]
+
+
+def _median_pair(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    """The (value, baseline) pair of the round with the median ratio."""
+    ordered = sorted(pairs, key=lambda pair: pair[0] / pair[1])
+    return ordered[len(ordered) // 2]
+
+
+def _rounds(pairs: list[tuple[float, float]]) -> str:
+    return ", ".join(f"{value:.0f}/{baseline:.0f}" for value, baseline in pairs)
