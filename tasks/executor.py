@@ -51,6 +51,23 @@ class Heartbeat(threading.Thread):
         self.join(timeout=self.interval + 5)
 
 
+def end_failed(conn, settings, job: dict, code: str, message: str, token: str | None = None) -> bool:
+    """End a live job failed, with a failed version row and cron backoff for its cohort (one path for all)."""
+    cohort = None
+    if job["cohort_id"] is not None:
+        # Cohort row before job row: the lock order of every other writer (API, publish, scheduler).
+        cohort = cohorts.get_any(conn, job["cohort_id"], lock=True)
+    if not jobs.fail(conn, job["id"], code, message, token=token):
+        return False
+    if cohort is not None:
+        versions.insert_failed(conn, cohort["id"], job["params"].get("definition_version", 0), job["base_time"],
+                               code, message)
+        if job["kind"] == "cron":
+            cohorts.record_outcome(conn, cohort["id"], True, settings.backoff_base, settings.backoff_max)
+    log.warning("job=%s cohort=%s status=failed error_code=%s message=%r", job["id"], job["cohort_id"], code, message)
+    return True
+
+
 class JobExecutor:
     """Executes the job with the given id to a final status."""
 
@@ -75,11 +92,13 @@ class JobExecutor:
                 self.project = projects.by_id(conn, job["project_id"])
                 self.cohort = cohorts.get_any(conn, job["cohort_id"]) if job["cohort_id"] else None
             if why == "exhausted":
-                jobs.fail(conn, self.job_id, "worker_lost",
-                          f"the job was started {job['attempts']} times and its worker was lost each time "
-                          "(killed, out of memory, or past the hard time limit); check worker logs, "
-                          "then narrow the definition or give workers more memory")
-                log.error("job=%s status=failed error_code=worker_lost attempts=%s", self.job_id, job["attempts"])
+                end_failed(conn, self.settings, job, "worker_lost",
+                           f"the job was started {job['attempts']} times and its worker was lost each time "
+                           "(killed, out of memory, or past the hard time limit); check worker logs, "
+                           "then narrow the definition or give workers more memory")
+                return None
+            if why == "cancelled":
+                end_failed(conn, self.settings, job, "cancelled", "the job was cancelled on request")
                 return None
         if why == "busy":
             raise RetryLater("another delivery of this job is computing it")
@@ -114,17 +133,7 @@ class JobExecutor:
 
     def _fail(self, job: dict, code: str, message: str) -> None:
         with db.connection(self.dsn) as conn:
-            ended = jobs.fail(conn, self.job_id, code, message, token=self.token)
-            if ended and job["cohort_id"] is not None:
-                cohort = cohorts.get_any(conn, job["cohort_id"])
-                if cohort is not None:
-                    versions.insert_failed(conn, cohort["id"], job["params"].get("definition_version", 0),
-                                           job["base_time"], code, message)
-                    if job["kind"] == "cron":
-                        cohorts.record_outcome(conn, cohort["id"], True, self.settings.backoff_base,
-                                               self.settings.backoff_max)
-        log.warning("job=%s cohort=%s status=failed error_code=%s message=%r", self.job_id, job["cohort_id"], code,
-                    message)
+            end_failed(conn, self.settings, job, code, message, token=self.token)
 
     def _progress(self, done: int, total: int) -> None:
         if done == 0 or done >= total:
@@ -155,9 +164,14 @@ class JobExecutor:
                                 progress=self._progress)
         if cohort is None:
             return self._finish(job, None, {"count": result.count})
-        version_key = bitmaps.cohort_key(prefix, project["id"], cohort["id"], f"j{job['id']}")
+        # One key per attempt: a stale earlier claim finishing late cannot overwrite this one's bitmap.
+        version_key = bitmaps.cohort_key(prefix, project["id"], cohort["id"], f"j{job['id']}a{job['attempts']}")
         bitmaps.publish(self.redis, version_key, result.bitmap)
-        return self._publish(job, definition_version, version_key, result)
+        try:
+            return self._publish(job, definition_version, version_key, result)
+        except BaseException:
+            self.redis.delete(version_key)  # no version row will name it
+            raise
 
     def _publish(self, job: dict, definition_version: int, version_key: str, result) -> dict:
         prefix = self.settings.engine.key_prefix

@@ -12,6 +12,7 @@ from croniter import croniter
 from app.data import cohorts, jobs, projects
 from app.queue import cron_partition, enqueue, submit_cohort_job
 from cohort_engine import db
+from tasks.executor import end_failed
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +24,19 @@ def sweep(self) -> dict:
     requeued, failed = [], []
     with db.connection(settings.engine.database_url) as conn:
         for job in jobs.stale_computing(conn, settings.stale_after):
-            if job["attempts"] >= job["max_attempts"]:
-                jobs.fail(conn, job["id"], "worker_lost",
-                          f"the worker computing this job stopped sending heartbeats ({job['attempts']} attempts); "
-                          "check that workers are running and not running out of memory")
+            if job["cancel_requested"]:
+                end_failed(conn, settings, job, "cancelled", "the job was cancelled on request")
+                failed.append(job["id"])
+            elif job["attempts"] >= job["max_attempts"]:
+                end_failed(conn, settings, job, "worker_lost",
+                           f"the worker computing this job stopped sending heartbeats ({job['attempts']} attempts); "
+                           "check that workers are running and not running out of memory")
                 failed.append(job["id"])
             else:
                 jobs.requeue(conn, job["id"])
                 requeued.append(job)
         waiting = jobs.waiting_unqueued(conn, settings.sweep_interval, settings.requeue_after)
         jobs.mark_enqueued(conn, [job["id"] for job in waiting])
-    for job_id in failed:
-        log.warning("job=%s status=failed error_code=worker_lost reaped=true", job_id)
     requeued_ids = {job["id"] for job in requeued}
     resend = requeued + [job for job in waiting if job["id"] not in requeued_ids]
     enqueue(self.app, lambda: db.connection(settings.engine.database_url), resend)

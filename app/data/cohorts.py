@@ -117,8 +117,9 @@ def referencing(conn, project_id: int, cohort_id: int) -> list[int]:
     """Ids of this project's cohorts whose definition refers to cohort_id."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT id FROM cohorts WHERE project_id = %s AND id <> %s AND definition::text LIKE %s",
-            (project_id, cohort_id, '%"cohort_id": ' + str(int(cohort_id)) + "%"))
+            "SELECT id FROM cohorts WHERE project_id = %s AND id <> %s"
+            " AND jsonb_path_exists(definition, 'strict $.**.cohort_id ? (@ == $id)', jsonb_build_object('id', %s))",
+            (project_id, cohort_id, cohort_id))
         return [r[0] for r in cur.fetchall()]
 
 

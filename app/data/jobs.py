@@ -18,20 +18,24 @@ def insert(conn, project_id: int, kind: str, *, cohort_id=None, params=None, bas
     commit, and clears the mark with unmark_enqueued if sending fails.
     """
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
-        # A live job of the partition (or a cron fire already recorded) makes this a no-op.
-        cur.execute(
-            "INSERT INTO jobs (project_id, kind, cohort_id, params, base_time, partition_key, max_attempts,"
-            " enqueued_at) VALUES (%s, %s, %s, %s, coalesce(%s, now()), %s, %s, now())"
-            " ON CONFLICT DO NOTHING RETURNING " + COLUMNS,
-            (project_id, kind, cohort_id, Json(params or {}), base_time, partition_key, max_attempts))
-        job = cur.fetchone()
-        if job is not None:
-            return job, True
-        cur.execute(
-            "SELECT " + COLUMNS + " FROM jobs WHERE cohort_id = %s AND partition_key = %s AND status IN ('new', 'computing')",
-            (cohort_id, partition_key))
-        live = cur.fetchone()
-        return live, False
+        # The live job can end between a refused insert and the read; then the insert is tried again.
+        for _ in range(3):
+            # A live job of the partition (or a cron fire already recorded) makes this a no-op.
+            cur.execute(
+                "INSERT INTO jobs (project_id, kind, cohort_id, params, base_time, partition_key, max_attempts,"
+                " enqueued_at) VALUES (%s, %s, %s, %s, coalesce(%s, now()), %s, %s, now())"
+                " ON CONFLICT DO NOTHING RETURNING " + COLUMNS,
+                (project_id, kind, cohort_id, Json(params or {}), base_time, partition_key, max_attempts))
+            job = cur.fetchone()
+            if job is not None:
+                return job, True
+            cur.execute("SELECT " + COLUMNS + " FROM jobs WHERE cohort_id = %s AND partition_key = %s"
+                        " AND status IN ('new', 'computing')", (cohort_id, partition_key))
+            live = cur.fetchone()
+            if live is not None or kind == "cron":
+                # A cron fire that already has its job (the unique fire-time index) has no live job to join.
+                return live, False
+        raise RuntimeError(f"cohort {cohort_id} partition {partition_key}: could not insert or join a job")
 
 
 def get(conn, job_id: int, project_id: int | None = None) -> dict | None:
@@ -113,12 +117,13 @@ def unmark_enqueued(conn, job_ids: list[int]) -> None:
 
 
 def claim(conn, job_id: int, token: str, stale_seconds: float) -> tuple[dict | None, str]:
-    """Take a job for computing; returns (job, why) with why one of claimed, done, busy, exhausted, missing."""
+    """Take a job for computing; returns (job, why): claimed, done, busy, cancelled, exhausted or missing."""
     claim_sql = ("UPDATE jobs SET status = 'computing', attempts = attempts + 1, worker = %s, progress = 0,"
                  " started_at = coalesce(started_at, now()), heartbeat_at = now() WHERE id = %s")
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         # The common case, a new job with attempts left, in one statement.
-        cur.execute(claim_sql + " AND status = 'new' AND attempts < max_attempts RETURNING " + COLUMNS,
+        cur.execute(claim_sql + " AND status = 'new' AND attempts < max_attempts AND NOT cancel_requested"
+                    " RETURNING " + COLUMNS,
                     (token, job_id))
         job = cur.fetchone()
         if job is not None:
@@ -134,6 +139,8 @@ def claim(conn, job_id: int, token: str, stale_seconds: float) -> tuple[dict | N
                         (stale_seconds, job_id))
             if not cur.fetchone()["?column?"]:
                 return job, "busy"
+        if job["cancel_requested"]:
+            return job, "cancelled"
         if job["attempts"] >= job["max_attempts"]:
             return job, "exhausted"
         cur.execute(claim_sql + " RETURNING " + COLUMNS, (token, job_id))
@@ -183,10 +190,10 @@ def fail(conn, job_id: int, code: str, message: str, token: str | None = None) -
 
 
 def release(conn, job_id: int, token: str) -> None:
-    """Give a claimed job back (status new) so a retry can claim it again."""
+    """Give a claimed job back (status new) so a retry can claim it again; the attempt does not count."""
     with conn.cursor() as cur:
-        cur.execute("UPDATE jobs SET status = 'new', worker = NULL, progress = 0 WHERE id = %s AND worker = %s"
-                    " AND status = 'computing'", (job_id, token))
+        cur.execute("UPDATE jobs SET status = 'new', worker = NULL, progress = 0, attempts = attempts - 1"
+                    " WHERE id = %s AND worker = %s AND status = 'computing'", (job_id, token))
 
 
 def request_cancel(conn, job_id: int) -> None:
