@@ -218,11 +218,13 @@ class EventStore:
             _attach_uids(con, key_column, encode_keys)
             part = f"events/part-{manifest.version + 1:06d}-{uuid.uuid4().hex[:8]}.parquet"
             (self.root / "events").mkdir(exist_ok=True)
-            # Sorted by event then time, so a leaf's event filter and window skip most row groups.
+            # Sorted by event, so a leaf's event filter skips most row groups. Not by time too: that
+            # doubled the write (2.2 s vs 1.1 s per 2M rows) and measured no faster for windowed
+            # cohorts, since each part already spans only the time its batch covers.
             rows = _write_parquet(
                 con,
                 f"SELECT {', '.join(select)} FROM src s JOIN keymap k ON k.key = CAST(s.{quote(key_column)} AS VARCHAR)"
-                " ORDER BY event, time",
+                " ORDER BY event",
                 self.root / part,
             )
             new_uids = con.execute("SELECT uid FROM keymap").fetchnumpy()["uid"]
