@@ -47,12 +47,6 @@ class _Pool:
                     return
         conn.close()
 
-    def close_all(self) -> None:
-        with self.lock:
-            for conn in self.idle:
-                conn.close()
-            self.idle.clear()
-
 
 _pools: dict[str, _Pool] = {}
 _pools_pid = os.getpid()
@@ -101,14 +95,6 @@ def connection(dsn: str):
         raise
     finally:
         give_back(dsn, conn, broken)
-
-
-def close_pools() -> None:
-    """Close this process's pooled connections (tests that drop databases, clean shutdown)."""
-    with _pools_lock:
-        for p in _pools.values():
-            p.close_all()
-        _pools.clear()
 
 
 def ensure_database(dsn: str) -> None:

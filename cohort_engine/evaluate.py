@@ -14,7 +14,6 @@ import duckdb
 from pyroaring import BitMap
 
 from .bitmaps import to_bitmap
-from .definition import iter_leaves
 from .store import Snapshot, property_kind, quote
 from .timewin import day_range, duration_before, parse_local, resolve_window, to_utc_naive
 
@@ -310,8 +309,3 @@ def _holds(value, cmp: str, values: list) -> bool:
     if cmp == "between":
         return values[0] <= value <= values[1]
     return PY_OPERATORS[cmp](value, values[0])
-
-
-def leaf_count(tree: dict) -> int:
-    """How many leaves (backend queries) a tree has."""
-    return sum(1 for _ in iter_leaves(tree))

@@ -7,7 +7,6 @@ from psycopg2.extras import Json, RealDictCursor
 COLUMNS = ("id, project_id, kind, cohort_id, version_id, partition_key, params, base_time, status, progress,"
            " error_code, error_message, result, attempts, max_attempts, cancel_requested, worker, created_at,"
            " enqueued_at, started_at, heartbeat_at, finished_at")
-LIVE = ("new", "computing")
 
 
 def insert(conn, project_id: int, kind: str, *, cohort_id=None, params=None, base_time=None,
