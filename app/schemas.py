@@ -5,6 +5,7 @@ from __future__ import annotations
 from croniter import croniter
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from app.crons import check_fires
 from cohort_engine.definition import DefinitionError, parse_definition
 
 STATUSES = ("new", "computing", "succeed", "failed")
@@ -27,6 +28,7 @@ def valid_cron(value: str) -> None:
     if len(value.split()) not in (5, 6) or not croniter.is_valid(value):
         raise ValidationError("not a valid cron expression: 5 fields (minute hour day month weekday), "
                               "or 6 with seconds last")
+    check_fires(value)
 
 
 class CohortCreateSchema(Schema):
@@ -95,6 +97,11 @@ class VersionSchema(Schema):
     computed_at = fields.DateTime(allow_none=True)
 
 
+class ScheduleErrorSchema(Schema):
+    message = fields.String()
+    at = fields.DateTime()
+
+
 class CohortSchema(Schema):
     id = fields.Integer()
     project = fields.String()
@@ -109,6 +116,8 @@ class CohortSchema(Schema):
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
     latest_version = fields.Nested(VersionSchema, allow_none=True)
+    schedule_error = fields.Nested(ScheduleErrorSchema, allow_none=True, metadata={
+        "description": "why the scheduler last skipped this dynamic cohort; null once a pass schedules it"})
 
 
 class CohortWithJobSchema(Schema):

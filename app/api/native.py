@@ -37,6 +37,8 @@ def cohort_view(cohort: dict) -> dict:
         "display_name": cohort["display_name"], "dialect": cohort["dialect"], "definition": cohort["definition"],
         "dynamic": cohort["dynamic"], "cron": cohort["cron"], "scheduler_running": cohort["scheduler_running"],
         "owner": cohort["owner"], "created_at": iso(cohort["created_at"]), "updated_at": iso(cohort["updated_at"]),
+        "schedule_error": None if cohort["schedule_error"] is None else {
+            "message": cohort["schedule_error"], "at": iso(cohort["schedule_error_at"])},
         "latest_version": None if latest is None else {
             "id": latest["id"], "status": latest["status"], "count": latest["count"],
             "base_time": iso(latest["base_time"]), "computed_at": iso(latest["finished_at"])},
