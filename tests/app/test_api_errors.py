@@ -30,6 +30,7 @@ def table_counts(pg, project_id):
     ({"name": "x", "definition": {"op": "xor", "children": []}}, "definition.op", "must be one of"),
     ({"name": "x", "definition": GOOD, "dynamic": True}, "cron", "needs a cron"),
     ({"name": "x", "definition": GOOD, "dynamic": True, "cron": "every day"}, "cron", "not a valid cron"),
+    ({"name": "x", "definition": GOOD, "dynamic": True, "cron": "0 0 30 2 *"}, "cron", "never fires"),
     ({"name": "x", "definition": {"type": "cohort", "cohort_id": 999999}}, "definition", "does not exist"),
 ])
 def test_bad_input_is_400_naming_the_field_and_writes_nothing(client, api_project, pg, body, path, fragment):
