@@ -68,7 +68,7 @@ def store(database_url, service_settings, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def beat(service_env, tmp_path_factory):
+def beat(service_env, maintenance_worker, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sensors-beat")
     process = start_beat(service_env, folder / "schedule", folder / "beat.log")
     try:
