@@ -80,7 +80,7 @@ def test_cycles_through_cohort_references_are_rejected(client, api_project, pg):
     first_id = first["cohort"]["id"]
     second = client.post("/api/v1/cohorts", json={"name": "second", "definition": {
         "type": "cohort", "cohort_id": first_id}}, headers=headers).get_json()
-    response = client.put(f"/api/v1/cohorts/{first_id}", json={"definition": {
+    response = client.patch(f"/api/v1/cohorts/{first_id}", json={"definition": {
         "type": "cohort", "cohort_id": second["cohort"]["id"]}}, headers=headers)
     assert response.status_code == 400
     assert "cycle" in response.get_json()["errors"]["definition"][0]
