@@ -82,8 +82,9 @@ def schedule_one(conn, settings, cohort: dict, now: datetime) -> dict | None:
         with conn.cursor() as cur:
             cur.execute("ROLLBACK TO SAVEPOINT schedule_cohort")
         message = f"{type(exc).__name__}: {exc}"
-        cohorts.mark_schedule_error(conn, cohort["id"], message)
-        log.warning("cohort=%s schedule skipped error=%r", cohort["id"], message)
+        if message != cohort["schedule_error"]:  # the same error again: already marked and logged
+            cohorts.mark_schedule_error(conn, cohort["id"], message)
+            log.warning("cohort=%s schedule skipped error=%r", cohort["id"], message)
         return None
     if cohort["schedule_error"] is not None:
         cohorts.clear_schedule_error(conn, cohort["id"])
