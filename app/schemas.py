@@ -5,6 +5,7 @@ from __future__ import annotations
 from croniter import croniter
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from app.crons import check_fires
 from cohort_engine.definition import DefinitionError, parse_definition
 
 STATUSES = ("new", "computing", "succeed", "failed")
@@ -27,12 +28,25 @@ def valid_cron(value: str) -> None:
     if len(value.split()) not in (5, 6) or not croniter.is_valid(value):
         raise ValidationError("not a valid cron expression: 5 fields (minute hour day month weekday), "
                               "or 6 with seconds last")
+    check_fires(value)
+
+
+NAME = validate.Regexp(r"^[\w.\-:]{1,200}$", error="use 1-200 letters, digits, _ . - :")
+# Every field a client may set on a cohort: PUT names them all, PATCH any of them (docs/api.md).
+EDITABLE = ("name", "display_name", "definition", "dynamic", "cron", "owner")
+
+
+def check_schedule(dynamic: bool, cron: str | None) -> None:
+    """A dynamic cohort has a cron and only a dynamic cohort has one."""
+    if dynamic and not cron:
+        raise ValidationError({"cron": ["a dynamic cohort needs a cron expression"]})
+    if cron and not dynamic:
+        raise ValidationError({"cron": ["cron is only for dynamic cohorts: set dynamic: true, or cron: null to stop scheduling"]})
 
 
 class CohortCreateSchema(Schema):
     project = fields.String(load_default=None, metadata={"description": "must match the token's project if given"})
-    name = fields.String(required=True, validate=validate.Regexp(r"^[\w.\-:]{1,200}$",
-                                                                 error="use 1-200 letters, digits, _ . - :"))
+    name = fields.String(required=True, validate=NAME)
     display_name = fields.String(load_default=None, validate=validate.Length(max=200))
     definition = DefinitionField(required=True)
     dynamic = fields.Boolean(load_default=False)
@@ -40,16 +54,27 @@ class CohortCreateSchema(Schema):
     owner = fields.String(load_default=None, validate=validate.Length(max=200))
 
     @validates_schema
-    def _cron_for_dynamic(self, data, **kwargs):
-        if data.get("dynamic") and not data.get("cron"):
-            raise ValidationError("a dynamic cohort needs a cron expression", "cron")
-        if data.get("cron") and not data.get("dynamic"):
-            raise ValidationError("cron is only for dynamic cohorts (set dynamic: true)", "cron")
+    def _cron_for_dynamic(self, data, partial=False, **kwargs):
+        if not partial:  # a PATCH is checked once merged with the stored cohort
+            check_schedule(data.get("dynamic"), data.get("cron"))
 
 
 class CohortUpdateSchema(CohortCreateSchema):
-    name = fields.String(load_default=None)
-    definition = DefinitionField(required=True)
+    """Body of PUT: the whole cohort; every editable field is required (null where nullable)."""
+
+    name = fields.String(required=True, validate=NAME, metadata={"description": "renames the cohort"})
+    display_name = fields.String(required=True, allow_none=True, validate=validate.Length(max=200))
+    dynamic = fields.Boolean(required=True)
+    cron = fields.String(required=True, allow_none=True, validate=valid_cron)
+    owner = fields.String(required=True, allow_none=True, validate=validate.Length(max=200))
+
+
+class CohortPatchSchema(CohortUpdateSchema):
+    """Body of PATCH: any of the PUT fields; a field left out keeps its stored value."""
+
+    def __init__(self, **kwargs):
+        # partial also makes apispec list no field as required.
+        super().__init__(partial=True, **kwargs)
 
 
 class CohortListQuery(Schema):
@@ -95,6 +120,11 @@ class VersionSchema(Schema):
     computed_at = fields.DateTime(allow_none=True)
 
 
+class ScheduleErrorSchema(Schema):
+    message = fields.String()
+    at = fields.DateTime()
+
+
 class CohortSchema(Schema):
     id = fields.Integer()
     project = fields.String()
@@ -109,11 +139,14 @@ class CohortSchema(Schema):
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
     latest_version = fields.Nested(VersionSchema, allow_none=True)
+    schedule_error = fields.Nested(ScheduleErrorSchema, allow_none=True, metadata={
+        "description": "why the scheduler last skipped this dynamic cohort; null once a pass schedules it"})
 
 
 class CohortWithJobSchema(Schema):
     cohort = fields.Nested(CohortSchema)
-    job = fields.Nested(JobSchema)
+    job = fields.Nested(JobSchema, allow_none=True, metadata={
+        "description": "the job computing a changed definition; null when PUT/PATCH changed no definition"})
 
 
 class ErrorsSchema(Schema):

@@ -18,6 +18,10 @@ class Settings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     broker_url: str = "redis://127.0.0.1:6379/1"
     queue: str = "cohorts"
+    # sweep and schedule run here, on a worker of their own, so long compute jobs never delay them.
+    maintenance_queue: str = "cohorts.maintenance"
+    # Redis bitmaps kept per cohort (newest versions, plus the published one); older rows keep no bitmap.
+    keep_versions: int = 5
     soft_time_limit: int = 600
     hard_time_limit: int = 660
     heartbeat_interval: float = 5.0
@@ -53,7 +57,8 @@ class Settings:
         env = os.environ if environ is None else environ
         values = {"engine": EngineConfig.from_env(env),
                   "broker_url": env.get("COHORTS_BROKER_URL", cls.broker_url),
-                  "queue": env.get("COHORTS_QUEUE", cls.queue)}
+                  "queue": env.get("COHORTS_QUEUE", cls.queue),
+                  "maintenance_queue": env.get("COHORTS_MAINTENANCE_QUEUE", cls.maintenance_queue)}
         for f in fields(cls):
             if f.name in values or f.name == "broker_check":
                 continue

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start web, worker, beat and flower (Procfile, through honcho); print the URLs once all are up.
+# Start web, worker, maintenance worker, beat and flower (Procfile, through honcho); print the URLs once all are up.
 set -u
 cd "$(dirname "$0")/.."
 PORT=${COHORTS_PORT:-6061}

@@ -13,6 +13,7 @@ from cohort_engine import bitmaps, db
 from cohort_engine.definition import DefinitionError, parse_definition
 from cohort_engine.evaluate import EngineError
 from cohort_engine.project import ProjectEngine
+from tasks.retention import drop_bitmaps, expire_old_versions
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,8 @@ class JobExecutor:
                                 result.bitmap)
             if job["kind"] == "cron":
                 cohorts.record_outcome(conn, cohort["id"], False, self.settings.backoff_base, self.settings.backoff_max)
+            expired = expire_old_versions(conn, self.settings, cohort["id"])
+        drop_bitmaps(self.redis, cohort["id"], expired)  # after the commit: a rolled-back prune keeps its bitmaps
         log.info("job=%s cohort=%s status=succeed count=%s published=%s", job["id"], job["cohort_id"], result.count,
                  is_newest)
         return outcome

@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+import psycopg2
 from celery import shared_task
 from croniter import croniter
 
@@ -62,19 +63,50 @@ def schedule(self) -> list[int]:
         for cohort in cohorts.due_for_schedule(conn):
             if cohort["retry_after"] and cohort["retry_after"] > now:
                 continue  # backing off after failures
-            tz = ZoneInfo(projects.by_id(conn, cohort["project_id"])["timezone"])
-            since = cohort["last_fire_at"] or cohort["updated_at"]
-            fire = due_fire_time(cohort["cron"], tz, since, now)
-            if fire is None:
-                continue
-            job, is_new = submit_cohort_job(conn, cohort, "cron", base_time=fire, max_attempts=settings.max_attempts,
-                                            partition_key=cron_partition(cohort, fire))
-            cohorts.record_fire(conn, cohort["id"], fire)
-            if is_new:
+            job = schedule_one(conn, settings, cohort, now)
+            if job is not None:
                 created.append(job)
-                log.info("cohort=%s job=%s cron fire=%s", cohort["id"], job["id"], fire.isoformat())
     enqueue(self.app, lambda: db.connection(settings.engine.database_url), created)
     return [job["id"] for job in created]
+
+
+def schedule_one(conn, settings, cohort: dict, now: datetime) -> dict | None:
+    """Fire one cohort in a savepoint: a cohort that fails is marked and skipped, the others still fire."""
+    with conn.cursor() as cur:
+        cur.execute("SAVEPOINT schedule_cohort")
+    try:
+        job = fire_if_due(conn, settings, cohort, now)
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        raise  # the connection is gone: no other cohort can be scheduled on it either
+    except Exception as exc:
+        with conn.cursor() as cur:
+            cur.execute("ROLLBACK TO SAVEPOINT schedule_cohort")
+        message = f"{type(exc).__name__}: {exc}"
+        if message != cohort["schedule_error"]:  # the same error again: already marked and logged
+            cohorts.mark_schedule_error(conn, cohort["id"], message)
+            log.warning("cohort=%s schedule skipped error=%r", cohort["id"], message)
+        return None
+    if cohort["schedule_error"] is not None:
+        cohorts.clear_schedule_error(conn, cohort["id"])
+    with conn.cursor() as cur:
+        cur.execute("RELEASE SAVEPOINT schedule_cohort")
+    return job
+
+
+def fire_if_due(conn, settings, cohort: dict, now: datetime) -> dict | None:
+    """Submit the cohort's cron job if its cron fired since the last fire; the new job, or None."""
+    tz = ZoneInfo(projects.by_id(conn, cohort["project_id"])["timezone"])
+    since = cohort["last_fire_at"] or cohort["updated_at"]
+    fire = due_fire_time(cohort["cron"], tz, since, now)
+    if fire is None:
+        return None
+    job, is_new = submit_cohort_job(conn, cohort, "cron", base_time=fire, max_attempts=settings.max_attempts,
+                                    partition_key=cron_partition(cohort, fire))
+    cohorts.record_fire(conn, cohort["id"], fire)
+    if not is_new:
+        return None
+    log.info("cohort=%s job=%s cron fire=%s", cohort["id"], job["id"], fire.isoformat())
+    return job
 
 
 @shared_task(name="cohorts.ping", ignore_result=True)

@@ -141,6 +141,19 @@ def worker(service_env, celery_app, tmp_path_factory):
         stop(process)
 
 
+@pytest.fixture(scope="session")
+def maintenance_worker(service_env, celery_app, tmp_path_factory):
+    """The sweep/schedule worker (its own queue, as in the Procfile); every beat fixture needs it."""
+    from tests.services import start_maintenance_worker, stop, wait_for_worker
+
+    process = start_maintenance_worker(service_env, tmp_path_factory.mktemp("logs") / "worker-maintenance.log")
+    try:
+        wait_for_worker(celery_app, "maintenance")
+        yield process
+    finally:
+        stop(process)
+
+
 @pytest.fixture
 def app(service_settings, celery_app):
     from app import create_app

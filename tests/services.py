@@ -13,14 +13,22 @@ ROOT = Path(__file__).resolve().parent.parent
 CELERY = [sys.executable, "-m", "celery", "-A", "workers.main"]
 
 
-def start_worker(env: dict, name: str, log_path: Path, concurrency: int = 2, extra_env: dict | None = None):
-    """A prefork worker on the env's queue (COHORTS_QUEUE), in its own process group."""
+def start_worker(env: dict, name: str, log_path: Path, concurrency: int = 2, extra_env: dict | None = None,
+                 queues: str | None = None):
+    """A prefork worker on queues (default: the env's COHORTS_QUEUE), in its own process group."""
     log = open(log_path, "ab")
     env = {**env, **(extra_env or {})}
+    queues = queues or env.get("COHORTS_QUEUE", "cohorts")
     return subprocess.Popen(
-        [*CELERY, "worker", "--pool", "prefork", "--concurrency", str(concurrency), "--queues", env.get("COHORTS_QUEUE", "cohorts"),
+        [*CELERY, "worker", "--pool", "prefork", "--concurrency", str(concurrency), "--queues", queues,
          "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def start_maintenance_worker(env: dict, log_path: Path):
+    """The Procfile's `maintenance` process: one child consuming only the sweep/schedule queue."""
+    return start_worker(env, "maintenance", log_path, concurrency=1,
+                        queues=env.get("COHORTS_MAINTENANCE_QUEUE", "cohorts.maintenance"))
 
 
 def start_beat(env: dict, schedule_path: Path, log_path: Path):

@@ -6,6 +6,8 @@ from celery import Celery
 
 from app.settings import Settings
 
+MAINTENANCE_TASKS = ("cohorts.sweep", "cohorts.schedule")
+
 
 def create_celery(settings: Settings | None = None) -> Celery:
     """A configured Celery app; tasks are found in the `tasks` package."""
@@ -28,6 +30,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
         # workers' received/started/succeeded events anyway.
         task_send_sent_event=False,
         task_default_queue=settings.queue,
+        # By name, so beat and the web app route them without importing the tasks.
+        task_routes={name: {"queue": settings.maintenance_queue} for name in MAINTENANCE_TASKS},
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep-jobs": {"task": "cohorts.sweep", "schedule": settings.sweep_interval},

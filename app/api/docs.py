@@ -28,12 +28,21 @@ def _responses(success_code: str, schema_name: str, description: str) -> dict:
     }
 
 
+def _change_responses() -> dict:
+    """PUT and PATCH: 202 with the job when the definition changed, 200 (job null) when it did not."""
+    return {**_responses("202", "CohortWithJob", "updated; the job computes the new definition"),
+            "200": {"description": "updated; the definition is unchanged, so no job (job: null)",
+                    **_json("CohortWithJob")},
+            "403": {"description": "`project` names another project than the token's"},
+            "409": {"description": "another cohort of the project has that name"}}
+
+
 def build_spec() -> dict:
     spec = APISpec(title="Cohort service", version="1.0.0", openapi_version="3.0.3",
                    plugins=[MarshmallowPlugin()],
                    info={"description": "Cohorts computed as asynchronous jobs. Poll GET /api/v1/jobs/{id}."})
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    for name in ("Job", "Cohort", "CohortCreate", "CohortUpdate", "CohortWithJob", "Errors"):
+    for name in ("Job", "Cohort", "CohortCreate", "CohortUpdate", "CohortPatch", "CohortWithJob", "Errors"):
         spec.components.schema(name, schema=getattr(schemas, name + "Schema"))
     cohort_id = {"name": "cohort_id", "in": "path", "required": True, "schema": {"type": "integer"}}
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
@@ -48,9 +57,12 @@ def build_spec() -> dict:
     spec.path("/api/v1/cohorts/{cohort_id}", operations={
         "get": {"summary": "A cohort with its latest version", "security": BEARER, "parameters": [cohort_id],
                 "responses": _responses("200", "Cohort", "the cohort")},
-        "put": {"summary": "Replace the definition; a new job computes it", "security": BEARER,
-                "parameters": [cohort_id], "requestBody": {"required": True, **_json("CohortUpdate")},
-                "responses": _responses("202", "CohortWithJob", "updated, job queued")},
+        "put": {"summary": "Replace the whole cohort (every field required); a changed definition gets a job",
+                "security": BEARER, "parameters": [cohort_id], "requestBody": {"required": True, **_json("CohortUpdate")},
+                "responses": _change_responses()},
+        "patch": {"summary": "Change only the fields given; a changed definition gets a job", "security": BEARER,
+                  "parameters": [cohort_id], "requestBody": {"required": True, **_json("CohortPatch")},
+                  "responses": _change_responses()},
         "delete": {"summary": "Delete a cohort and its bitmaps", "security": BEARER, "parameters": [cohort_id],
                    "responses": {"200": {"description": "deleted"}, "409": {"description": "referenced by others"}}},
     })

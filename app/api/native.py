@@ -10,7 +10,16 @@ from app.data import cohorts, jobs, versions
 from app.db import check_broker, connection_factory, get_db, get_redis, settings
 from app.errors import ApiError
 from app.queue import delete_cohort_everywhere, enqueue, submit_cohort_job
-from app.schemas import CohortCreateSchema, CohortListQuery, CohortUpdateSchema, JobListQuery, MembersQuery
+from app.schemas import (
+    EDITABLE,
+    CohortCreateSchema,
+    CohortListQuery,
+    CohortPatchSchema,
+    CohortUpdateSchema,
+    JobListQuery,
+    MembersQuery,
+    check_schedule,
+)
 from cohort_engine import bitmaps
 from cohort_engine.definition import check_no_cycle
 from cohort_engine.project import ProjectEngine
@@ -37,6 +46,8 @@ def cohort_view(cohort: dict) -> dict:
         "display_name": cohort["display_name"], "dialect": cohort["dialect"], "definition": cohort["definition"],
         "dynamic": cohort["dynamic"], "cron": cohort["cron"], "scheduler_running": cohort["scheduler_running"],
         "owner": cohort["owner"], "created_at": iso(cohort["created_at"]), "updated_at": iso(cohort["updated_at"]),
+        "schedule_error": None if cohort["schedule_error"] is None else {
+            "message": cohort["schedule_error"], "at": iso(cohort["schedule_error_at"])},
         "latest_version": None if latest is None else {
             "id": latest["id"], "status": latest["status"], "count": latest["count"],
             "base_time": iso(latest["base_time"]), "computed_at": iso(latest["finished_at"])},
@@ -101,22 +112,60 @@ def get_cohort(cohort_id):
 
 @bp.put("/cohorts/<int:cohort_id>")
 @require_project
-def update_cohort(cohort_id):
-    data = CohortUpdateSchema().load(json_body())
-    reject_cycles(cohort_id, data["definition"])
-    check_broker()
+def replace_cohort(cohort_id):
+    body = json_body()
+    return change_cohort(cohort_id, CohortUpdateSchema().load(body), body)
+
+
+@bp.patch("/cohorts/<int:cohort_id>")
+@require_project
+def patch_cohort(cohort_id):
+    data = CohortPatchSchema().load(json_body())
+    if not set(data) & set(EDITABLE):
+        raise ApiError(400, "name at least one field to change", errors={"_body": [
+            "name at least one of: " + ", ".join(EDITABLE)]})
+    return change_cohort(cohort_id, data, None)
+
+
+def change_cohort(cohort_id: int, data: dict, body: dict | None):
+    """Apply the fields named in data (all of them for PUT); a changed definition gets a new job."""
+    if data.get("project") not in (None, g.project["name"]):
+        raise ApiError(403, f"the token belongs to project {g.project['name']!r}, not {data['project']!r}")
     conn = get_db()
     cohort = load_cohort(cohort_id, lock=True)
-    live = jobs.live_for(conn, cohort_id)
-    if live is not None:
-        jobs.request_cancel(conn, live["id"])
-        jobs.fail(conn, live["id"], "superseded", "the cohort's definition changed; a new job computes it")
-    fields = {"display_name": data["display_name"], "dynamic": data["dynamic"], "cron": data["cron"],
-              "scheduler_running": data["dynamic"]}
-    cohort = cohorts.update_definition(conn, cohort_id, data["definition"], request.get_json(), **fields)
-    if data["cron"]:
-        # A changed cron takes effect from its next fire time, not from fires it would have had.
+    merged = {field: data.get(field, cohort[field]) for field in EDITABLE}
+    check_schedule(merged["dynamic"], merged["cron"])
+    changed = {field: merged[field] for field in EDITABLE if merged[field] != cohort[field]}
+    if not changed:
+        return jsonify({"cohort": cohort_view(cohort), "job": None}), 200
+    redefine = "definition" in changed
+    if redefine:
+        reject_cycles(cohort_id, merged["definition"])
+        check_broker()
+    fields = {field: changed[field] for field in ("name", "display_name", "dynamic", "cron", "owner")
+              if field in changed}
+    if "dynamic" in changed:
+        fields["scheduler_running"] = merged["dynamic"]
+    # The stored request is the whole cohort as it now stands (a PATCH body alone would not be).
+    request_body = body if body is not None else {**{f: merged[f] for f in EDITABLE}, "project": g.project["name"]}
+    try:
+        if redefine:
+            live = jobs.live_for(conn, cohort_id)
+            if live is not None:
+                jobs.request_cancel(conn, live["id"])
+                jobs.fail(conn, live["id"], "superseded", "the cohort's definition changed; a new job computes it")
+            cohort = cohorts.update_definition(conn, cohort_id, merged["definition"], request_body, **fields)
+        else:
+            cohort = cohorts.update_settings(conn, cohort_id, request_body, **fields)
+    except psycopg2.errors.UniqueViolation:
+        raise ApiError(409, f"a cohort named {merged['name']!r} already exists in this project",
+                       errors={"name": ["already exists"]}) from None
+    if merged["cron"] and ("cron" in changed or "dynamic" in changed):
+        # A changed or resumed cron takes effect from its next fire time, not from fires it would have had.
         cohorts.record_fire(conn, cohort_id, cohort["updated_at"])
+    if not redefine:
+        conn.commit()
+        return jsonify({"cohort": cohort_view(cohort), "job": None}), 200
     job, created = submit_cohort_job(conn, cohort, "recalculate", max_attempts=settings().max_attempts)
     commit_and_enqueue(job, created)
     return jsonify({"cohort": cohort_view(cohort), "job": jobs.public(job)}), 202

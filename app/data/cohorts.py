@@ -6,7 +6,7 @@ from psycopg2.extras import Json, RealDictCursor
 
 COLUMNS = ("id, project_id, name, display_name, dialect, request_body, definition, definition_version, dynamic,"
            " cron, scheduler_running, last_fire_at, error_count, retry_after, owner, latest_version_id,"
-           " created_at, updated_at")
+           " created_at, updated_at, schedule_error, schedule_error_at")
 
 
 def insert(conn, project_id: int, name: str, definition: dict, *, display_name=None, dialect="native",
@@ -65,7 +65,7 @@ def update_definition(conn, cohort_id: int, definition: dict, request_body=None,
     sets = ["definition = %s", "definition_version = definition_version + 1", "updated_at = now()",
             "request_body = coalesce(%s, request_body)"]
     params = [Json(definition), Json(request_body) if request_body is not None else None]
-    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running"):
+    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner"):
         if column in fields:
             sets.append(f"{column} = %s")
             params.append(fields[column])
@@ -75,10 +75,10 @@ def update_definition(conn, cohort_id: int, definition: dict, request_body=None,
 
 
 def update_settings(conn, cohort_id: int, request_body=None, **fields) -> dict:
-    """Change name, display name or schedule without touching the definition (no new definition_version)."""
+    """Change name, display name, owner or schedule without touching the definition (no new definition_version)."""
     sets, params = ["updated_at = now()", "request_body = coalesce(%s, request_body)"], [
         Json(request_body) if request_body is not None else None]
-    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running"):
+    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner"):
         if column in fields:
             sets.append(f"{column} = %s")
             params.append(fields[column])
@@ -134,6 +134,18 @@ def due_for_schedule(conn) -> list[dict]:
 def record_fire(conn, cohort_id: int, fire_time) -> None:
     with conn.cursor() as cur:
         cur.execute("UPDATE cohorts SET last_fire_at = %s WHERE id = %s", (fire_time, cohort_id))
+
+
+def mark_schedule_error(conn, cohort_id: int, message: str) -> None:
+    """Record why the scheduler skipped this cohort (kept until a pass schedules it again)."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE cohorts SET schedule_error = %s, schedule_error_at = now() WHERE id = %s",
+                    (message, cohort_id))
+
+
+def clear_schedule_error(conn, cohort_id: int) -> None:
+    with conn.cursor() as cur:
+        cur.execute("UPDATE cohorts SET schedule_error = NULL, schedule_error_at = NULL WHERE id = %s", (cohort_id,))
 
 
 def record_outcome(conn, cohort_id: int, failed: bool, backoff_base: float, backoff_max: float) -> None:

@@ -38,3 +38,18 @@ def bitmap_keys(conn, cohort_id: int) -> list[str]:
     with conn.cursor() as cur:
         cur.execute("SELECT bitmap_key FROM cohort_versions WHERE cohort_id = %s AND bitmap_key IS NOT NULL", (cohort_id,))
         return [r[0] for r in cur.fetchall()]
+
+
+def expire_beyond(conn, cohort_id: int, keep: int) -> list[str]:
+    """Clear the bitmap keys of all but the `keep` newest versions and the published one; return the keys.
+
+    Newest is the publish order (definition version, base time, id). The rows stay, with their count.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "WITH old AS (SELECT id, bitmap_key FROM cohort_versions WHERE cohort_id = %s AND bitmap_key IS NOT NULL"
+            " ORDER BY definition_version DESC, base_time DESC, id DESC OFFSET %s)"
+            " UPDATE cohort_versions v SET bitmap_key = NULL, expired_at = now() FROM old WHERE v.id = old.id"
+            " AND v.id IS DISTINCT FROM (SELECT latest_version_id FROM cohorts WHERE id = %s)"
+            " RETURNING old.bitmap_key", (cohort_id, max(keep, 0), cohort_id))
+        return [r[0] for r in cur.fetchall()]

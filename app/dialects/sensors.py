@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta
 from croniter import croniter
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
+from app.crons import check_fires
 from cohort_engine.definition import MAX_DEPTH, DefinitionError, check_values, parse_definition
 
 CohortResolver = Callable[[str], "int | None"]
@@ -535,6 +536,7 @@ def quartz_to_cron(expression: str) -> str:
     converted = " ".join(cron_fields)
     if not croniter.is_valid(converted):
         raise ValidationError(f"not a valid cron expression (as {len(cron_fields)}-field cron: {converted!r})")
+    check_fires(converted)
     return converted
 
 

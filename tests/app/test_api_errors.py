@@ -30,6 +30,7 @@ def table_counts(pg, project_id):
     ({"name": "x", "definition": {"op": "xor", "children": []}}, "definition.op", "must be one of"),
     ({"name": "x", "definition": GOOD, "dynamic": True}, "cron", "needs a cron"),
     ({"name": "x", "definition": GOOD, "dynamic": True, "cron": "every day"}, "cron", "not a valid cron"),
+    ({"name": "x", "definition": GOOD, "dynamic": True, "cron": "0 0 30 2 *"}, "cron", "never fires"),
     ({"name": "x", "definition": {"type": "cohort", "cohort_id": 999999}}, "definition", "does not exist"),
 ])
 def test_bad_input_is_400_naming_the_field_and_writes_nothing(client, api_project, pg, body, path, fragment):
@@ -79,7 +80,7 @@ def test_cycles_through_cohort_references_are_rejected(client, api_project, pg):
     first_id = first["cohort"]["id"]
     second = client.post("/api/v1/cohorts", json={"name": "second", "definition": {
         "type": "cohort", "cohort_id": first_id}}, headers=headers).get_json()
-    response = client.put(f"/api/v1/cohorts/{first_id}", json={"definition": {
+    response = client.patch(f"/api/v1/cohorts/{first_id}", json={"definition": {
         "type": "cohort", "cohort_id": second["cohort"]["id"]}}, headers=headers)
     assert response.status_code == 400
     assert "cycle" in response.get_json()["errors"]["definition"][0]

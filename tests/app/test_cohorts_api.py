@@ -81,7 +81,7 @@ def test_update_list_and_delete(client, worker, loaded, redis_client, service_se
     job, _ = poll_job(client, headers, created["job"]["id"])
     assert job["result"]["count"] == 2  # b, c
 
-    updated = client.put(f"/api/v1/cohorts/{cohort_id}", json={"definition": {
+    updated = client.patch(f"/api/v1/cohorts/{cohort_id}", json={"definition": {
         "type": "profile", "property": "level", "cmp": "ne", "values": [3]}}, headers=headers)
     assert updated.status_code == 202
     job, _ = poll_job(client, headers, updated.get_json()["job"]["id"])
@@ -125,3 +125,73 @@ def test_members_before_first_version_is_409(loaded, service_settings):
     assert response.status_code == 409 and "no computed version" in response.get_json()["error"]
     cancelled = client.post(f"/api/v1/jobs/{created['job']['id']}/cancel", headers=headers).get_json()
     assert cancelled["status"] == "failed" and cancelled["error_code"] == "cancelled"
+
+
+LEVEL_3 = {"type": "profile", "property": "level", "cmp": "gte", "values": [3]}
+LEVEL_5 = {"type": "profile", "property": "level", "cmp": "gte", "values": [5]}
+SCHEDULED = {"name": "scheduled", "display_name": "Scheduled", "definition": LEVEL_3, "dynamic": True,
+             "cron": "0 3 * * *", "owner": "ana"}
+
+
+def stored(client, headers, cohort_id) -> dict:
+    view = client.get(f"/api/v1/cohorts/{cohort_id}", headers=headers).get_json()
+    return {field: view[field] for field in ("name", "display_name", "definition", "dynamic", "cron", "owner",
+                                             "scheduler_running")}
+
+
+def test_put_replaces_every_field_and_refuses_a_partial_body(client, api_project):
+    _, _, headers = api_project
+    cohort_id = client.post("/api/v1/cohorts", json=SCHEDULED, headers=headers).get_json()["cohort"]["id"]
+    before = stored(client, headers, cohort_id)
+    partial = client.put(f"/api/v1/cohorts/{cohort_id}", json={"definition": LEVEL_5}, headers=headers)
+    assert partial.status_code == 400
+    assert set(partial.get_json()["errors"]) == {"name", "display_name", "dynamic", "cron", "owner"}
+    assert stored(client, headers, cohort_id) == before, "a refused PUT changes nothing"
+
+    whole = {"name": "renamed", "display_name": None, "definition": LEVEL_5, "dynamic": False, "cron": None,
+             "owner": None}
+    replaced = client.put(f"/api/v1/cohorts/{cohort_id}", json=whole, headers=headers)
+    assert replaced.status_code == 202 and replaced.get_json()["job"]["kind"] == "recalculate"
+    assert stored(client, headers, cohort_id) == {**whole, "scheduler_running": False}
+    same = client.put(f"/api/v1/cohorts/{cohort_id}", json=whole, headers=headers)
+    assert same.status_code == 200 and same.get_json()["job"] is None, "nothing changed: no job"
+
+
+def test_patch_changes_only_the_fields_it_names(client, api_project):
+    _, _, headers = api_project
+    created = client.post("/api/v1/cohorts", json=SCHEDULED, headers=headers).get_json()
+    cohort_id = created["cohort"]["id"]
+    before = stored(client, headers, cohort_id)
+
+    renamed = client.patch(f"/api/v1/cohorts/{cohort_id}", json={"display_name": "Renamed", "name": "new-name"},
+                           headers=headers)
+    assert renamed.status_code == 200 and renamed.get_json()["job"] is None
+    assert stored(client, headers, cohort_id) == {**before, "display_name": "Renamed", "name": "new-name"}
+
+    redefined = client.patch(f"/api/v1/cohorts/{cohort_id}", json={"definition": LEVEL_5}, headers=headers)
+    assert redefined.status_code == 202 and redefined.get_json()["job"]["kind"] == "recalculate"
+    assert stored(client, headers, cohort_id) == {**before, "display_name": "Renamed", "name": "new-name",
+                                                  "definition": LEVEL_5}, "scheduling and names survive"
+
+    stop_without_cron = client.patch(f"/api/v1/cohorts/{cohort_id}", json={"dynamic": False}, headers=headers)
+    assert stop_without_cron.status_code == 400 and "cron" in stop_without_cron.get_json()["errors"]
+    stopped = client.patch(f"/api/v1/cohorts/{cohort_id}", json={"dynamic": False, "cron": None}, headers=headers)
+    assert stopped.status_code == 200
+    assert stored(client, headers, cohort_id)["scheduler_running"] is False
+
+    client.post("/api/v1/cohorts", json={"name": "taken", "definition": LEVEL_3}, headers=headers)
+    taken = client.patch(f"/api/v1/cohorts/{cohort_id}", json={"name": "taken"}, headers=headers)
+    assert taken.status_code == 409 and "name" in taken.get_json()["errors"]
+    assert client.patch(f"/api/v1/cohorts/{cohort_id}", json={}, headers=headers).status_code == 400
+    unknown = client.patch(f"/api/v1/cohorts/{cohort_id}", json={"colour": "red"}, headers=headers)
+    assert unknown.status_code == 400 and "colour" in unknown.get_json()["errors"]
+    assert stored(client, headers, cohort_id)["name"] == "new-name"
+
+
+def test_openapi_documents_put_and_patch(client):
+    spec = client.get("/openapi.json").get_json()
+    operations = spec["paths"]["/api/v1/cohorts/{cohort_id}"]
+    assert {"put", "patch"} <= set(operations)
+    assert set(spec["components"]["schemas"]["CohortUpdate"]["required"]) == {
+        "name", "display_name", "definition", "dynamic", "cron", "owner"}
+    assert "required" not in spec["components"]["schemas"]["CohortPatch"]

@@ -68,7 +68,7 @@ def store(database_url, service_settings, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def beat(service_env, tmp_path_factory):
+def beat(service_env, maintenance_worker, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sensors-beat")
     process = start_beat(service_env, folder / "schedule", folder / "beat.log")
     try:
@@ -350,6 +350,8 @@ def test_import_rules_are_stored_but_not_computed(client, store, pg):
      "content.rules[0].rules[0].function"),
     ("/segmenter/rule", rule_body("sql_rule", relation(level_above(1)), rule_type=7), "type"),
     ("/segmenter/rule", rule_body("routine_no_cron", relation(level_above(1)), rule_type=1), "scheduler"),
+    ("/segmenter/rule", rule_body("never_fires", relation(level_above(1)), rule_type=1,
+                                  scheduler={"running": True, "cron": "0 0 0 30 2 ?"}), "scheduler.cron"),
     ("/segmenter/rule", rule_body("bad_window", relation(paid("relative_between", [1, "hour"], 1))),
      "content.rules[0].time_params"),
     ("/segmenter/rule", rule_body("unknown_cohort", relation(

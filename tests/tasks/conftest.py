@@ -14,8 +14,11 @@ SLOW_LEAVES = 30
 
 
 @pytest.fixture(scope="module")
-def beat(service_env, tmp_path_factory):
-    """A real beat process: runs the sweeper/reaper every second and the cron scheduler twice a second."""
+def beat(service_env, maintenance_worker, tmp_path_factory):
+    """A real beat process: sends the sweeper/reaper every second and the cron scheduler twice a second.
+
+    They run on the maintenance worker (their own queue), not on the compute worker.
+    """
     folder = tmp_path_factory.mktemp("beat")
     process = start_beat(service_env, folder / "schedule", folder / "beat.log")
     yield process

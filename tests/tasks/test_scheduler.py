@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from psycopg2.extras import Json
 
 from app import create_app
 from app.data import cohorts
@@ -72,6 +73,30 @@ def test_failing_cron_cohort_backs_off(client, worker, beat, sample_project, dat
     with db.connection(database_url) as conn:
         cohort = cohorts.get_any(conn, cohort_id)
     assert cohort["error_count"] >= 3 and cohort["retry_after"] is not None
+
+
+def test_a_cohort_whose_cron_never_fires_is_marked_and_the_others_still_fire(client, worker, beat, sample_project,
+                                                                           database_url):
+    _, project_id, headers, _ = sample_project
+    # Written directly: the API refuses this cron now, but rows stored before that check still hold it.
+    with db.connection(database_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO cohorts (project_id, name, definition, dynamic, cron, scheduler_running)"
+                    " VALUES (%s, 'never-fires', %s, true, '0 0 30 2 *', true) RETURNING id",
+                    (project_id, Json(RECENT_PAYERS)))
+        bad_id = cur.fetchone()[0]
+    created = client.post("/api/v1/cohorts", headers=headers, json={
+        "name": "fires-anyway", "definition": RECENT_PAYERS, "dynamic": True, "cron": "* * * * * *"}).get_json()
+    good_id = created["cohort"]["id"]
+    try:
+        wait_until(lambda: any(r[2] == "succeed" for r in cron_jobs(database_url, good_id)), timeout=30,
+                   interval=0.2, what="a cron version of the good cohort")
+    finally:
+        stop_scheduler(database_url, good_id)
+        stop_scheduler(database_url, bad_id)
+    bad = client.get(f"/api/v1/cohorts/{bad_id}", headers=headers).get_json()
+    assert "CroniterBadDateError" in bad["schedule_error"]["message"] and bad["schedule_error"]["at"]
+    assert cron_jobs(database_url, bad_id) == []
+    assert client.get(f"/api/v1/cohorts/{good_id}", headers=headers).get_json()["schedule_error"] is None
 
 
 def test_an_older_run_never_overwrites_a_newer_version(client, worker, sample_project, database_url, redis_url,

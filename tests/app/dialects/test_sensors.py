@@ -457,6 +457,8 @@ def test_quartz_weekdays_fire_on_the_right_days():
     ("0 0 3 ? * 6L", "not a valid cron expression"),
     ("0 ? 3 * * ?", "? is allowed only"),
     ("", "must be a cron expression"),
+    ("0 0 0 30 2 ?", "never fires"),
+    ("0 0 0 31 4 ?", "never fires"),
 ])
 def test_bad_cron_expressions(bad, words):
     with pytest.raises(ValidationError) as info:
