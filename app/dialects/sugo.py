@@ -5,6 +5,7 @@ Seeds 000 and 001; semantics and every choice made here: docs/dialects/sugo.md.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -14,7 +15,7 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, vali
 from cohort_engine.druid import DataSourceSpec
 from cohort_engine.druid.client import broker_endpoints
 from cohort_engine.hproxy import cell, hproxy_endpoints, is_multi_value
-from cohort_engine.sugo_redis import HostNotAllowed, SugoRedisConfigError, check_allowed
+from cohort_engine.sugo_redis import SugoRedisConfigError, format_address, normalise, parse_hosts
 
 SOURCE_TYPES = ("tindex", "uindex", "usergroup")
 TEMPORARY_TYPES = ("tindex", "uindex")
@@ -255,7 +256,7 @@ def hproxy_addresses(value: str) -> list[tuple[str, int]]:
 
 
 def parse_address_list(text: str, default_port: int | None) -> set[tuple[str, int | None]]:
-    """{(host, port)} of "host[:port],..." settings text; a missing port means any port."""
+    """{(host, port)} of "host[:port],..." settings text; a missing port means default_port."""
     found: set[tuple[str, int | None]] = set()
     for item in (part.strip() for part in (text or "").split(",")):
         if not item:
@@ -265,77 +266,169 @@ def parse_address_list(text: str, default_port: int | None) -> set[tuple[str, in
     return found
 
 
-@dataclass(frozen=True)
-class Allowlist:
-    """Hosts a request body may make us contact; an entry with port None allows any port of its host."""
+def parse_target(kind: str, text: str) -> tuple[str, int, int]:
+    """(host, port, db) of an operator's target: redis "host:port[/db]", hproxy or broker "host:port"."""
+    address, slash, db_text = text.strip().partition("/")
+    if slash and kind != "redis":
+        raise ValueError(f"{text!r}: only a Redis target has a /db")
+    if slash and (not db_text.isascii() or not db_text.isdigit()):
+        raise ValueError(f"{text!r}: db {db_text!r} is not a non-negative integer")
+    (host, port), = parse_hosts(address)
+    return host, port, int(db_text) if slash else 0
 
-    entries: frozenset
-    embedded: frozenset
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "0.0.0.0", "::"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _same_host(a: str, b: str) -> bool:
+    # Every name of this machine reaches the same server, so loopback aliases are one host here.
+    return a == b or (_is_loopback(a) and _is_loopback(b))
+
+
+def _redis_url_target(url: str) -> tuple[str, int, int] | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return None
+    db_text = parts.path.strip("/") or "0"
+    host = (parts.hostname or "127.0.0.1").lower()
+    try:
+        host = ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    return host, parts.port or DEFAULT_REDIS_PORT, int(db_text) if db_text.isdigit() else 0
+
+
+def own_redis_targets(settings) -> frozenset[tuple[str, int, int]]:
+    """(host, port, db) of every Redis database the service keeps: every redis:// *_url of its settings."""
+    found = set()
+    for holder in (settings, settings.engine):
+        for name, value in vars(holder).items():
+            if name.endswith("_url") and isinstance(value, str):
+                target = _redis_url_target(value)
+                if target is not None:
+                    found.add(target)
+    return frozenset(found)
+
+
+@dataclass(frozen=True)
+class RedisAllow:
+    """allow(host, port) for the Redis addresses of one config at database db (hashable: a client cache key)."""
+
+    targets: frozenset
+    own: frozenset
+    db: int
 
     def __call__(self, host: str, port: int) -> bool:
         host = host.lower()
-        return (host, port) in self.entries or (host, None) in self.entries
+        return (host, port, self.db) in self.targets and not is_own(self.own, host, port, self.db)
+
+
+def is_own(own: frozenset, host: str, port: int, db: int) -> bool:
+    return any(_same_host(host, h) and port == p and db == d for h, p, d in own)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What one project's request bodies may make us contact: its configured targets, plus our embedded broker."""
+
+    redis: frozenset  # (host, port, db)
+    hproxy: frozenset  # (host, port)
+    broker: frozenset  # (host, port)
+    embedded: frozenset  # (host, port): this service's own /druid/v2, answered in-process
+    own: frozenset  # (host, port, db) of the service's own Redis databases: never a target
+
+    def redis_allow(self, db: int) -> RedisAllow:
+        return RedisAllow(self.redis, self.own, db)
+
+    def broker_allowed(self, host: str, port: int) -> bool:
+        return (host.lower(), port) in self.broker or (host.lower(), port) in self.embedded
+
+    def hproxy_allowed(self, host: str, port: int) -> bool:
+        return (host.lower(), port) in self.hproxy
 
     def is_embedded(self, broker: str) -> bool:
         """Whether every host of a broker value is this service's own embedded broker."""
         return all(address in self.embedded for address in broker_addresses(broker))
 
 
-def allowlist_for(settings) -> Allowlist:
-    """Our own Redis and embedded broker, plus COHORTS_SUGO_ALLOWED_HOSTS."""
-    redis = urlsplit(settings.engine.redis_url)
-    own_redis = {((redis.hostname or "127.0.0.1").lower(), redis.port or DEFAULT_REDIS_PORT)}
+def targets_for(settings, rows: Iterable[Mapping]) -> Targets:
+    """A project's Targets from its sugo_targets rows (app/data/sugo_targets.py) and the settings."""
+    by_kind: dict[str, set] = {"redis": set(), "hproxy": set(), "broker": set()}
+    for row in rows:
+        address = (row["host"], row["port"], row["db"]) if row["kind"] == "redis" else (row["host"], row["port"])
+        by_kind[row["kind"]].add(address)
     embedded = frozenset((h, p) for h, p in parse_address_list(settings.sugo_embedded_brokers, 80))
-    extra = parse_address_list(settings.sugo_allowed_hosts, None)
-    return Allowlist(frozenset(own_redis | set(embedded) | extra), embedded)
+    return Targets(frozenset(by_kind["redis"]), frozenset(by_kind["hproxy"]), frozenset(by_kind["broker"]),
+                   embedded, own_redis_targets(settings))
 
 
-def _check_addresses(path: str, addresses: Iterable[tuple[str, int]], allow: Allowlist, errors: dict) -> None:
+NOT_ALLOWED = "is not a {what} target allowed for this project (python -m app.manage sugo-allow); nothing was contacted"
+
+
+def _check_addresses(path: str, addresses: Iterable[tuple[str, int]], allowed, what: str, errors: dict) -> None:
     for host, port in addresses:
-        if not allow(host, port):
-            errors.setdefault(path, []).append(
-                f"{host}:{port} is not an allowed host (COHORTS_SUGO_ALLOWED_HOSTS); nothing was contacted")
+        if not allowed(host, port):
+            errors.setdefault(path, []).append(f"{host}:{port} " + NOT_ALLOWED.format(what=what))
 
 
-def _check_value(path: str, value: str, parse, allow: Allowlist, errors: dict) -> None:
+def _check_value(path: str, value: str, parse, allowed, what: str, errors: dict) -> None:
     try:
         addresses = parse(value)
     except ValueError as exc:
         errors.setdefault(path, []).append(str(exc))
         return
-    _check_addresses(path, addresses, allow, errors)
+    _check_addresses(path, addresses, allowed, what, errors)
 
 
-def _check_redis(path: str, config: dict, allow: Allowlist, errors: dict) -> None:
+def check_redis(path: str, config: dict, targets: Targets) -> dict[str, list[str]]:
+    """Errors of one dataConfig: bad fields, one of the service's own databases, or a target not allowed."""
     try:
-        check_allowed(config, allow, path)
-    except HostNotAllowed as exc:
-        errors.setdefault(exc.field, []).append(
-            f"{exc.host}:{exc.port} is not an allowed Redis host (COHORTS_SUGO_ALLOWED_HOSTS); nothing was contacted")
+        mode, hosts, *_, db = normalise(config, path)
     except SugoRedisConfigError as exc:
-        errors.setdefault(exc.field, []).append(str(exc).split(": ", 1)[-1])
+        return {exc.field: [str(exc).split(": ", 1)[-1]]}
+    errors: dict[str, list[str]] = {}
+    hosts_field = f"{path}.hostAndPorts"
+    for host, port in hosts:
+        if is_own(targets.own, host, port, db):
+            field = f"{path}.db" if config.get("db") is not None else hosts_field
+            errors.setdefault(field, []).append(
+                f"{format_address(host, port)} db {db} is one of this service's own Redis databases (bitmaps, "
+                "job broker); it is never a Sugo target; nothing was contacted")
+        elif not targets.redis_allow(db)(host, port):
+            errors.setdefault(hosts_field, []).append(
+                f"{format_address(host, port)} db {db} " + NOT_ALLOWED.format(what="Redis"))
+    return errors
 
 
-def check_hosts(endpoint: str, data, allow: Allowlist) -> None:
-    """ValidationError naming every field of a loaded request whose hosts the allowlist refuses."""
+def check_hosts(endpoint: str, data, targets: Targets) -> None:
+    """ValidationError naming every field of a loaded request whose addresses the project may not use."""
     errors: dict[str, list[str]] = {}
     if endpoint == "multi":
         for index, entry in enumerate(data):
             if entry["type"] in TEMPORARY_TYPES:
                 name, value = broker_of(entry)
-                _check_value(f"[{index}].{name}", value, broker_addresses, allow, errors)
-            _check_redis(f"[{index}].query.dataConfig", entry["query"]["dataConfig"], allow, errors)
+                _check_value(f"[{index}].{name}", value, broker_addresses, targets.broker_allowed, "broker", errors)
+            errors.update(check_redis(f"[{index}].query.dataConfig", entry["query"]["dataConfig"], targets))
     else:
         if data.get("brokerUrl") or data.get("broker"):
             name, value = broker_of(data)
-            _check_value(name, value, broker_addresses, allow, errors)
+            _check_value(name, value, broker_addresses, targets.broker_allowed, "broker", errors)
         if data.get("hproxyUrl") or data.get("hproxy"):
             name, value = hproxy_of(data)
-            _check_value(name, value, hproxy_addresses, allow, errors)
+            _check_value(name, value, hproxy_addresses, targets.hproxy_allowed, "hproxy", errors)
         if endpoint == "single":
-            _check_redis("query.dataConfig", data["query"]["dataConfig"], allow, errors)
+            errors.update(check_redis("query.dataConfig", data["query"]["dataConfig"], targets))
         elif endpoint == "tag_user_group":
-            _check_redis("userGroupConfig", data["userGroupConfig"], allow, errors)
+            errors.update(check_redis("userGroupConfig", data["userGroupConfig"], targets))
     if errors:
         raise ValidationError(errors)
 
