@@ -37,20 +37,114 @@ def _one_of(choices) -> validate.OneOf:
     return validate.OneOf(choices, error="must be one of: " + ", ".join(choices))
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON true / false, or the "true" / "false" strings Sugo's lenient Java mapper reads; never "yes", 1 or "on"."""
+
+    default_error_messages = {"invalid": 'must be true or false (or the strings "true" / "false")'}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise self.make_error("invalid")
+
+
+class Count(fields.Integer):
+    """A non-negative JSON integer (not a bool, not a numeric string): a limit, offset or timeout."""
+
+    default_error_messages = {"invalid": "must be a non-negative integer"}
+
+    def __init__(self, **kwargs):
+        super().__init__(strict=True, validate=validate.Range(min=0, error="must be a non-negative integer"),
+                         **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class _NameOrSpec(fields.Field):
+    """A non-empty string, or an object whose `key` is a non-empty string (other keys pass as sent)."""
+
+    def __init__(self, key: str, optional_text: tuple[str, ...] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.key, self.optional_text = key, optional_text
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, dict):
+            if not isinstance(value.get(self.key), str) or not value[self.key]:
+                raise ValidationError(f"{self.key} must be a non-empty string")
+            for name in self.optional_text:
+                if value.get(name) is not None and not isinstance(value[name], str):
+                    raise ValidationError(f"{name} must be a string")
+            return value
+        raise ValidationError(f"must be a non-empty string or an object with a {self.key}")
+
+
+class ContextSchema(Schema):
+    """A query's `context`; the paging and cancel code reads timeout and queryId, the rest goes to the broker."""
+
+    error_messages = {"type": "must be a JSON object"}
+
+    class Meta:
+        unknown = INCLUDE
+
+    timeout = Count()
+    queryId = fields.String(validate=validate.Length(min=1))
+
+
+class LimitSpecSchema(Schema):
+    """A groupBy `limitSpec` as the paging code reads it (limit and offset bound the whole result)."""
+
+    error_messages = {"type": "must be a JSON object"}
+
+    class Meta:
+        unknown = INCLUDE
+
+    type = fields.String(validate=_one_of(("default",)))
+    limit = Count()
+    offset = Count()
+    columns = fields.List(_NameOrSpec("dimension", ("direction", "dimensionOrder")))
+
+
+class TagQueryQuerySchema(Schema):
+    """The `query` of a tag query batch update: what the paging code needs; the rest goes to the broker."""
+
+    error_messages = {"type": "must be a JSON object"}
+
+    class Meta:
+        unknown = INCLUDE
+
+    queryType = fields.String(required=True, validate=_one_of(TAG_QUERY_TYPES))
+    context = fields.Nested(ContextSchema)
+    limit = Count()
+    offset = Count()
+    limitSpec = fields.Nested(LimitSpecSchema)
+    dimensions = fields.List(_NameOrSpec("dimension", ("outputName",)))
+
+
 class DataConfigSchema(Schema):
     """A Redis location and group id (`dataConfig` / `userGroupConfig`); other keys pass to the client."""
+
+    error_messages = {"type": "must be a JSON object"}
 
     class Meta:
         unknown = INCLUDE
 
     hostAndPorts = fields.String(required=True, validate=validate.Length(min=1))
-    clusterMode = fields.Boolean(load_default=False)
-    sentinelMode = fields.Boolean(load_default=False)
+    clusterMode = StrictBoolean(load_default=False)
+    sentinelMode = StrictBoolean(load_default=False)
     groupId = fields.String(required=True, validate=validate.Length(min=1))
 
 
 class UserGroupQuerySchema(Schema):
     """Sugo's `user_group` query; filter, intervals, granularity and context go to the broker as sent."""
+
+    error_messages = {"type": "must be a JSON object"}
 
     class Meta:
         unknown = INCLUDE
@@ -59,10 +153,13 @@ class UserGroupQuerySchema(Schema):
     dataSource = fields.String(required=True, validate=validate.Length(min=1))
     dimension = fields.String(required=True, validate=validate.Length(min=1))
     dataConfig = fields.Nested(DataConfigSchema, required=True)
+    context = fields.Nested(ContextSchema)
 
 
 class GroupRefSchema(Schema):
     """The query of a `usergroup` or `finalGroup` entry: only where the group lives."""
+
+    error_messages = {"type": "must be a JSON object"}
 
     class Meta:
         unknown = INCLUDE
@@ -82,7 +179,7 @@ class SingleSchema(Schema):
     brokerUrl = fields.String(validate=validate.Length(min=1))
     broker = fields.String(validate=validate.Length(min=1))
     query = fields.Nested(UserGroupQuerySchema, required=True)
-    append = fields.Boolean(load_default=False)
+    append = StrictBoolean(load_default=False)
 
     @validates_schema
     def _broker(self, data, **kwargs):
@@ -95,7 +192,7 @@ class MultiEntrySchema(Schema):
     broker = fields.String(validate=validate.Length(min=1))
     query = fields.Dict(required=True)
     op = fields.String(validate=_one_of(OPS))
-    append = fields.Boolean(load_default=False)
+    append = StrictBoolean(load_default=False)
 
     @validates_schema
     def _by_type(self, data, **kwargs):
@@ -119,7 +216,7 @@ class TagUserGroupSchema(Schema):
     userGroupConfig = fields.Nested(DataConfigSchema, required=True)
     dimData = fields.Dict(keys=fields.String(validate=validate.Length(min=1)), values=fields.Raw(allow_none=True),
                           required=True, validate=validate.Length(min=1, error="must name at least one column"))
-    appendFlags = fields.Dict(keys=fields.String(), values=fields.Boolean(), load_default=dict)
+    appendFlags = fields.Dict(keys=fields.String(), values=StrictBoolean(), load_default=dict)
 
     @validates_schema
     def _columns(self, data, **kwargs):
@@ -147,8 +244,8 @@ class TagQuerySchema(Schema):
     dimMap = fields.Dict(keys=fields.String(validate=validate.Length(min=1)),
                          values=fields.String(validate=validate.Length(min=1)), required=True,
                          validate=validate.Length(min=1, error="must map at least one result column"))
-    appendFlags = fields.Dict(keys=fields.String(), values=fields.Boolean(), load_default=dict)
-    query = fields.Dict(required=True)
+    appendFlags = fields.Dict(keys=fields.String(), values=StrictBoolean(), load_default=dict)
+    query = fields.Nested(TagQueryQuerySchema, required=True)
 
     @validates_schema
     def _columns(self, data, **kwargs):
@@ -162,9 +259,6 @@ class TagQuerySchema(Schema):
         targets = list(dim_map.values())
         for column in {t for t in targets if targets.count(t) > 1}:
             errors["dimMap"] = [f"two result columns map to {column!r}"]
-        query_type = (data.get("query") or {}).get("queryType")
-        if query_type not in TAG_QUERY_TYPES:
-            errors["query.queryType"] = ["must be one of: " + ", ".join(TAG_QUERY_TYPES)]
         if errors:
             raise ValidationError(errors)
 
