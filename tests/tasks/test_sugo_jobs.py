@@ -488,6 +488,76 @@ def test_a_sentinels_master_the_project_may_not_use_is_refused(client, database_
         master.close()
 
 
+# -- the README's Sugo examples, as written, against the bundled hproxy stand-in ------------------------
+
+
+@pytest.fixture
+def hproxy_standin(tmp_path):
+    """scripts/hproxy_standin.py as `make run` starts it, on a free port: the URL of its batch-update root."""
+    import subprocess
+    import sys
+
+    from tests.services import ROOT
+
+    port = free_port()
+    log = open(tmp_path / "hproxy-standin.log", "wb")
+    process = subprocess.Popen([sys.executable, "scripts/hproxy_standin.py", "--port", str(port)], cwd=ROOT,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: _answers(port), timeout=30, what="hproxy stand-in")
+        yield port
+    finally:
+        stop(process)
+        log.close()
+
+
+def _answers(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def readme_sugo_calls() -> list[tuple[str, str]]:
+    """(path, body text) of every curl in the README's Sugo section, in order."""
+    import re
+
+    from tests.services import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Sugo", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"curl -s -X POST '?localhost:6061(\S+?)'? -H 'Content-Type: application/json' -d '(.*?)'\n",
+                      section, flags=re.S)
+
+
+def test_readme_sugo_examples_work_as_written(client, groups, brute, sample, database_url, hproxy_standin):
+    """Only the demo's addresses differ: the Sugo db (README: 2) and the stand-in's port (README: 8085)."""
+    import requests
+
+    calls = readme_sugo_calls()
+    assert [path for path, _ in calls] == ["/ant/usergroup/single", "/ant/usergroup/multi",
+                                           "/ant/tag/usergroup/batchUpdate", "/ant/tag/query/batchUpdate",
+                                           "/druid/v2?pretty"]
+    allow_sugo_targets(database_url, sample[1], hproxy=[f"127.0.0.1:{hproxy_standin}"])
+    groups.delete("gd", "gd_not_r4")
+    answers = []
+    for path, body in calls:
+        body = body.replace('"db": 2', f'"db": {SUGO_DB}').replace("127.0.0.1:8085", f"127.0.0.1:{hproxy_standin}")
+        body = body.replace('"127.0.0.1:6379"', json.dumps(REDIS))
+        response = client.post(path, data=body.encode("utf-8"), content_type="application/json")
+        assert response.status_code == 200, (path, response.get_json())
+        answers.append(response.get_json())
+    gd_not_r4 = brute["guangdong"] - brute["r4"]
+    assert answers[0] == [{"event": {"RowCount": len(brute["guangdong"])}}]
+    assert answers[1] == [{"event": {"RowCount": len(gd_not_r4)}}]
+    assert set(read(groups, "gd_not_r4")) == gd_not_r4
+    assert answers[2] == {"success": len(gd_not_r4), "failed": 0, "errors": []}
+    assert answers[3] == {"success": 3, "failed": 0, "errors": []}
+    assert len(answers[4]) == 1 and len(answers[4][0]["result"]) == 3
+    received = requests.get(f"http://127.0.0.1:{hproxy_standin}/druid/proxy/batchupdate/ssss", timeout=10).json()
+    assert received["received"] == len(gd_not_r4) + 3
+
+
 def test_remote_broker_error_answers_its_code(client, http_broker):
     body = local(SEED_SINGLE, broker=http_broker)
     body["query"]["filter"] = {"type": "javascript", "dimension": "sugo_province", "function": "x"}
