@@ -367,7 +367,10 @@ def parse_target(kind: str, text: str) -> tuple[str, int, int]:
         raise ValueError(f"{text!r}: only a Redis target has a /db")
     if slash and (not db_text.isascii() or not db_text.isdigit()):
         raise ValueError(f"{text!r}: db {db_text!r} is not a non-negative integer")
-    (host, port), = parse_hosts(address)
+    hosts = parse_hosts(address)
+    if len(hosts) != 1:
+        raise ValueError(f"{text!r}: name one host:port per target")
+    (host, port), = hosts
     return host, port, int(db_text) if slash else 0
 
 

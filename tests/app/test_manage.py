@@ -70,3 +70,16 @@ def test_the_services_own_redis_databases_cannot_be_allowed(env, project, databa
 def test_an_unknown_project_is_refused(env, capsys):
     assert manage.main(["sugo-targets", "no-such-project"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_redis_target_names_one_host(env, project, capsys):
+    assert manage.main(["sugo-allow", project[0], "--redis", "a:1,b:2"]) == 2
+    assert "one host:port per target" in capsys.readouterr().err
+
+
+def test_the_retired_operator_wide_allowlist_is_reported_when_set(caplog):
+    from app.settings import Settings
+
+    with caplog.at_level("WARNING", logger="app.settings"):
+        Settings.from_env({"COHORTS_SUGO_ALLOWED_HOSTS": "10.0.0.1:6379"})
+    assert "COHORTS_SUGO_ALLOWED_HOSTS is no longer read" in caplog.text
