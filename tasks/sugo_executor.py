@@ -313,6 +313,12 @@ class SugoRunner:
             raise JobStopped("bad_request", f"Sugo group Redis Cluster: {exc}") from None
         except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
             raise JobStopped("backend_unavailable", f"Sugo group Redis unreachable: {exc}") from None
+        except redis_lib.ResponseError as exc:
+            if "unknown command 'SENTINEL'" in str(exc):
+                # The request's own mistake, not the backend's: a plain server named as a Sentinel.
+                raise JobStopped("bad_request", "sentinelMode is true but hostAndPorts are not Redis Sentinels: "
+                                 f"{exc}") from None
+            raise JobStopped("backend_error", f"Sugo group Redis refused: {exc}") from None
         except redis_lib.RedisError as exc:
             raise JobStopped("backend_error", f"Sugo group Redis refused: {exc}") from None
 

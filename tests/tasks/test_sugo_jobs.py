@@ -425,15 +425,16 @@ def test_append_takes_sugos_string_spelling_of_true(client, groups, brute):
     assert row_count(client.post("/ant/usergroup/single", json=body)) == len(brute["guangdong"]) + 1
 
 
-def test_cluster_mode_against_a_standalone_redis_is_a_bad_request(client, sample, database_url,
-                                                                   redis_standalone):  # noqa: F811
+@pytest.mark.parametrize("mode", ["clusterMode", "sentinelMode"])
+def test_cluster_or_sentinel_mode_against_a_standalone_redis_is_a_bad_request(client, sample, database_url,
+                                                                              redis_standalone, mode):  # noqa: F811
     allow_sugo_targets(database_url, sample[1], redis=[f"{redis_standalone.address}/0"])
     body = local(SEED_SINGLE, redis=redis_standalone.address)
-    body["query"]["dataConfig"]["clusterMode"] = True
+    body["query"]["dataConfig"][mode] = True
     response = client.post("/ant/usergroup/single", json=body)
     assert response.status_code == 400, response.get_json()
     answer = response.get_json()
-    assert answer["error"] == "bad_request" and "clusterMode" in answer["errorMessage"]
+    assert answer["error"] == "bad_request" and mode in answer["errorMessage"]
 
 
 def test_a_cluster_node_the_project_may_not_use_is_never_connected(client, database_url, redis_cluster):  # noqa: F811
