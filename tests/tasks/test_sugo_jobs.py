@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow.parquet as pq
 import pytest
 import redis as redis_lib
+from marshmallow import ValidationError
 from werkzeug.serving import make_server
 
 from cohort_engine import db, sugo_groups
@@ -487,6 +488,71 @@ def test_a_sentinels_master_the_project_may_not_use_is_refused(client, database_
         assert not master.exists(f"{tag}-out")
     finally:
         master.close()
+
+
+MUTATION_VALUES = [None, 5, -1, 1.5, "x", "2", "", "yes", [], [1], {}, {"a": 1}, True]
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from _paths(child, prefix + (key,))
+
+
+def _mutated(body, path, value):
+    body = copy.deepcopy(body)
+    holder = body
+    for key in path[:-1]:
+        holder = holder[key]
+    holder[path[-1]] = value
+    return body
+
+
+def test_accepted_mutations_of_the_seed_bodies_never_crash_the_worker_code(sugo_settings, sample, hproxy,
+                                                                            database_url):
+    """Each seed body with one value replaced (seeded sample): refused at submit, or ends with a mapped code.
+
+    Runs the job code (SugoRunner) in this process, so the sample stays large and fast; what it
+    proves is that no accepted body raises anything but JobStopped (an unexpected exception is the
+    worker's `internal_error`, answered 500).
+    """
+    import random
+
+    from app.data import sugo_targets
+    from app.dialects import sugo as dialect
+    from tasks.executor import JobStopped
+    from tasks.sugo_executor import SugoRunner
+
+    hproxy_url = f"http://127.0.0.1:{hproxy.port}/druid/proxy/batchupdate/ssss"
+    seeds = {"single": local(SEED_SINGLE), "multi": local(SEED_MULTI),
+             "tag_user_group": local(SEED_TAG_USERGROUP, hproxy_url=hproxy_url),
+             "tag_query": local(SEED_TAG_QUERY, hproxy_url=hproxy_url)}
+    cases = [(endpoint, path, value) for endpoint, seed in seeds.items() for path in _paths(seed)
+             if path and path[-1] not in ("hostAndPorts", "brokerUrl", "hproxyUrl") for value in MUTATION_VALUES]
+    with db.connection(database_url) as conn:
+        targets = dialect.targets_for(sugo_settings, sugo_targets.for_project(conn, sample[1]))
+    codes = set(dialect.FAILURE_STATUS)
+    ran = 0
+    for endpoint, path, value in random.Random(8).sample(cases, 200):
+        try:
+            data = _load(endpoint, _mutated(seeds[endpoint], path, value))
+            dialect.check_hosts(endpoint, data, targets)
+        except ValidationError:
+            continue
+        ran += 1
+        try:
+            SugoRunner(sugo_settings, sample[0], targets).run(endpoint, json.loads(json.dumps(data)))
+        except JobStopped as stop:
+            assert stop.code in codes, (endpoint, path, value, stop.code, stop.message)
+    assert ran > 50  # most mutations are of values the broker or hproxy receive as sent
+
+
+def _load(endpoint, body):
+    from app.dialects import sugo as dialect
+
+    return {"single": dialect.load_single, "multi": dialect.load_multi, "tag_user_group": dialect.load_tag_user_group,
+            "tag_query": dialect.load_tag_query}[endpoint](body)
 
 
 # -- the README's Sugo examples, as written, against the bundled hproxy stand-in ------------------------
