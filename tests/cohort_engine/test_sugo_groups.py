@@ -119,32 +119,30 @@ def test_malformed_groups_are_reported(redis_client, group_key):
 # -- concurrent updates: the group's writer lock ------------------------------------------------------
 
 
-def _appender(redis, key, ids, barrier):
-    def union(current):
-        barrier.wait(timeout=30)  # every writer has read before any writes: the lost-update interleaving
-        return sorted(set(current) | set(ids))
-
-    return lambda: sugo_groups.update_group(redis, key, union)
-
-
 def _race(redis, key, writers: int = 4) -> list[set[str]]:
     """`writers` threads each appending their own ids to one group at the same moment."""
     import threading
+    import time
 
     id_sets = [{f"w{w}-{i}" for i in range(200)} for w in range(writers)]
-    # A barrier of one: under the lock a writer's read cannot wait for the others (they wait for it).
-    barrier = threading.Barrier(1)
+    start = threading.Event()
     errors = []
 
-    def run(job):
+    def append(ids):
+        def union(current):
+            time.sleep(0.05)  # a slow union: unlocked, every writer would read before any writes
+            return sorted(set(current) | ids)
+
+        start.wait(timeout=30)
         try:
-            job()
+            sugo_groups.update_group(redis, key, union)
         except Exception as exc:  # surfaced by the assertion below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(_appender(redis, key, ids, barrier),)) for ids in id_sets]
+    threads = [threading.Thread(target=append, args=(ids,)) for ids in id_sets]
     for thread in threads:
         thread.start()
+    start.set()
     for thread in threads:
         thread.join(timeout=60)
     assert errors == []
