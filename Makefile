@@ -8,10 +8,14 @@ export COHORTS_STORE_DIR ?= $(CURDIR)/var/store
 export COHORTS_BROKER_URL ?= redis://127.0.0.1:6379/1
 export COHORTS_DEFAULT_TOKEN ?= dev-token
 export FLOWER_BASIC_AUTH ?= admin:admin
+# The demo project's Sugo targets (docs/dialects/sugo.md): db 2 of the local Redis (db 0 holds the
+# service's bitmaps, db 1 its job broker: never Sugo targets) and the bundled hproxy stand-in.
+SUGO_DEMO_REDIS ?= 127.0.0.1:6379/2
+SUGO_DEMO_HPROXY ?= 127.0.0.1:8085
 SAMPLE_USERS ?= 20000
 SAMPLE_EVENTS ?= 400000
 
-.PHONY: run test bench lint services migrate sample demo token clean
+.PHONY: run test bench lint services migrate sample demo token sugo-demo clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required (apt-get install python3)"'
@@ -35,7 +39,10 @@ demo: sample
 token: migrate
 	$(BIN)/python -m app.manage set-token default $(COHORTS_DEFAULT_TOKEN)
 
-run: sample token
+sugo-demo: migrate
+	$(BIN)/python -m app.manage sugo-allow default --redis $(SUGO_DEMO_REDIS) --hproxy $(SUGO_DEMO_HPROXY)
+
+run: sample token sugo-demo
 	bash scripts/run.sh
 
 test: $(BIN)/.installed services

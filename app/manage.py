@@ -1,13 +1,51 @@
-"""Service administration: `python -m app.manage set-token PROJECT TOKEN`."""
+"""Service administration: `python -m app.manage set-token PROJECT TOKEN`, and each project's Sugo targets.
+
+    python -m app.manage sugo-allow PROJECT --redis host:port/db --hproxy host:port --broker host:port
+    python -m app.manage sugo-deny PROJECT --redis host:port/db ...   (or --all)
+    python -m app.manage sugo-targets PROJECT
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from app.data import projects
+from app.data import projects, sugo_targets
+from app.dialects import sugo as dialect
 from app.settings import Settings
 from cohort_engine import db
+from cohort_engine.sugo_redis import format_address
+
+
+def _target_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("project")
+    parser.add_argument("--redis", action="append", default=[], metavar="HOST:PORT[/DB]",
+                        help="a Sugo Redis target: standalone server, Sentinel or master at database DB (default "
+                             "0), or Redis Cluster node (db 0); repeatable")
+    parser.add_argument("--hproxy", action="append", default=[], metavar="HOST:PORT", help="repeatable")
+    parser.add_argument("--broker", action="append", default=[], metavar="HOST:PORT",
+                        help="a remote Druid broker; repeatable (the embedded /druid/v2 needs none)")
+
+
+def _targets(args, settings: Settings) -> list[tuple[str, str, int, int]]:
+    """(kind, host, port, db) of the flags; ValueError naming a bad or forbidden one."""
+    found = []
+    own = dialect.own_redis_targets(settings)
+    for kind in sugo_targets.KINDS:
+        for text in getattr(args, kind):
+            try:
+                host, port, redis_db = dialect.parse_target(kind, text)
+            except ValueError as exc:
+                raise ValueError(f"--{kind} {text}: {exc}") from None
+            if kind == "redis" and dialect.is_own(own, host, port, redis_db):
+                raise ValueError(f"--redis {text}: one of this service's own Redis databases (bitmaps, job "
+                                 "broker) is never a Sugo target")
+            found.append((kind, host, port, redis_db))
+    return found
+
+
+def _describe(kind: str, host: str, port: int, redis_db: int) -> str:
+    return f"{kind} {format_address(host, port)}" + (f"/{redis_db}" if kind == "redis" else "")
 
 
 def main(argv=None) -> int:
@@ -16,16 +54,47 @@ def main(argv=None) -> int:
     token = sub.add_parser("set-token", help="set (replace) the API token of a project")
     token.add_argument("project")
     token.add_argument("token")
+    allow = sub.add_parser("sugo-allow", help="allow Sugo targets for a project")
+    _target_flags(allow)
+    deny = sub.add_parser("sugo-deny", help="remove Sugo targets of a project")
+    _target_flags(deny)
+    deny.add_argument("--all", action="store_true", help="remove every Sugo target of the project")
+    listing = sub.add_parser("sugo-targets", help="list the Sugo targets of a project")
+    listing.add_argument("project")
     args = parser.parse_args(argv)
-    if len(args.token) < 8:
+    settings = Settings.from_env()
+    if args.command == "set-token" and len(args.token) < 8:
         print("a token needs at least 8 characters", file=sys.stderr)
         return 2
-    with db.connection(Settings.from_env().engine.database_url) as conn:
-        if projects.by_name(conn, args.project) is None:
+    with db.connection(settings.engine.database_url) as conn:
+        project = projects.by_name(conn, args.project)
+        if project is None:
             print(f"project {args.project!r} does not exist", file=sys.stderr)
             return 2
-        projects.set_token(conn, args.project, args.token)
-    print(f"token set for project {args.project}")
+        if args.command == "set-token":
+            projects.set_token(conn, args.project, args.token)
+            print(f"token set for project {args.project}")
+        elif args.command == "sugo-targets":
+            for row in sugo_targets.for_project(conn, project["id"]):
+                print(_describe(row["kind"], row["host"], row["port"], row["db"]))
+        else:
+            try:
+                targets = _targets(args, settings)
+            except ValueError as exc:
+                print(exc, file=sys.stderr)
+                return 2
+            if args.command == "sugo-deny" and args.all:
+                print(f"removed {sugo_targets.remove_all(conn, project['id'])} Sugo targets of {args.project}")
+                return 0
+            if not targets:
+                print("name at least one --redis, --hproxy or --broker", file=sys.stderr)
+                return 2
+            change = sugo_targets.add if args.command == "sugo-allow" else sugo_targets.remove
+            for target in targets:
+                changed = change(conn, project["id"], *target)
+                verb = ("allowed" if changed else "already allowed") if args.command == "sugo-allow" else (
+                    "removed" if changed else "was not allowed")
+                print(f"{args.project}: {_describe(*target)} {verb}")
     return 0
 
 

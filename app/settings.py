@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, fields, replace
 
 from cohort_engine.config import EngineConfig
+
+log = logging.getLogger(__name__)
 
 
 def _env_number(env, name, default):
@@ -34,14 +37,13 @@ class Settings:
     backoff_base: float = 60.0
     backoff_max: float = 3600.0
     broker_check: bool = True
-    # Sugo /ant and /druid/v2 (docs/dialects/sugo.md): the project served to requests without a token,
-    sugo_project: str = "default"
+    # Sugo /ant and /druid/v2 (docs/dialects/sugo.md): the project served to requests without a token
+    # ("" = none: such requests answer 401),
+    sugo_project: str = ""
     # the dataSource names of the embedded broker (name=events|users, comma-separated),
     sugo_datasources: str = "schedule_desc=events,tag_bank=users"
     # addresses that are this service's own embedded broker (answered in-process, never over HTTP),
     sugo_embedded_brokers: str = "127.0.0.1:6061,localhost:6061"
-    # hosts (host or host:port) that request bodies may name besides our own Redis and embedded broker,
-    sugo_allowed_hosts: str = ""
     # how long a request waits for its job before answering 202, and hproxy retries per batch.
     sugo_wait_seconds: float = 25.0
     sugo_hproxy_retries: int = 3
@@ -55,6 +57,10 @@ class Settings:
     @classmethod
     def from_env(cls, environ=None, **overrides) -> Settings:
         env = os.environ if environ is None else environ
+        if env.get("COHORTS_SUGO_ALLOWED_HOSTS"):
+            # Replaced by per-project targets; saying so beats silently allowing less than before.
+            log.warning("setting=COHORTS_SUGO_ALLOWED_HOSTS is no longer read: allow Sugo targets per project with "
+                        "`python -m app.manage sugo-allow` (docs/dialects/sugo.md)")
         values = {"engine": EngineConfig.from_env(env),
                   "broker_url": env.get("COHORTS_BROKER_URL", cls.broker_url),
                   "queue": env.get("COHORTS_QUEUE", cls.queue),

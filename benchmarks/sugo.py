@@ -12,6 +12,7 @@ import numpy as np
 import redis as redis_lib
 import requests
 
+from app.data import projects, sugo_targets
 from cohort_engine import db, sugo_groups
 from cohort_engine.bitmaps import to_bitmap
 from cohort_engine.config import EngineConfig
@@ -23,6 +24,9 @@ from .jobs import _start, _stop, _wait
 PORT = 6072
 BROKER = "redis://127.0.0.1:6379/11"
 GROUPS = "redis://127.0.0.1:6379/10"
+GROUPS_DB = 10
+# The service's own bitmap store: another database, since Sugo requests may never write there.
+SERVICE_REDIS = "redis://127.0.0.1:6379/9"
 PROJECT = "bench_sugo"
 GROUP_COUNT = 10
 OPS = ["or", "or", "and", "or", "exclude", "or", "or", "and", "or"]
@@ -42,13 +46,15 @@ def _groups(universe_keys: list[str], size: int) -> list[list[str]]:
 def _engine(ctx: BenchContext) -> ProjectEngine:
     with db.connection(ctx.database_url) as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO projects (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (PROJECT,))
+        project_id = projects.by_name(conn, PROJECT)["id"]
+        sugo_targets.add(conn, project_id, "redis", "127.0.0.1", 6379, GROUPS_DB)
     config = EngineConfig(database_url=ctx.database_url, redis_url=GROUPS, store_dir=str(ctx.work_dir / "store"))
     return ProjectEngine(config, PROJECT)
 
 
 def _body(names: list[str], output: str) -> list[dict]:
     def config(name):
-        return {"hostAndPorts": "127.0.0.1:6379", "clusterMode": False, "groupId": name}
+        return {"hostAndPorts": "127.0.0.1:6379", "db": GROUPS_DB, "clusterMode": False, "groupId": name}
 
     body = [{"type": "usergroup", "query": {"dataConfig": config(names[0])}}]
     body += [{"type": "usergroup", "op": op, "query": {"dataConfig": config(n)}} for op, n in zip(OPS, names[1:],
@@ -103,7 +109,7 @@ def sugo_section(ctx: BenchContext) -> list[Row]:
     parse_rate, encode_rate = _format_rates(members[0])
 
     env = {**os.environ, "COHORTS_DATABASE_URL": ctx.database_url, "COHORTS_BROKER_URL": BROKER,
-           "COHORTS_REDIS_URL": GROUPS, "COHORTS_STORE_DIR": str(ctx.work_dir / "store"),
+           "COHORTS_REDIS_URL": SERVICE_REDIS, "COHORTS_STORE_DIR": str(ctx.work_dir / "store"),
            "COHORTS_KEY_PREFIX": "cohorts-bench", "COHORTS_QUEUE": "bench-sugo", "COHORTS_SUGO_PROJECT": PROJECT,
            "COHORTS_SUGO_WAIT_SECONDS": "600", "COHORTS_SOFT_TIME_LIMIT": "900", "COHORTS_HARD_TIME_LIMIT": "960"}
     redis_lib.Redis.from_url(BROKER).flushdb()

@@ -7,9 +7,11 @@ inside an id or even inside a multi-byte character: readers join the bytes befor
 
 from __future__ import annotations
 
+import time
 import uuid
 from binascii import crc_hqx
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 CHUNK_BYTES = 1_048_576
 # Ids are encoded this many at a time, so a writer never holds a second full copy of a huge group.
@@ -18,10 +20,22 @@ ENCODE_BATCH = 200_000
 TEMP_KEY_TTL_SECONDS = 3600
 CLUSTER_SLOTS = 16384
 _SWAP_SCRIPT = "redis.call('RENAME', KEYS[1], KEYS[2]) redis.call('PERSIST', KEYS[2]) return 1"
+# The swap of a locked writer: only while it still holds the group's lock (KEYS[3] = its token).
+_SWAP_IF_LOCKED_SCRIPT = ("if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end "
+                          "redis.call('RENAME', KEYS[1], KEYS[2]) redis.call('PERSIST', KEYS[2]) return 1")
+_RELEASE_SCRIPT = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# A group's writer lock outlives a crashed holder by this much; a holder slower than this loses
+# the lock and its swap is refused (the job fails) rather than overwrite a later writer's ids.
+LOCK_TTL_SECONDS = 600
+LOCK_WAIT_SECONDS = 600
 
 
 class SugoGroupFormatError(ValueError):
     """Bytes or ids that are not a valid Sugo user group."""
+
+
+class GroupLockError(RuntimeError):
+    """A group's writer lock could not be taken in time, or was lost before the swap (nothing was written)."""
 
 
 def parse(data: bytes | bytearray | memoryview) -> list[str]:
@@ -140,24 +154,56 @@ def temp_key_for(key: str, unique: str) -> str:
 
     Starts with "<key>:tmp:" whenever the hash-tag rules allow it, so leftovers are easy to find.
     """
+    return _sibling_key(key, "tmp", unique)
+
+
+def lock_key_for(key: str) -> str:
+    """The writer lock of a group, in the group's slot, so one script can check it and swap."""
+    return _sibling_key(key, "lock", "owner")
+
+
+def _sibling_key(key: str, role: str, unique: str) -> str:
     data = key.encode("utf-8")
     if _hash_tag(data) is not None:
         # Text after the key cannot move its (first) hash tag.
-        return f"{key}:tmp:{unique}"
+        return f"{key}:{role}:{unique}"
     # Without a tag the slot is the CRC of the whole key, so a tag whose content is exactly the key
     # (or, when the key holds a '}' that would end such a tag early, other text of the same slot).
     tag = key if "}" not in key and key else _brace_free_tag_for_slot(cluster_slot(key))
     if "{" in key:
         # The key's own '{' would open the first tag, so ours must come before it.
-        return f"{{{tag}}}:tmp:{key}:{unique}"
-    return f"{key}:tmp:{{{tag}}}:{unique}"
+        return f"{{{tag}}}:{role}:{key}:{unique}"
+    return f"{key}:{role}:{{{tag}}}:{unique}"
 
 
-def write_group(redis, key: str, keys: Sequence[str]) -> int:
+@contextmanager
+def group_lock(redis, key: str, ttl: float = LOCK_TTL_SECONDS, wait: float = LOCK_WAIT_SECONDS
+               ) -> Iterator[tuple[str, str]]:
+    """Hold the writer lock of the group under key: (lock key, token) to pass to write_group.
+
+    A SET NX PX of one key, so it works alike on a standalone Redis, a Sentinel's master and a
+    Redis Cluster; released by a script that deletes it only if it is still ours.
+    """
+    lock, token = lock_key_for(key), uuid.uuid4().hex
+    deadline = time.monotonic() + wait
+    pause = 0.005
+    while not redis.set(lock, token, nx=True, px=int(ttl * 1000)):
+        if time.monotonic() >= deadline:
+            raise GroupLockError(f"user group {key!r} stayed locked by another writer for {wait:.0f}s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+    try:
+        yield lock, token
+    finally:
+        redis.eval(_RELEASE_SCRIPT, 1, lock, token)
+
+
+def write_group(redis, key: str, keys: Sequence[str], lock: tuple[str, str] | None = None) -> int:
     """Replace the group under key with keys (caller's order, duplicates dropped); return the count.
 
     The chunks go to a temporary key that is RENAMEd over key at the end, so readers see the old
-    group or the new one, whole, and a failure midway leaves the old group in place.
+    group or the new one, whole, and a failure midway leaves the old group in place. With `lock`
+    (from group_lock) the rename happens only while that lock is still held.
     """
     distinct = list(dict.fromkeys(keys))
     tmp = temp_key_for(key, uuid.uuid4().hex)
@@ -176,7 +222,11 @@ def write_group(redis, key: str, keys: Sequence[str]) -> int:
         # RENAME keeps the temporary key's TTL, so clear it atomically with the swap. A script, not
         # MULTI: redis-py's cluster pipeline refuses RENAME, and a script runs in Redis Cluster too
         # because both keys share a slot (see temp_key_for).
-        redis.eval(_SWAP_SCRIPT, 2, tmp, key)
+        if lock is None:
+            redis.eval(_SWAP_SCRIPT, 2, tmp, key)
+        elif not redis.eval(_SWAP_IF_LOCKED_SCRIPT, 3, tmp, key, lock[0], lock[1]):
+            raise GroupLockError(f"user group {key!r}: the writer lock expired before the write ended; "
+                                 "nothing was written")
     except BaseException:
         redis.delete(tmp)
         raise
@@ -189,3 +239,14 @@ def delete_groups(redis, keys: Iterable[str]) -> int:
     for key in keys:
         pipe.delete(key)
     return sum(pipe.execute())
+
+
+def update_group(redis, key: str, compute: Callable[[list[str] | None], Sequence[str]], *, read: bool = True) -> int:
+    """Replace the group under key with compute(its ids now) (compute(None) if not read); return the count.
+
+    Read, compute and swap happen under the group's writer lock, so two concurrent appends to one
+    group never lose each other's ids (an unlocked read-union-write keeps only the last one's).
+    """
+    with group_lock(redis, key) as lock:
+        current = read_group(redis, key) if read else None
+        return write_group(redis, key, compute(current), lock=lock)

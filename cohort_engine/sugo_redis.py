@@ -3,7 +3,10 @@
 A config is the JSON object Sugo requests carry, e.g.
 `{"hostAndPorts": "10.0.0.1:6379,10.0.0.2:6379", "clusterMode": false, "sentinelMode": false,
 "groupId": "..."}`. Every host named in it is checked against the caller's allowlist before any
-connection is made; clients are cached per process and normalised config, so jobs reuse pools.
+connection is made, and so is every address a server reports back (Redis Cluster nodes from
+CLUSTER SLOTS and MOVED/ASK redirects, a Sentinel's master): each TCP connection the client opens
+goes through a connection class that asks the allowlist first. Clients are cached per process,
+normalised config and allowlist, so jobs reuse pools.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from collections.abc import Callable, Mapping
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import Connection
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 # Reading or writing a group of millions of ids moves tens of MB in one reply.
@@ -49,20 +54,26 @@ class SugoRedisConfigError(ValueError):
 
 
 class HostNotAllowed(SugoRedisConfigError):
-    """A host of the config is not in the allowlist; nothing has been contacted."""
+    """A host of the config (or one a server reported) is not in the allowlist; it was not contacted."""
 
-    def __init__(self, field: str, host: str, port: int | None = None):
-        where = _format_address(host, port) if port is not None else host
-        super().__init__(field, f"{where} is not an allowed Redis host")
+    def __init__(self, field: str, host: str, port: int | None = None, reported: bool = False):
+        where = format_address(host, port) if port is not None else host
+        by = " (reported by the Redis Cluster or Sentinel)" if reported else ""
+        super().__init__(field, f"{where}{by} is not an allowed Redis host")
         self.host = host
         self.port = port
+        self.reported = reported
+
+
+class NotACluster(SugoRedisConfigError):
+    """clusterMode is true but the hosts are not a Redis Cluster (or cannot be read as one)."""
 
 
 class NoReachableHost(redis.ConnectionError):
     """No host of a standalone config's list accepted a connection."""
 
 
-def _format_address(host: str, port: int) -> str:
+def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -178,20 +189,49 @@ def check_allowed(config: Mapping, allow: Allow, path: str = "") -> tuple:
     return normalised
 
 
+def _reported_host(host) -> str:
+    host = str(host).lower()
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host
+
+
+def guarded(base: type, allow: Allow) -> type:
+    """A subclass of a redis-py connection class that refuses, before its socket opens, any address allow refuses."""
+
+    class Guarded(base):
+        def _connect(self):
+            host, port = _reported_host(self.host), int(self.port)
+            if not allow(host, port):
+                raise HostNotAllowed(HOSTS_FIELD, host, port, reported=True)
+            return super()._connect()
+
+    Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
+    return Guarded
+
+
 def connect(config: Mapping, *, allow: Allow, path: str = ""):
     """A redis-py client for a Sugo dataConfig: Redis, RedisCluster, or a Sentinel-found master.
 
-    `allow(host, port)` must accept every host of hostAndPorts, else HostNotAllowed is raised
-    before anything is contacted. Bad fields raise SugoRedisConfigError naming `path.field`.
-    Standalone: the first host of the list that answers PING. Clients are cached per process.
+    `allow(host, port)` (hashable: it is part of the client cache key) must accept every host of
+    hostAndPorts, else HostNotAllowed is raised before anything is contacted; any other address
+    the client later connects to (cluster nodes, redirects, the Sentinel's master) raises
+    HostNotAllowed(reported=True) instead of connecting. Bad fields raise SugoRedisConfigError
+    naming `path.field`. Standalone: the first host of the list that answers PING.
     """
     normalised = check_allowed(config, allow, path)
-    cache_key = (os.getpid(), normalised)
+    cache_key = (os.getpid(), normalised, allow)
     with _clients_lock:
         client = _clients.get(cache_key)
     if client is not None and (normalised[0] != "standalone" or _answers(client)):
         return client
-    client = _open(*normalised)
+    try:
+        client = _open(*normalised, allow=allow)
+    except RedisClusterException as exc:
+        # redis-py raises this (not a RedisError) when the startup nodes are no cluster.
+        raise NotACluster(_join(path, "clusterMode"), f"is true but {config[HOSTS_FIELD]} is not a usable Redis "
+                                                      f"Cluster: {exc}") from None
     with _clients_lock:
         previous = _clients.get(cache_key)
         _clients[cache_key] = client
@@ -220,14 +260,21 @@ def _close_quietly(client) -> None:
 
 
 def _open(mode: str, hosts: tuple, master_name: str | None, password: str | None,
-          sentinel_password: str | None, db: int):
+          sentinel_password: str | None, db: int, *, allow: Allow):
     common = {"password": password, "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
               "socket_timeout": SOCKET_TIMEOUT_SECONDS}
     if mode == "cluster":
-        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in hosts], **common)
+        # Only with a url does redis-py build each node's pool from our kwargs (connection_class
+        # included), for the startup nodes and every node CLUSTER SLOTS or a redirect names.
+        (first_host, first_port), rest = hosts[0], hosts[1:]
+        return RedisCluster(url=f"redis://{format_address(first_host, first_port)}/0",
+                            startup_nodes=[ClusterNode(host, port) for host, port in rest],
+                            connection_class=guarded(Connection, allow), **common)
     if mode == "sentinel":
+        # The sentinels are hostAndPorts (checked already); the master they report is checked on connect.
         sentinel = Sentinel(
             list(hosts), db=db, health_check_interval=HEALTH_CHECK_INTERVAL_SECONDS, retry=_retry(), **common,
+            connection_class=guarded(SentinelManagedConnection, allow),
             sentinel_kwargs={"password": sentinel_password, "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
                              "socket_timeout": SENTINEL_TIMEOUT_SECONDS})
         return sentinel.master_for(master_name)
@@ -238,7 +285,7 @@ def _open(mode: str, hosts: tuple, master_name: str | None, password: str | None
         try:
             probe.ping()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            failures.append(f"{_format_address(host, port)}: {exc}")
+            failures.append(f"{format_address(host, port)}: {exc}")
             continue
         finally:
             _close_quietly(probe)

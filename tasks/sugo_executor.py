@@ -10,12 +10,12 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import redis as redis_lib
 from pyroaring import BitMap
+from redis.exceptions import RedisClusterException
 
-from app.data import jobs
+from app.data import jobs, sugo_targets
 from app.dialects import sugo as dialect
 from cohort_engine import db, sugo_groups
 from cohort_engine.bitmaps import to_bitmap
@@ -23,7 +23,7 @@ from cohort_engine.druid import DataSources, DruidQueryError, run, user_group_ui
 from cohort_engine.druid.client import DruidClient, DruidError
 from cohort_engine.hproxy import HproxyClient
 from cohort_engine.project import ProjectEngine
-from cohort_engine.sugo_redis import SugoRedisConfigError, connect, normalise, parse_hosts
+from cohort_engine.sugo_redis import SugoRedisConfigError, connect, normalise
 from tasks.executor import JobExecutor, JobStopped
 
 log = logging.getLogger(__name__)
@@ -65,15 +65,13 @@ def druid_failure(exc: Exception, where: str) -> JobStopped:
 class SugoRunner:
     """Runs one Sugo request for a project; `step(done, total)` reports progress (and may stop the job)."""
 
-    def __init__(self, settings, project: str, step: Step | None = None):
+    def __init__(self, settings, project: str, targets: dialect.Targets, step: Step | None = None):
         self.settings = settings
         self.engine = ProjectEngine(settings.engine, project)
-        self.allow = dialect.allowlist_for(settings)
+        # The project's targets as they are now: one the operator removed since submit is refused.
+        self.targets = targets
         self.datasources = DataSources.for_config(settings.engine, dialect.datasource_mapping(settings, project))
         self.step = step or (lambda done, total: None)
-        own = urlsplit(settings.engine.redis_url)
-        self.own_redis = ((own.hostname or "127.0.0.1").lower(), own.port or dialect.DEFAULT_REDIS_PORT)
-        self.own_db = int(own.path.strip("/") or 0)
         self.written_rows = 0
         # Remote queries in flight, so a cancel request can reach the broker (DELETE /druid/v2/{queryId}).
         self._active: dict[str, DruidClient] = {}
@@ -83,17 +81,12 @@ class SugoRunner:
     # -- Redis groups <-> bitmaps over the project's user-key dictionary ---------------------------
 
     def redis_for(self, config: dict, path: str):
-        """A client for a dataConfig; our own Redis (as hostAndPorts) means our own Redis database too."""
-        config = dict(config)
-        if config.get("db") is None and not config.get("clusterMode"):
-            try:
-                hosts = parse_hosts(config["hostAndPorts"])
-            except ValueError:
-                hosts = []
-            if hosts and all(h == self.own_redis for h in hosts):
-                config["db"] = self.own_db
+        """A client for a dataConfig the project may use (checked again here, as at submit)."""
+        errors = dialect.check_redis(path, config, self.targets)
+        if errors:
+            raise JobStopped("bad_request", "; ".join(f"{field}: {' '.join(m)}" for field, m in errors.items()))
         try:
-            return connect(config, allow=self.allow, path=path)
+            return connect(config, allow=self.targets.redis_allow(normalise(config, path)[-1]), path=path)
         except SugoRedisConfigError as exc:
             raise JobStopped("bad_request", str(exc)) from None
 
@@ -103,17 +96,29 @@ class SugoRunner:
     def read_bitmap(self, client, group_id: str) -> BitMap:
         return self.bitmap_of(sugo_groups.read_group(client, group_id))
 
-    def write_bitmap(self, client, group_id: str, bitmap: BitMap) -> int:
-        """Replace the group with the users of bitmap (readers see the old or the new group, whole)."""
-        return sugo_groups.write_group(client, group_id, list(self.engine.iter_keys(bitmap, batch=65536)))
+    def store_bitmap(self, client, group_id: str, bitmap: BitMap, append: bool, on_read=None) -> int:
+        """Replace the group with the users of bitmap, OR-ed with its current users if append.
+
+        Under the group's writer lock (sugo_groups.update_group), so concurrent appends all count;
+        readers see the old or the new group, whole.
+        """
+        def ids(current):
+            nonlocal bitmap
+            if current is not None:
+                bitmap = bitmap | self.bitmap_of(current)
+            if on_read is not None:
+                on_read()
+            return list(self.engine.iter_keys(bitmap, batch=65536))
+
+        return sugo_groups.update_group(client, group_id, ids, read=append)
 
     # -- brokers ------------------------------------------------------------------------------------
 
     def broker(self, value: str):
-        if self.allow.is_embedded(value):
+        if self.targets.is_embedded(value):
             return EmbeddedBroker(self.datasources)
         for host, port in dialect.broker_addresses(value):
-            if not self.allow(host, port):
+            if not self.targets.broker_allowed(host, port):
                 raise JobStopped("bad_request", f"broker {host}:{port} is not an allowed host")
         return DruidClient(value)
 
@@ -175,10 +180,8 @@ class SugoRunner:
         bitmap = self.user_group(dialect.broker_of(request)[1], query)
         self.step(1, total)
         client = self.redis_for(config, "query.dataConfig")
-        if request["append"]:
-            bitmap |= self.read_bitmap(client, config["groupId"])
-        self.step(2, total)
-        count = self.write_bitmap(client, config["groupId"], bitmap)
+        count = self.store_bitmap(client, config["groupId"], bitmap, request["append"],
+                                  on_read=lambda: self.step(2, total))
         return {"count": count}
 
     def multi(self, entries: list[dict]) -> dict:
@@ -208,9 +211,7 @@ class SugoRunner:
             self.step(done, total)
         final_config = final["query"]["dataConfig"]
         client = self.redis_for(final_config, f"[{entries.index(final)}].query.dataConfig")
-        if final["append"]:
-            accumulated |= self.read_bitmap(client, final_config["groupId"])
-        count = self.write_bitmap(client, final_config["groupId"], accumulated)
+        count = self.store_bitmap(client, final_config["groupId"], accumulated, final["append"])
         self.step(len(sources) + 1, total)
         self.delete_temporaries(entries)
         return {"count": count}
@@ -230,7 +231,7 @@ class SugoRunner:
     def hproxy(self, request: dict) -> HproxyClient:
         value = dialect.hproxy_of(request)[1]
         for host, port in dialect.hproxy_addresses(value):
-            if not self.allow(host, port):
+            if not self.targets.hproxy_allowed(host, port):
                 raise JobStopped("bad_request", f"hproxy {host}:{port} is not an allowed host")
         return HproxyClient(value, request["dataSource"], retries=self.settings.sugo_hproxy_retries,
                             backoff_seconds=self.settings.sugo_hproxy_backoff)
@@ -302,8 +303,22 @@ class SugoRunner:
             return handlers[endpoint](request)
         except sugo_groups.SugoGroupFormatError as exc:
             raise JobStopped("bad_group", str(exc)) from None
+        except SugoRedisConfigError as exc:
+            # An address a Redis Cluster or Sentinel reported that the project may not use.
+            raise JobStopped("bad_request", str(exc)) from None
+        except sugo_groups.GroupLockError as exc:
+            raise JobStopped("timeout", str(exc)) from None
+        except RedisClusterException as exc:
+            # Not a RedisError: e.g. clusterMode against a standalone server that answered at first.
+            raise JobStopped("bad_request", f"Sugo group Redis Cluster: {exc}") from None
         except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
             raise JobStopped("backend_unavailable", f"Sugo group Redis unreachable: {exc}") from None
+        except redis_lib.ResponseError as exc:
+            if "unknown command 'SENTINEL'" in str(exc):
+                # The request's own mistake, not the backend's: a plain server named as a Sentinel.
+                raise JobStopped("bad_request", "sentinelMode is true but hostAndPorts are not Redis Sentinels: "
+                                 f"{exc}") from None
+            raise JobStopped("backend_error", f"Sugo group Redis refused: {exc}") from None
         except redis_lib.RedisError as exc:
             raise JobStopped("backend_error", f"Sugo group Redis refused: {exc}") from None
 
@@ -322,7 +337,9 @@ class SugoJobExecutor(JobExecutor):
                 self._progress(done, total)
 
         params = job["params"]
-        runner = SugoRunner(self.settings, project["name"], step)
+        with db.connection(self.dsn) as conn:
+            targets = dialect.targets_for(self.settings, sugo_targets.for_project(conn, project["id"]))
+        runner = SugoRunner(self.settings, project["name"], targets, step)
         watcher = CancelWatcher(self.dsn, self.job_id, runner, self.settings.heartbeat_interval)
         watcher.start()
         try:

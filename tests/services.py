@@ -101,3 +101,28 @@ def create_sample_project(database_url: str, engine_config, folder, users: int, 
     for part in written["events"]:
         engine.ingest_events(part)
     return name, project_id, token, written
+
+
+# A Redis database that is a Sugo target, never one of the service's own (COHORTS_TEST_REDIS_URL,
+# COHORTS_TEST_BROKER_URL): Sugo requests may not write into those.
+SUGO_REDIS_URL = os.environ.get("COHORTS_TEST_SUGO_REDIS_URL", "redis://127.0.0.1:6379/3")
+
+
+def sugo_redis_target() -> tuple[str, int]:
+    """("host:port", db) of SUGO_REDIS_URL, as a dataConfig names it."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(SUGO_REDIS_URL)
+    return f"{parts.hostname}:{parts.port or 6379}", int(parts.path.strip("/") or 0)
+
+
+def allow_sugo_targets(database_url: str, project_id: int, redis=(), hproxy=(), broker=()) -> None:
+    """Allow Sugo targets for a project as `python -m app.manage sugo-allow` does ("host:port[/db]" strings)."""
+    from app.data import sugo_targets
+    from app.dialects.sugo import parse_target
+    from cohort_engine import db
+
+    with db.connection(database_url) as conn:
+        for kind, values in (("redis", redis), ("hproxy", hproxy), ("broker", broker)):
+            for text in values:
+                sugo_targets.add(conn, project_id, kind, *parse_target(kind, text))

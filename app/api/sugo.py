@@ -9,9 +9,10 @@ import json
 import logging
 import time
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
-from app.data import jobs, projects
+from app.auth import sugo_project
+from app.data import jobs, sugo_targets
 from app.db import check_broker, connection_factory, get_db, settings
 from app.dialects import sugo as dialect
 from app.errors import ApiError
@@ -29,20 +30,8 @@ POLL_MAX_SECONDS = 0.2
 
 
 def current_project() -> dict:
-    """The project of a Bearer (or ?token=) token if one is sent, else COHORTS_SUGO_PROJECT."""
-    scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
-    token = (bearer.strip() if scheme.lower() == "bearer" else "") or request.args.get("token", "").strip()
-    if token:
-        project = projects.by_token(get_db(), token)
-        if project is None:
-            raise ApiError(401, "invalid token")
-    else:
-        name = settings().sugo_project
-        project = projects.by_name(get_db(), name)
-        if project is None:
-            raise ApiError(404, f"project {name!r} (COHORTS_SUGO_PROJECT, used when no token is sent) does not exist")
-    g.project = project
-    return project
+    """The project of the call's token, else COHORTS_SUGO_PROJECT if the operator set one, else 401."""
+    return sugo_project(settings().sugo_project)
 
 
 def wants_async() -> bool:
@@ -81,7 +70,8 @@ def ended(job: dict):
 def submit(endpoint: str):
     project = current_project()
     data = LOADERS[endpoint](request.get_json(silent=True))
-    dialect.check_hosts(endpoint, data, dialect.allowlist_for(settings()))
+    targets = dialect.targets_for(settings(), sugo_targets.for_project(get_db(), project["id"]))
+    dialect.check_hosts(endpoint, data, targets)
     check_broker()
     kind = dialect.ENDPOINT_KINDS[endpoint]
     conn = get_db()
@@ -154,6 +144,7 @@ def druid_query():
 @bp.delete("/druid/v2/<query_id>")
 def druid_cancel(query_id):
     """Accepted, as Druid does; embedded queries are bounded by their context.timeout instead."""
+    current_project()
     return Response(status=202)
 
 

@@ -5,6 +5,7 @@ Seeds 000 and 001; semantics and every choice made here: docs/dialects/sugo.md.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -14,7 +15,7 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, vali
 from cohort_engine.druid import DataSourceSpec
 from cohort_engine.druid.client import broker_endpoints
 from cohort_engine.hproxy import cell, hproxy_endpoints, is_multi_value
-from cohort_engine.sugo_redis import HostNotAllowed, SugoRedisConfigError, check_allowed
+from cohort_engine.sugo_redis import SugoRedisConfigError, format_address, normalise, parse_hosts
 
 SOURCE_TYPES = ("tindex", "uindex", "usergroup")
 TEMPORARY_TYPES = ("tindex", "uindex")
@@ -36,20 +37,114 @@ def _one_of(choices) -> validate.OneOf:
     return validate.OneOf(choices, error="must be one of: " + ", ".join(choices))
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON true / false, or the "true" / "false" strings Sugo's lenient Java mapper reads; never "yes", 1 or "on"."""
+
+    default_error_messages = {"invalid": 'must be true or false (or the strings "true" / "false")'}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise self.make_error("invalid")
+
+
+class Count(fields.Integer):
+    """A non-negative JSON integer (not a bool, not a numeric string): a limit, offset or timeout."""
+
+    default_error_messages = {"invalid": "must be a non-negative integer"}
+
+    def __init__(self, **kwargs):
+        super().__init__(strict=True, validate=validate.Range(min=0, error="must be a non-negative integer"),
+                         **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class _NameOrSpec(fields.Field):
+    """A non-empty string, or an object whose `key` is a non-empty string (other keys pass as sent)."""
+
+    def __init__(self, key: str, optional_text: tuple[str, ...] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.key, self.optional_text = key, optional_text
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, dict):
+            if not isinstance(value.get(self.key), str) or not value[self.key]:
+                raise ValidationError(f"{self.key} must be a non-empty string")
+            for name in self.optional_text:
+                if value.get(name) is not None and not isinstance(value[name], str):
+                    raise ValidationError(f"{name} must be a string")
+            return value
+        raise ValidationError(f"must be a non-empty string or an object with a {self.key}")
+
+
+class ContextSchema(Schema):
+    """A query's `context`; the paging and cancel code reads timeout and queryId, the rest goes to the broker."""
+
+    error_messages = {"type": "must be a JSON object"}
+
+    class Meta:
+        unknown = INCLUDE
+
+    timeout = Count()
+    queryId = fields.String(validate=validate.Length(min=1))
+
+
+class LimitSpecSchema(Schema):
+    """A groupBy `limitSpec` as the paging code reads it (limit and offset bound the whole result)."""
+
+    error_messages = {"type": "must be a JSON object"}
+
+    class Meta:
+        unknown = INCLUDE
+
+    type = fields.String(validate=_one_of(("default",)))
+    limit = Count()
+    offset = Count()
+    columns = fields.List(_NameOrSpec("dimension", ("direction", "dimensionOrder")))
+
+
+class TagQueryQuerySchema(Schema):
+    """The `query` of a tag query batch update: what the paging code needs; the rest goes to the broker."""
+
+    error_messages = {"type": "must be a JSON object"}
+
+    class Meta:
+        unknown = INCLUDE
+
+    queryType = fields.String(required=True, validate=_one_of(TAG_QUERY_TYPES))
+    context = fields.Nested(ContextSchema)
+    limit = Count()
+    offset = Count()
+    limitSpec = fields.Nested(LimitSpecSchema)
+    dimensions = fields.List(_NameOrSpec("dimension", ("outputName",)))
+
+
 class DataConfigSchema(Schema):
     """A Redis location and group id (`dataConfig` / `userGroupConfig`); other keys pass to the client."""
+
+    error_messages = {"type": "must be a JSON object"}
 
     class Meta:
         unknown = INCLUDE
 
     hostAndPorts = fields.String(required=True, validate=validate.Length(min=1))
-    clusterMode = fields.Boolean(load_default=False)
-    sentinelMode = fields.Boolean(load_default=False)
+    clusterMode = StrictBoolean(load_default=False)
+    sentinelMode = StrictBoolean(load_default=False)
     groupId = fields.String(required=True, validate=validate.Length(min=1))
 
 
 class UserGroupQuerySchema(Schema):
     """Sugo's `user_group` query; filter, intervals, granularity and context go to the broker as sent."""
+
+    error_messages = {"type": "must be a JSON object"}
 
     class Meta:
         unknown = INCLUDE
@@ -58,10 +153,13 @@ class UserGroupQuerySchema(Schema):
     dataSource = fields.String(required=True, validate=validate.Length(min=1))
     dimension = fields.String(required=True, validate=validate.Length(min=1))
     dataConfig = fields.Nested(DataConfigSchema, required=True)
+    context = fields.Nested(ContextSchema)
 
 
 class GroupRefSchema(Schema):
     """The query of a `usergroup` or `finalGroup` entry: only where the group lives."""
+
+    error_messages = {"type": "must be a JSON object"}
 
     class Meta:
         unknown = INCLUDE
@@ -81,7 +179,7 @@ class SingleSchema(Schema):
     brokerUrl = fields.String(validate=validate.Length(min=1))
     broker = fields.String(validate=validate.Length(min=1))
     query = fields.Nested(UserGroupQuerySchema, required=True)
-    append = fields.Boolean(load_default=False)
+    append = StrictBoolean(load_default=False)
 
     @validates_schema
     def _broker(self, data, **kwargs):
@@ -94,7 +192,7 @@ class MultiEntrySchema(Schema):
     broker = fields.String(validate=validate.Length(min=1))
     query = fields.Dict(required=True)
     op = fields.String(validate=_one_of(OPS))
-    append = fields.Boolean(load_default=False)
+    append = StrictBoolean(load_default=False)
 
     @validates_schema
     def _by_type(self, data, **kwargs):
@@ -118,7 +216,7 @@ class TagUserGroupSchema(Schema):
     userGroupConfig = fields.Nested(DataConfigSchema, required=True)
     dimData = fields.Dict(keys=fields.String(validate=validate.Length(min=1)), values=fields.Raw(allow_none=True),
                           required=True, validate=validate.Length(min=1, error="must name at least one column"))
-    appendFlags = fields.Dict(keys=fields.String(), values=fields.Boolean(), load_default=dict)
+    appendFlags = fields.Dict(keys=fields.String(), values=StrictBoolean(), load_default=dict)
 
     @validates_schema
     def _columns(self, data, **kwargs):
@@ -146,8 +244,8 @@ class TagQuerySchema(Schema):
     dimMap = fields.Dict(keys=fields.String(validate=validate.Length(min=1)),
                          values=fields.String(validate=validate.Length(min=1)), required=True,
                          validate=validate.Length(min=1, error="must map at least one result column"))
-    appendFlags = fields.Dict(keys=fields.String(), values=fields.Boolean(), load_default=dict)
-    query = fields.Dict(required=True)
+    appendFlags = fields.Dict(keys=fields.String(), values=StrictBoolean(), load_default=dict)
+    query = fields.Nested(TagQueryQuerySchema, required=True)
 
     @validates_schema
     def _columns(self, data, **kwargs):
@@ -161,9 +259,6 @@ class TagQuerySchema(Schema):
         targets = list(dim_map.values())
         for column in {t for t in targets if targets.count(t) > 1}:
             errors["dimMap"] = [f"two result columns map to {column!r}"]
-        query_type = (data.get("query") or {}).get("queryType")
-        if query_type not in TAG_QUERY_TYPES:
-            errors["query.queryType"] = ["must be one of: " + ", ".join(TAG_QUERY_TYPES)]
         if errors:
             raise ValidationError(errors)
 
@@ -255,7 +350,7 @@ def hproxy_addresses(value: str) -> list[tuple[str, int]]:
 
 
 def parse_address_list(text: str, default_port: int | None) -> set[tuple[str, int | None]]:
-    """{(host, port)} of "host[:port],..." settings text; a missing port means any port."""
+    """{(host, port)} of "host[:port],..." settings text; a missing port means default_port."""
     found: set[tuple[str, int | None]] = set()
     for item in (part.strip() for part in (text or "").split(",")):
         if not item:
@@ -265,77 +360,172 @@ def parse_address_list(text: str, default_port: int | None) -> set[tuple[str, in
     return found
 
 
-@dataclass(frozen=True)
-class Allowlist:
-    """Hosts a request body may make us contact; an entry with port None allows any port of its host."""
+def parse_target(kind: str, text: str) -> tuple[str, int, int]:
+    """(host, port, db) of an operator's target: redis "host:port[/db]", hproxy or broker "host:port"."""
+    address, slash, db_text = text.strip().partition("/")
+    if slash and kind != "redis":
+        raise ValueError(f"{text!r}: only a Redis target has a /db")
+    if slash and (not db_text.isascii() or not db_text.isdigit()):
+        raise ValueError(f"{text!r}: db {db_text!r} is not a non-negative integer")
+    hosts = parse_hosts(address)
+    if len(hosts) != 1:
+        raise ValueError(f"{text!r}: name one host:port per target")
+    (host, port), = hosts
+    return host, port, int(db_text) if slash else 0
 
-    entries: frozenset
-    embedded: frozenset
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "0.0.0.0", "::"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _same_host(a: str, b: str) -> bool:
+    # Every name of this machine reaches the same server, so loopback aliases are one host here.
+    return a == b or (_is_loopback(a) and _is_loopback(b))
+
+
+def _redis_url_target(url: str) -> tuple[str, int, int] | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return None
+    db_text = parts.path.strip("/") or "0"
+    host = (parts.hostname or "127.0.0.1").lower()
+    try:
+        host = ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    return host, parts.port or DEFAULT_REDIS_PORT, int(db_text) if db_text.isdigit() else 0
+
+
+def own_redis_targets(settings) -> frozenset[tuple[str, int, int]]:
+    """(host, port, db) of every Redis database the service keeps: every redis:// *_url of its settings."""
+    found = set()
+    for holder in (settings, settings.engine):
+        for name, value in vars(holder).items():
+            if name.endswith("_url") and isinstance(value, str):
+                target = _redis_url_target(value)
+                if target is not None:
+                    found.add(target)
+    return frozenset(found)
+
+
+@dataclass(frozen=True)
+class RedisAllow:
+    """allow(host, port) for the Redis addresses of one config at database db (hashable: a client cache key)."""
+
+    targets: frozenset
+    own: frozenset
+    db: int
 
     def __call__(self, host: str, port: int) -> bool:
         host = host.lower()
-        return (host, port) in self.entries or (host, None) in self.entries
+        return (host, port, self.db) in self.targets and not is_own(self.own, host, port, self.db)
+
+
+def is_own(own: frozenset, host: str, port: int, db: int) -> bool:
+    return any(_same_host(host, h) and port == p and db == d for h, p, d in own)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What one project's request bodies may make us contact: its configured targets, plus our embedded broker."""
+
+    redis: frozenset  # (host, port, db)
+    hproxy: frozenset  # (host, port)
+    broker: frozenset  # (host, port)
+    embedded: frozenset  # (host, port): this service's own /druid/v2, answered in-process
+    own: frozenset  # (host, port, db) of the service's own Redis databases: never a target
+
+    def redis_allow(self, db: int) -> RedisAllow:
+        return RedisAllow(self.redis, self.own, db)
+
+    def broker_allowed(self, host: str, port: int) -> bool:
+        return (host.lower(), port) in self.broker or (host.lower(), port) in self.embedded
+
+    def hproxy_allowed(self, host: str, port: int) -> bool:
+        return (host.lower(), port) in self.hproxy
 
     def is_embedded(self, broker: str) -> bool:
         """Whether every host of a broker value is this service's own embedded broker."""
         return all(address in self.embedded for address in broker_addresses(broker))
 
 
-def allowlist_for(settings) -> Allowlist:
-    """Our own Redis and embedded broker, plus COHORTS_SUGO_ALLOWED_HOSTS."""
-    redis = urlsplit(settings.engine.redis_url)
-    own_redis = {((redis.hostname or "127.0.0.1").lower(), redis.port or DEFAULT_REDIS_PORT)}
+def targets_for(settings, rows: Iterable[Mapping]) -> Targets:
+    """A project's Targets from its sugo_targets rows (app/data/sugo_targets.py) and the settings."""
+    by_kind: dict[str, set] = {"redis": set(), "hproxy": set(), "broker": set()}
+    for row in rows:
+        address = (row["host"], row["port"], row["db"]) if row["kind"] == "redis" else (row["host"], row["port"])
+        by_kind[row["kind"]].add(address)
     embedded = frozenset((h, p) for h, p in parse_address_list(settings.sugo_embedded_brokers, 80))
-    extra = parse_address_list(settings.sugo_allowed_hosts, None)
-    return Allowlist(frozenset(own_redis | set(embedded) | extra), embedded)
+    return Targets(frozenset(by_kind["redis"]), frozenset(by_kind["hproxy"]), frozenset(by_kind["broker"]),
+                   embedded, own_redis_targets(settings))
 
 
-def _check_addresses(path: str, addresses: Iterable[tuple[str, int]], allow: Allowlist, errors: dict) -> None:
+NOT_ALLOWED = "is not a {what} target allowed for this project (python -m app.manage sugo-allow); nothing was contacted"
+
+
+def _check_addresses(path: str, addresses: Iterable[tuple[str, int]], allowed, what: str, errors: dict) -> None:
     for host, port in addresses:
-        if not allow(host, port):
-            errors.setdefault(path, []).append(
-                f"{host}:{port} is not an allowed host (COHORTS_SUGO_ALLOWED_HOSTS); nothing was contacted")
+        if not allowed(host, port):
+            errors.setdefault(path, []).append(f"{host}:{port} " + NOT_ALLOWED.format(what=what))
 
 
-def _check_value(path: str, value: str, parse, allow: Allowlist, errors: dict) -> None:
+def _check_value(path: str, value: str, parse, allowed, what: str, errors: dict) -> None:
     try:
         addresses = parse(value)
     except ValueError as exc:
         errors.setdefault(path, []).append(str(exc))
         return
-    _check_addresses(path, addresses, allow, errors)
+    _check_addresses(path, addresses, allowed, what, errors)
 
 
-def _check_redis(path: str, config: dict, allow: Allowlist, errors: dict) -> None:
+def check_redis(path: str, config: dict, targets: Targets) -> dict[str, list[str]]:
+    """Errors of one dataConfig: bad fields, one of the service's own databases, or a target not allowed."""
     try:
-        check_allowed(config, allow, path)
-    except HostNotAllowed as exc:
-        errors.setdefault(exc.field, []).append(
-            f"{exc.host}:{exc.port} is not an allowed Redis host (COHORTS_SUGO_ALLOWED_HOSTS); nothing was contacted")
+        mode, hosts, *_, db = normalise(config, path)
     except SugoRedisConfigError as exc:
-        errors.setdefault(exc.field, []).append(str(exc).split(": ", 1)[-1])
+        return {exc.field: [str(exc).split(": ", 1)[-1]]}
+    errors: dict[str, list[str]] = {}
+    hosts_field = f"{path}.hostAndPorts"
+    for host, port in hosts:
+        if is_own(targets.own, host, port, db):
+            field = f"{path}.db" if config.get("db") is not None else hosts_field
+            errors.setdefault(field, []).append(
+                f"{format_address(host, port)} db {db} is one of this service's own Redis databases (bitmaps, "
+                "job broker); it is never a Sugo target; nothing was contacted")
+        elif not targets.redis_allow(db)(host, port):
+            errors.setdefault(hosts_field, []).append(
+                f"{format_address(host, port)} db {db} " + NOT_ALLOWED.format(what="Redis"))
+    return errors
 
 
-def check_hosts(endpoint: str, data, allow: Allowlist) -> None:
-    """ValidationError naming every field of a loaded request whose hosts the allowlist refuses."""
+def check_hosts(endpoint: str, data, targets: Targets) -> None:
+    """ValidationError naming every field of a loaded request whose addresses the project may not use."""
     errors: dict[str, list[str]] = {}
     if endpoint == "multi":
         for index, entry in enumerate(data):
             if entry["type"] in TEMPORARY_TYPES:
                 name, value = broker_of(entry)
-                _check_value(f"[{index}].{name}", value, broker_addresses, allow, errors)
-            _check_redis(f"[{index}].query.dataConfig", entry["query"]["dataConfig"], allow, errors)
+                _check_value(f"[{index}].{name}", value, broker_addresses, targets.broker_allowed, "broker", errors)
+            errors.update(check_redis(f"[{index}].query.dataConfig", entry["query"]["dataConfig"], targets))
     else:
         if data.get("brokerUrl") or data.get("broker"):
             name, value = broker_of(data)
-            _check_value(name, value, broker_addresses, allow, errors)
+            _check_value(name, value, broker_addresses, targets.broker_allowed, "broker", errors)
         if data.get("hproxyUrl") or data.get("hproxy"):
             name, value = hproxy_of(data)
-            _check_value(name, value, hproxy_addresses, allow, errors)
+            _check_value(name, value, hproxy_addresses, targets.hproxy_allowed, "hproxy", errors)
         if endpoint == "single":
-            _check_redis("query.dataConfig", data["query"]["dataConfig"], allow, errors)
+            errors.update(check_redis("query.dataConfig", data["query"]["dataConfig"], targets))
         elif endpoint == "tag_user_group":
-            _check_redis("userGroupConfig", data["userGroupConfig"], allow, errors)
+            errors.update(check_redis("userGroupConfig", data["userGroupConfig"], targets))
     if errors:
         raise ValidationError(errors)
 

@@ -16,9 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from cohort_engine import db
-from tests.services import create_sample_project
+from tests.services import allow_sugo_targets, create_sample_project, sugo_redis_target
 
-REDIS = "127.0.0.1:6379"
+# The Sugo Redis target configured for the test project: a database that is not the service's.
+REDIS, SUGO_DB = sugo_redis_target()
 EMBEDDED = "http://127.0.0.1:6061/druid/v2?pretty"
 
 
@@ -56,6 +57,7 @@ def sugo_project(database_url, service_settings, tmp_path_factory):
     """A project holding a small sample data set; returns (name, id, token, written files)."""
     name, project_id, token, written = create_sample_project(
         database_url, service_settings.engine, tmp_path_factory.mktemp("sugo-api"), 400, 6000, seed=3, prefix="sg")
+    allow_sugo_targets(database_url, project_id, redis=[f"{REDIS}/{SUGO_DB}"])
     return name, project_id, token, written
 
 
@@ -80,11 +82,16 @@ def job_count(database_url, project_id) -> int:
         return cur.fetchone()[0]
 
 
+def delete_jobs(database_url, project_id) -> None:
+    with db.connection(database_url) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM jobs WHERE project_id = %s", (project_id,))
+
+
 def user_group_query(host_and_ports=REDIS, group="g1"):
     return {"queryType": "user_group", "dataSource": "schedule_desc", "granularity": "all", "intervals": "1000/3000",
             "filter": {"type": "selector", "dimension": "sugo_province", "value": "广东省"},
             "dimension": "distinct_id", "dataConfig": {"hostAndPorts": host_and_ports, "clusterMode": False,
-                                                       "groupId": group}}
+                                                       "db": SUGO_DB, "groupId": group}}
 
 
 # -- refusals: 400 naming the field, nothing contacted, no job written ---------------------------------
@@ -107,8 +114,9 @@ def test_host_and_ports_outside_allowlist_is_refused_without_contact(sugo_client
     body = [
         {"type": "tindex", "brokerUrl": EMBEDDED, "query": user_group_query()},
         {"type": "usergroup", "op": "or", "query": {"dataConfig": {
-            "hostAndPorts": f"{REDIS},127.0.0.1:{listener.port}", "clusterMode": False, "groupId": "x"}}},
-        {"type": "finalGroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "groupId": "out"}}, "append": True},
+            "hostAndPorts": f"{REDIS},127.0.0.1:{listener.port}", "clusterMode": False, "db": SUGO_DB,
+            "groupId": "x"}}},
+        {"type": "finalGroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "out"}}, "append": True},
     ]
     response = sugo_client.post("/ant/usergroup/multi", json=body)
     assert response.status_code == 400
@@ -137,14 +145,173 @@ def test_hproxy_and_broker_lists_outside_allowlist_are_refused(sugo_client, sugo
     assert job_count(database_url, sugo_project[1]) == before
 
 
-def test_allowed_hosts_setting_admits_an_address(service_settings, celery_app, sugo_project, listener):
-    from app.dialects.sugo import allowlist_for
+def test_project_targets_admit_exactly_the_configured_addresses(service_settings, database_url, listener):
+    from app.data import sugo_targets
+    from app.dialects.sugo import targets_for
 
-    settings = replace(service_settings, sugo_allowed_hosts=f"127.0.0.1:{listener.port},example.org")
-    allow = allowlist_for(settings)
-    assert allow("127.0.0.1", listener.port) and allow("example.org", 1234) and allow("127.0.0.1", 6379)
-    assert not allow("127.0.0.1", listener.port + 1) and not allow("example.com", 6379)
-    assert allow.is_embedded("http://localhost:6061/druid/v2/") and not allow.is_embedded("127.0.0.1:8082")
+    settings = replace(service_settings, sugo_embedded_brokers="127.0.0.1:6061,localhost:6061")
+    with db.connection(database_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO projects (name) VALUES (%s) RETURNING id", ("ta" + uuid.uuid4().hex[:8],))
+        project_id = cur.fetchone()[0]
+    allow_sugo_targets(database_url, project_id, redis=[f"127.0.0.1:{listener.port}/4", "[::1]:7000"],
+                       hproxy=["example.org:8085"], broker=[f"127.0.0.1:{listener.port}"])
+    with db.connection(database_url) as conn:
+        targets = targets_for(settings, sugo_targets.for_project(conn, project_id))
+    assert targets.redis_allow(4)("127.0.0.1", listener.port) and targets.redis_allow(0)("::1", 7000)
+    assert not targets.redis_allow(0)("127.0.0.1", listener.port)  # same host:port, another db
+    assert not targets.redis_allow(4)("127.0.0.1", listener.port + 1)
+    assert targets.hproxy_allowed("Example.org", 8085) and not targets.hproxy_allowed("example.org", 8086)
+    assert not targets.broker_allowed("example.org", 8085)  # an hproxy target is no broker target
+    assert targets.broker_allowed("127.0.0.1", listener.port) and targets.broker_allowed("localhost", 6061)
+    assert targets.is_embedded("http://localhost:6061/druid/v2/") and not targets.is_embedded("127.0.0.1:8082")
+
+
+# -- authentication: the project's token; token-less only for the project the operator names ---------------
+
+
+@pytest.fixture
+def strict_client(service_settings, celery_app):
+    """The app as deployed by default: COHORTS_SUGO_PROJECT unset."""
+    from app import create_app
+    from app.settings import Settings
+
+    assert Settings().sugo_project == ""
+    settings = replace(service_settings, sugo_project=Settings().sugo_project, queue="unused-" + uuid.uuid4().hex[:8])
+    return create_app({"TESTING": True, "SETTINGS": settings, "CELERY": celery_app}).test_client()
+
+
+@pytest.mark.parametrize("method, path", [
+    ("post", "/ant/usergroup/single"), ("post", "/ant/usergroup/multi"), ("post", "/ant/tag/usergroup/batchUpdate"),
+    ("post", "/ant/tag/query/batchUpdate"), ("get", "/ant/jobs/1"), ("post", "/druid/v2"), ("post", "/druid/v2/"),
+    ("get", "/druid/v2/datasources"), ("delete", "/druid/v2/some-query"),
+])
+def test_token_less_calls_are_401_unless_the_operator_names_a_project(strict_client, method, path):
+    response = getattr(strict_client, method)(path, json={"queryType": "timeseries"})
+    assert response.status_code == 401
+    assert "COHORTS_SUGO_PROJECT" in response.get_json()["error"]
+    bad = getattr(strict_client, method)(path, json={}, headers={"Authorization": "Bearer not-a-token"})
+    assert bad.status_code == 401 and bad.get_json()["error"] == "invalid token"
+
+
+def test_a_token_opens_its_own_project_only_through_the_shared_token_cache(strict_client, sugo_project,
+                                                                             database_url):
+    headers = {"Authorization": f"Bearer {sugo_project[2]}"}
+    assert strict_client.get("/druid/v2/datasources", headers=headers).status_code == 200
+    # Sugo's ?token= spelling names the same project.
+    assert strict_client.get(f"/druid/v2/datasources?token={sugo_project[2]}").status_code == 200
+    # One resolver for every API: the token is now in app/auth.py's cache.
+    cache = strict_client.application.extensions["token_cache"]
+    assert cache[sugo_project[2]][0]["id"] == sugo_project[1]
+    # A Sugo job of another project is not found with this token.
+    from app.data import jobs
+    from tests.services import create_token_project
+
+    other = create_token_project(database_url, "so")
+    with db.connection(database_url) as conn:
+        job, _ = jobs.insert(conn, other[1], "usergroup", params={"endpoint": "single", "request": {}})
+    assert strict_client.get(f"/ant/jobs/{job['id']}", headers=headers).status_code == 404
+    assert strict_client.get(f"/ant/jobs/{job['id']}",
+                             headers={"Authorization": f"Bearer {other[2]}"}).status_code == 200
+    delete_jobs(database_url, other[1])  # never run: no sweeper may resend it later in the session
+
+
+# -- the service's own Redis databases and other projects' targets ------------------------------------------
+
+
+def own_databases(service_settings) -> list[tuple[str, int]]:
+    from urllib.parse import urlsplit
+
+    found = []
+    for url in (service_settings.engine.redis_url, service_settings.broker_url):
+        parts = urlsplit(url)
+        found.append((f"{parts.hostname}:{parts.port or 6379}", int(parts.path.strip("/") or 0)))
+    return found
+
+
+def test_the_services_own_redis_databases_are_never_a_target(service_settings, sugo_client, sugo_project,
+                                                            database_url, redis_client):
+    """Even if an operator allowed them: a cohort bitmap key and the broker's db are refused, nothing touched."""
+    (bitmaps, bitmaps_db), (broker, broker_db) = own_databases(service_settings)
+    allow_sugo_targets(database_url, sugo_project[1], redis=[f"{bitmaps}/{bitmaps_db}", f"{broker}/{broker_db}"])
+    key = "cohorts-test:p1:cohort:68"
+    redis_client.set(key, b"bitmap bytes")
+    before = job_count(database_url, sugo_project[1])
+    loopback_alias = "localhost:" + bitmaps.rsplit(":", 1)[1]
+    cases = [
+        ("/ant/usergroup/single", {"brokerUrl": EMBEDDED, "query": dict(user_group_query(), dataConfig={
+            "hostAndPorts": bitmaps, "db": bitmaps_db, "groupId": key})}, "query.dataConfig.db"),
+        ("/ant/usergroup/single", {"brokerUrl": EMBEDDED, "query": dict(user_group_query(), dataConfig={
+            "hostAndPorts": loopback_alias, "db": bitmaps_db, "groupId": key})}, "query.dataConfig.db"),
+        ("/ant/usergroup/single", {"brokerUrl": EMBEDDED, "query": dict(user_group_query(), dataConfig={
+            "hostAndPorts": broker, "db": broker_db, "groupId": "x"})}, "query.dataConfig.db"),
+        ("/ant/usergroup/multi", [
+            {"type": "uindex", "brokerUrl": EMBEDDED, "query": dict(user_group_query(), dataConfig={
+                "hostAndPorts": bitmaps, "db": bitmaps_db, "groupId": key})},
+            {"type": "finalGroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "o"}}}],
+         "[0].query.dataConfig.db"),
+        ("/ant/tag/usergroup/batchUpdate", {
+            "hproxy": "127.0.0.1:1", "dataSource": "s", "primaryColumn": "distinct_id",
+            "userGroupConfig": {"hostAndPorts": bitmaps, "db": bitmaps_db, "groupId": key}, "dimData": {"s_a": "1"}},
+         "userGroupConfig.db"),
+    ]
+    for path, body, field in cases:
+        response = sugo_client.post(path, json=body)
+        assert response.status_code == 400, response.get_json()
+        assert field in response.get_json()["errors"], response.get_json()
+        assert "own Redis" in response.get_json()["errors"][field][0]
+    assert redis_client.get(key) == b"bitmap bytes"
+    assert job_count(database_url, sugo_project[1]) == before
+    redis_client.delete(key)
+
+
+def test_a_service_whose_bitmaps_live_in_db_0_refuses_host_and_ports_without_db(service_settings, celery_app,
+                                                                               sugo_project):
+    from app import create_app
+
+    host = REDIS.rsplit(":", 1)[0]
+    settings = replace(service_settings, sugo_project=sugo_project[0],
+                       engine=replace(service_settings.engine, redis_url=f"redis://{host}:6379/0"))
+    client = create_app({"TESTING": True, "SETTINGS": settings, "CELERY": celery_app}).test_client()
+    response = client.post("/ant/usergroup/single", json={"brokerUrl": EMBEDDED, "query": dict(
+        user_group_query(), dataConfig={"hostAndPorts": f"{host}:6379", "groupId": "cohorts:p1:cohort:68"})})
+    assert response.status_code == 400
+    assert "own Redis" in response.get_json()["errors"]["query.dataConfig.hostAndPorts"][0]
+
+
+def test_another_projects_targets_are_refused_without_contact(service_settings, celery_app, sugo_project,
+                                                               database_url, listener):
+    from app import create_app
+    from tests.services import create_token_project
+
+    port = listener.port
+    owner = create_token_project(database_url, "ow")
+    allow_sugo_targets(database_url, owner[1], redis=[f"127.0.0.1:{port}/0"], hproxy=[f"127.0.0.1:{port}"],
+                       broker=[f"127.0.0.1:{port}"])
+    intruder = create_token_project(database_url, "in")
+    settings = replace(service_settings, queue="unused-" + uuid.uuid4().hex[:8])
+    client = create_app({"TESTING": True, "SETTINGS": settings, "CELERY": celery_app}).test_client()
+    bodies = [
+        ("/ant/usergroup/single", {"brokerUrl": f"http://127.0.0.1:{port}/druid/v2", "query": user_group_query(
+            f"127.0.0.1:{port}")}, {"brokerUrl", "query.dataConfig.hostAndPorts"}),
+        ("/ant/tag/usergroup/batchUpdate", {
+            "hproxy": f"127.0.0.1:{port}", "dataSource": "s", "primaryColumn": "distinct_id",
+            "userGroupConfig": {"hostAndPorts": f"127.0.0.1:{port}", "groupId": "g"}, "dimData": {"s_a": "1"}},
+         {"hproxy", "userGroupConfig.hostAndPorts"}),
+    ]
+    for path, body, fields in bodies:
+        body = json.loads(json.dumps(body))
+        if "query" in body:
+            body["query"]["dataConfig"].pop("db")
+        response = client.post(path, json=body, headers={"Authorization": f"Bearer {intruder[2]}"})
+        assert response.status_code == 400
+        assert set(response.get_json()["errors"]) == fields
+        assert "allowed for this project" in json.dumps(response.get_json())
+        # The owner's own token is accepted for the very same body (answered 202: no worker on this queue).
+        accepted = client.post(path + "?async=true", json=body, headers={"Authorization": f"Bearer {owner[2]}"})
+        assert accepted.status_code == 202, accepted.get_json()
+    assert listener.accepted == 0
+    assert job_count(database_url, intruder[1]) == 0
+    delete_jobs(database_url, owner[1])  # the accepted ones: no worker ever consumes their queue
 
 
 # -- validation ---------------------------------------------------------------------------------------
@@ -155,34 +322,42 @@ def test_allowed_hosts_setting_admits_an_address(service_settings, celery_app, s
     ("/ant/usergroup/single", {"brokerUrl": EMBEDDED, "query": dict(user_group_query(), queryType="groupBy")},
      "query.queryType"),
     ("/ant/usergroup/single", {"brokerUrl": EMBEDDED, "query": dict(user_group_query(), dataConfig={
-        "hostAndPorts": REDIS})}, "query.dataConfig.groupId"),
+        "hostAndPorts": REDIS, "db": SUGO_DB})}, "query.dataConfig.groupId"),
     ("/ant/usergroup/single", {"brokerUrl": EMBEDDED, "query": dict(user_group_query(), dataConfig={
         "hostAndPorts": "127.0.0.1", "groupId": "g"})}, "query.dataConfig.hostAndPorts"),
     ("/ant/usergroup/single", {"brokerUrl": EMBEDDED, "query": user_group_query(), "append": "maybe"}, "append"),
+    ("/ant/usergroup/single", {"brokerUrl": EMBEDDED, "query": user_group_query(), "append": "yes"}, "append"),
+    ("/ant/usergroup/single", {"brokerUrl": EMBEDDED, "query": user_group_query(), "append": 1}, "append"),
+    ("/ant/usergroup/single", {"brokerUrl": EMBEDDED, "query": dict(user_group_query(), context="fast")},
+     "query.context"),
+    ("/ant/usergroup/single", {"brokerUrl": EMBEDDED, "query": dict(user_group_query(), context={"timeout": "9"})},
+     "query.context.timeout"),
+    ("/ant/usergroup/single", {"brokerUrl": EMBEDDED, "query": dict(user_group_query(), dataConfig=dict(
+        user_group_query()["dataConfig"], clusterMode="yes"))}, "query.dataConfig.clusterMode"),
     ("/ant/usergroup/single", [1], "_body"),
     ("/ant/usergroup/multi", [{"type": "tindex", "brokerUrl": EMBEDDED, "query": user_group_query()},
-                              {"type": "usergroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "groupId": "a"}}},
-                              {"type": "finalGroup", "query": {"dataConfig": {"hostAndPorts": REDIS,
+                              {"type": "usergroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "a"}}},
+                              {"type": "finalGroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB,
                                                                               "groupId": "o"}}}], "[1].op"),
     ("/ant/usergroup/multi", [{"type": "tindex", "query": user_group_query()},
-                              {"type": "finalGroup", "query": {"dataConfig": {"hostAndPorts": REDIS,
+                              {"type": "finalGroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB,
                                                                               "groupId": "o"}}}], "[0].brokerUrl"),
     ("/ant/usergroup/multi", [{"type": "tindex", "brokerUrl": EMBEDDED, "query": user_group_query()}], "_body"),
     ("/ant/usergroup/multi", [{"type": "tindex", "brokerUrl": EMBEDDED, "query": user_group_query()},
                               {"type": "finalGroup", "op": "xor", "query": {"dataConfig": {
-                                  "hostAndPorts": REDIS, "groupId": "o"}}}], "[1].op"),
+                                  "hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "o"}}}], "[1].op"),
     ("/ant/usergroup/multi", [{"type": "weird", "query": {}}], "[0].type"),
     ("/ant/tag/usergroup/batchUpdate", {
         "hproxyUrl": "http://127.0.0.1:6061/x", "dataSource": "s", "primaryColumn": "distinct_id",
-        "userGroupConfig": {"hostAndPorts": REDIS, "groupId": "g"}, "dimData": {"s_test2": "a", "mi_x": "1,2"},
+        "userGroupConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "g"}, "dimData": {"s_test2": "a", "mi_x": "1,2"},
         "appendFlags": {"s_test2": True, "mi_x": True}}, "appendFlags.s_test2"),
     ("/ant/tag/usergroup/batchUpdate", {
         "hproxyUrl": "http://127.0.0.1:6061/x", "dataSource": "s", "primaryColumn": "distinct_id",
-        "userGroupConfig": {"hostAndPorts": REDIS, "groupId": "g"}, "dimData": {"s_test2": ["a", "b"]}},
+        "userGroupConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "g"}, "dimData": {"s_test2": ["a", "b"]}},
      "dimData.s_test2"),
     ("/ant/tag/usergroup/batchUpdate", {
         "hproxyUrl": "http://127.0.0.1:6061/x", "dataSource": "s", "primaryColumn": "distinct_id",
-        "userGroupConfig": {"hostAndPorts": REDIS, "groupId": "g"}, "dimData": {}}, "dimData"),
+        "userGroupConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "g"}, "dimData": {}}, "dimData"),
     ("/ant/tag/query/batchUpdate", {
         "brokerUrl": EMBEDDED, "hproxyUrl": "http://127.0.0.1:6061/x", "dataSource": "s",
         "dimMap": {"count": "i_count"}, "query": {"queryType": "groupBy"}}, "dimMap"),
@@ -190,7 +365,21 @@ def test_allowed_hosts_setting_admits_an_address(service_settings, celery_app, s
         "brokerUrl": EMBEDDED, "hproxyUrl": "http://127.0.0.1:6061/x", "dataSource": "s",
         "dimMap": {"distinct_id": "distinct_id"}, "appendFlags": {"i_count": True},
         "query": {"queryType": "timeseries"}}, "query.queryType"),
-])
+] + [("/ant/tag/query/batchUpdate", {
+    "brokerUrl": EMBEDDED, "hproxyUrl": "http://127.0.0.1:6061/x", "dataSource": "s",
+    "dimMap": {"distinct_id": "distinct_id"}, "query": dict({"queryType": "groupBy"}, **query)}, field)
+    for query, field in [
+        ({"context": [1]}, "query.context"), ({"queryType": "scan", "limit": "2"}, "query.limit"),
+        ({"queryType": "scan", "limit": True}, "query.limit"), ({"queryType": "scan", "offset": -1}, "query.offset"),
+        ({"limitSpec": "limit 3"}, "query.limitSpec"), ({"limitSpec": {"columns": [5]}}, "query.limitSpec.columns[0]"),
+        ({"limitSpec": {"columns": "distinct_id"}}, "query.limitSpec.columns"),
+        ({"limitSpec": {"columns": [{"direction": "ascending"}]}}, "query.limitSpec.columns[0]"),
+        ({"limitSpec": {"limit": 2.5}}, "query.limitSpec.limit"), ({"dimensions": [{"outputName": "x"}]},
+                                                                   "query.dimensions[0]"),
+    ]] + [("/ant/tag/usergroup/batchUpdate", {
+        "hproxyUrl": "http://127.0.0.1:6061/x", "dataSource": "s", "primaryColumn": "distinct_id",
+        "userGroupConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "g"}, "dimData": {"mi_x": [1]},
+        "appendFlags": {"mi_x": "yes"}}, "appendFlags.mi_x.value")])
 def test_bad_bodies_answer_400_naming_the_field(sugo_client, sugo_project, database_url, path, body, field):
     before = job_count(database_url, sugo_project[1])
     response = sugo_client.post(path, json=body)
@@ -208,7 +397,7 @@ def test_append_flag_on_single_value_column_also_named_for_query_updates(sugo_cl
     assert list(response.get_json()["errors"]) == ["appendFlags.i_count"]
 
 
-def test_unknown_token_is_401_and_missing_default_project_is_404(service_settings, celery_app, sugo_client):
+def test_unknown_token_is_401_and_missing_named_project_is_404(service_settings, celery_app, sugo_client):
     response = sugo_client.post("/ant/usergroup/single", json={}, headers={"Authorization": "Bearer nope"})
     assert response.status_code == 401
     from app import create_app

@@ -114,3 +114,85 @@ def test_malformed_groups_are_reported(redis_client, group_key):
     redis_client.set(group_key, "0\t")
     with pytest.raises(SugoGroupFormatError, match=group_key):
         sugo_groups.read_group(redis_client, group_key)
+
+
+# -- concurrent updates: the group's writer lock ------------------------------------------------------
+
+
+def _race(redis, key, writers: int = 4) -> list[set[str]]:
+    """`writers` threads each appending their own ids to one group at the same moment."""
+    import threading
+    import time
+
+    id_sets = [{f"w{w}-{i}" for i in range(200)} for w in range(writers)]
+    start = threading.Event()
+    errors = []
+
+    def append(ids):
+        def union(current):
+            time.sleep(0.05)  # a slow union: unlocked, every writer would read before any writes
+            return sorted(set(current) | ids)
+
+        start.wait(timeout=30)
+        try:
+            sugo_groups.update_group(redis, key, union)
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append, args=(ids,)) for ids in id_sets]
+    for thread in threads:
+        thread.start()
+    start.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    return id_sets
+
+
+@pytest.mark.parametrize("writers", [2, 6])
+def test_concurrent_appends_never_lose_ids(redis_client, group_key, writers):
+    sugo_groups.write_group(redis_client, group_key, ["existing"])
+    id_sets = _race(redis_client, group_key, writers)
+    stored = sugo_groups.read_group(redis_client, group_key)
+    assert set(stored) == {"existing"}.union(*id_sets) and len(stored) == len(set(stored))
+    assert not redis_client.exists(sugo_groups.lock_key_for(group_key))
+
+
+def test_unlocked_read_union_write_loses_ids_the_lock_keeps(redis_client, group_key):
+    """The hole itself, shown without the lock: two writers that both read first keep only one's ids."""
+    import threading
+
+    sugo_groups.write_group(redis_client, group_key, ["existing"])
+    barrier = threading.Barrier(2)
+
+    def unlocked(ids):
+        current = sugo_groups.read_group(redis_client, group_key)
+        barrier.wait(timeout=30)
+        sugo_groups.write_group(redis_client, group_key, sorted(set(current) | ids))
+
+    threads = [threading.Thread(target=unlocked, args=({f"u{n}"},)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(set(sugo_groups.read_group(redis_client, group_key))) == 2  # one writer's id was lost
+
+
+def test_a_writer_that_lost_its_lock_writes_nothing(redis_client, group_key):
+    sugo_groups.write_group(redis_client, group_key, ["kept"])
+    with sugo_groups.group_lock(redis_client, group_key, ttl=30) as lock:
+        redis_client.set(lock[0], "someone-else")  # as if our lock had expired and another writer took it
+        with pytest.raises(sugo_groups.GroupLockError, match="nothing was written"):
+            sugo_groups.write_group(redis_client, group_key, ["lost"], lock=lock)
+    assert sugo_groups.read_group(redis_client, group_key) == ["kept"]
+    assert redis_client.get(sugo_groups.lock_key_for(group_key)) == b"someone-else"  # not ours: not released
+    redis_client.delete(sugo_groups.lock_key_for(group_key))
+
+
+def test_a_held_lock_makes_the_next_writer_wait_then_time_out(redis_client, group_key):
+    with sugo_groups.group_lock(redis_client, group_key):
+        with pytest.raises(sugo_groups.GroupLockError, match="stayed locked"):
+            with sugo_groups.group_lock(redis_client, group_key, wait=0.2):
+                pass
+    with sugo_groups.group_lock(redis_client, group_key, wait=0.2):
+        pass  # released: taken at once

@@ -491,3 +491,77 @@ def test_every_sentinel_host_must_be_allowed(redis_sentinel):
     config = sentinel_config(redis_sentinel)
     with pytest.raises(HostNotAllowed, match=str(redis_sentinel.sentinel.port)):
         connect(config, allow=lambda host, port: port == redis_sentinel.master.port)
+
+
+# -- addresses the servers report pass the allowlist too -------------------------------------------
+
+
+def test_cluster_concurrent_appends_never_lose_ids(redis_cluster):
+    import threading
+
+    client = connect({"hostAndPorts": redis_cluster.host_and_ports, "clusterMode": True}, allow=allow_loopback)
+    key = f"race-{os.getpid()}-{threading.get_ident()}"
+    sugo_groups.write_group(client, key, ["existing"])
+    id_sets = [{f"w{w}-{i}" for i in range(300)} for w in range(4)]
+    threads = [threading.Thread(target=sugo_groups.update_group,
+                                args=(client, key, lambda current, ids=ids: sorted(set(current) | ids)))
+               for ids in id_sets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert set(sugo_groups.read_group(client, key)) == {"existing"}.union(*id_sets)
+    assert not client.exists(sugo_groups.lock_key_for(key))
+
+
+def _allow_only(*addresses):
+    allowed = {(HOST, int(a.rsplit(":", 1)[1])) for a in addresses}
+    return lambda host, port: (host, port) in allowed
+
+
+def test_cluster_nodes_reported_by_cluster_slots_pass_the_allowlist(redis_cluster):
+    first = redis_cluster.nodes[0]
+    client = connect({"hostAndPorts": first.address, "clusterMode": True}, allow=_allow_only(first.address))
+    owners = {client.get_node_from_key(f"k{i}").port: f"k{i}" for i in range(200)}
+    assert set(owners) == {n.port for n in redis_cluster.nodes}
+    client.set(owners[first.port], "1")  # the allowed node serves its own slots
+    for port, key in owners.items():
+        if port != first.port:
+            with pytest.raises(HostNotAllowed, match=f"{HOST}:{port} \\(reported by"):
+                client.set(key, "1")
+
+
+def test_a_moved_redirect_to_a_node_outside_the_allowlist_is_refused():
+    """A slot really moves to a node the allowlist refuses: the MOVED answer names it, the client may not go."""
+    with redis_topologies.redis_cluster_topology() as cluster:
+        first, second, third = cluster.nodes
+        client = connect({"hostAndPorts": first.address, "clusterMode": True},
+                         allow=_allow_only(first.address, second.address))
+        key = next(f"m{i}" for i in range(500) if client.get_node_from_key(f"m{i}").port == first.port)
+        assert client.get(key) is None  # the client knows the slot at `first`
+        slot = sugo_groups.cluster_slot(key)
+        third_id = third.client().execute_command("CLUSTER", "MYID")
+        for node in cluster.nodes:  # the empty slot changes hands, as a resharding does
+            node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", third_id)
+        with pytest.raises(HostNotAllowed, match=f"{HOST}:{third.port} \\(reported by"):
+            client.get(key)
+        client.close()
+
+
+def test_a_sentinels_master_outside_the_allowlist_is_refused(redis_sentinel):
+    config = {"hostAndPorts": redis_sentinel.host_and_ports, "sentinelMode": True,
+              "masterName": redis_sentinel.master_name, "password": redis_sentinel.password}
+    before = redis_sentinel.master.client().info("stats")["total_connections_received"]
+    client = connect(config, allow=_allow_only(redis_sentinel.host_and_ports))
+    with pytest.raises(HostNotAllowed, match=f"{redis_sentinel.master.address} \\(reported by"):
+        client.set("x", "1")
+    after = redis_sentinel.master.client().info("stats")["total_connections_received"]
+    assert after - before == 1  # only this test's own INFO client
+    allowed = connect(config, allow=_allow_only(redis_sentinel.host_and_ports, redis_sentinel.master.address))
+    assert allowed.set("x", "1")
+
+
+def test_cluster_mode_against_a_standalone_server_names_cluster_mode(redis_standalone):
+    with pytest.raises(sugo_redis.NotACluster, match="clusterMode: is true but"):
+        connect({"hostAndPorts": redis_standalone.address, "clusterMode": True}, allow=allow_loopback,
+                path="query.dataConfig")

@@ -4,7 +4,8 @@ Every request of seeds 000 and 001 is sent as the seed writes it, with only brok
 hostAndPorts pointed at local services: the embedded broker (answered in the worker, or over real
 HTTP by this app served with werkzeug in a thread), and hproxy = a small real HTTP server in this
 file that records every request it gets. Expected groups and tag rows come from a brute force over
-the sample Parquet files with plain Python sets, never from the engine.
+the sample Parquet files with plain Python sets, never from the engine. Groups live in a Redis
+database the test project is allowed (tests.services.SUGO_REDIS_URL), never the service's own.
 """
 
 from __future__ import annotations
@@ -20,14 +21,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow.parquet as pq
 import pytest
 import redis as redis_lib
+from marshmallow import ValidationError
 from werkzeug.serving import make_server
 
 from cohort_engine import db, sugo_groups
-from tests.redis_topologies import free_port, redis_cluster, redis_sentinel  # noqa: F401
-from tests.services import create_sample_project, start_worker, stop, wait_for_worker, wait_until
+from tests.redis_topologies import free_port, redis_cluster, redis_sentinel, redis_standalone  # noqa: F401
+from tests.services import (
+    SUGO_REDIS_URL,
+    allow_sugo_targets,
+    create_sample_project,
+    start_worker,
+    stop,
+    sugo_redis_target,
+    wait_for_worker,
+    wait_until,
+)
+from tests.services import create_token_project as token_project
 
 EMBEDDED = "http://127.0.0.1:6061/druid/v2?pretty"  # an alias of our own broker: answered in the worker
-REDIS = "127.0.0.1:6379"  # our own Redis: groups land in the tests' Redis database
+# The Sugo Redis target allowed for the test project: another database than the service's own.
+REDIS, SUGO_DB = sugo_redis_target()
 
 SEED_SINGLE = {
     "brokerUrl": "http://192.168.0.225:8082/druid/v2?pretty",
@@ -178,12 +191,15 @@ def ports():
 
 
 @pytest.fixture(scope="module")
-def sugo_settings(service_settings, sample, hproxy, ports, redis_cluster, redis_sentinel):  # noqa: F811
-    allowed = [f"127.0.0.1:{p}" for p in (hproxy.port, ports["broker"], ports["dead"], ports["slow"])]
-    allowed += [n.address for n in redis_cluster.nodes] + [redis_sentinel.host_and_ports]
+def sugo_settings(service_settings, database_url, sample, hproxy, ports, redis_cluster, redis_sentinel):  # noqa: F811
+    """The sample project's Sugo targets (as `app.manage sugo-allow` sets them) and settings naming it."""
+    allow_sugo_targets(
+        database_url, sample[1], hproxy=[f"127.0.0.1:{hproxy.port}"],
+        broker=[f"127.0.0.1:{p}" for p in (ports["broker"], ports["dead"], ports["slow"])],
+        redis=[f"{REDIS}/{SUGO_DB}", f"{redis_sentinel.host_and_ports}/0", f"{redis_sentinel.master.address}/0"]
+        + [f"{n.address}/0" for n in redis_cluster.nodes])
     return replace(service_settings, queue="sugo-" + uuid.uuid4().hex[:8], sugo_project=sample[0],
-                   sugo_embedded_brokers="127.0.0.1:6061", sugo_allowed_hosts=",".join(allowed),
-                   sugo_hproxy_backoff=0.01, sugo_wait_seconds=30.0)
+                   sugo_embedded_brokers="127.0.0.1:6061", sugo_hproxy_backoff=0.01, sugo_wait_seconds=30.0)
 
 
 @pytest.fixture(scope="module")
@@ -213,8 +229,7 @@ def http_broker(sugo_app, ports):
 @pytest.fixture(scope="module")
 def sugo_worker(service_env, sugo_settings, sugo_celery, tmp_path_factory):
     env = {"COHORTS_QUEUE": sugo_settings.queue, "COHORTS_SUGO_PROJECT": sugo_settings.sugo_project,
-           "COHORTS_SUGO_EMBEDDED_BROKERS": sugo_settings.sugo_embedded_brokers,
-           "COHORTS_SUGO_ALLOWED_HOSTS": sugo_settings.sugo_allowed_hosts, "COHORTS_SUGO_HPROXY_BACKOFF": "0.01"}
+           "COHORTS_SUGO_EMBEDDED_BROKERS": sugo_settings.sugo_embedded_brokers, "COHORTS_SUGO_HPROXY_BACKOFF": "0.01"}
     log = tmp_path_factory.mktemp("sugo-logs") / "worker-sugo.log"
     process = start_worker(service_env, "sugo", log, extra_env=env)
     try:
@@ -231,9 +246,9 @@ def client(sugo_app, sugo_worker, hproxy):
 
 
 @pytest.fixture
-def groups(redis_url):
-    """The tests' Redis database, where groups named with our own Redis's hostAndPorts live."""
-    connection = redis_lib.Redis.from_url(redis_url)
+def groups():
+    """The Sugo target database (REDIS, db SUGO_DB), where the tests' groups live."""
+    connection = redis_lib.Redis.from_url(SUGO_REDIS_URL)
     yield connection
     connection.close()
 
@@ -249,6 +264,8 @@ def local(body, broker=EMBEDDED, redis=REDIS, hproxy_url=None):
         for config in (item.get("query", {}).get("dataConfig"), item.get("userGroupConfig")):
             if config is not None:
                 config["hostAndPorts"] = redis
+                if redis == REDIS:
+                    config["db"] = SUGO_DB
     return body
 
 
@@ -309,11 +326,11 @@ def test_multi_set_algebra_matches_python_sets(client, groups, brute, ops, appen
         sugo_groups.write_group(groups, name, sorted(members))
     before = set(universe[::11])
     sugo_groups.write_group(groups, f"{tag}-out", sorted(before))
-    body = [{"type": "usergroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "groupId": names[0]}}}]
-    body += [{"type": "usergroup", "op": op, "query": {"dataConfig": {"hostAndPorts": REDIS, "groupId": name}}}
+    body = [{"type": "usergroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": names[0]}}}]
+    body += [{"type": "usergroup", "op": op, "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": name}}}
              for op, name in zip(ops, names[1:], strict=True)]
     body.append({"type": "finalGroup", "append": append,
-                 "query": {"dataConfig": {"hostAndPorts": REDIS, "groupId": f"{tag}-out"}}})
+                 "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": f"{tag}-out"}}})
     expected = set(sets[0])
     for op, members in zip(ops, sets[1:], strict=True):
         expected = expected | members if op == "or" else expected & members if op == "and" else expected - members
@@ -352,11 +369,11 @@ def test_failure_midway_keeps_the_previous_group(client, groups, brute):
     sugo_groups.write_group(groups, f"{tag}-out", previous)
     sugo_groups.write_group(groups, f"{tag}-a", brute["all"][:50])
     bad_query = copy.deepcopy(SEED_MULTI[0]["query"])
-    bad_query["dataConfig"]["hostAndPorts"] = REDIS
+    bad_query["dataConfig"].update(hostAndPorts=REDIS, db=SUGO_DB)
     bad_query["filter"] = {"type": "selectr", "dimension": "sugo_province", "value": "x"}  # Druid answers 400
-    body = [{"type": "usergroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "groupId": f"{tag}-a"}}},
+    body = [{"type": "usergroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": f"{tag}-a"}}},
             {"type": "tindex", "op": "or", "brokerUrl": EMBEDDED, "query": bad_query},
-            {"type": "finalGroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "groupId": f"{tag}-out"}}}]
+            {"type": "finalGroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": f"{tag}-out"}}}]
     response = client.post("/ant/usergroup/multi", json=body)
     assert response.status_code == 400
     error = response.get_json()
@@ -364,11 +381,248 @@ def test_failure_midway_keeps_the_previous_group(client, groups, brute):
     assert "filter" in error["errorMessage"] and isinstance(error["jobId"], int)
     assert read(groups, f"{tag}-out") == previous
     groups.set(f"{tag}-notalist", "x")
-    body[1] = {"type": "usergroup", "op": "or", "query": {"dataConfig": {"hostAndPorts": REDIS,
+    body[1] = {"type": "usergroup", "op": "or", "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB,
                                                                           "groupId": f"{tag}-notalist"}}}
     response = client.post("/ant/usergroup/multi", json=body)
     assert response.status_code == 400 and response.get_json()["error"] == "bad_group"
     assert read(groups, f"{tag}-out") == previous
+
+
+# -- holes closed: concurrent appends, cluster/sentinel addresses, shapes that crashed the worker ---------
+
+
+def finished_job(client, job_id: int, timeout: float = 60.0) -> dict:
+    def check():
+        polled = client.get(f"/ant/jobs/{job_id}").get_json()
+        return polled if polled["answer"] is not None else None
+    return wait_until(check, timeout=timeout, what=f"job {job_id} to end")
+
+
+def test_concurrent_appends_to_one_group_keep_both_jobs_ids(client, groups, brute):
+    """Two append jobs run at once (the worker has 2 processes); an unlocked read-union-write keeps one."""
+    tag = uuid.uuid4().hex[:6]
+    # A big existing group, so each job's read-union-write takes long enough to overlap the other's.
+    existing = [f"{tag}-old-{i}" for i in range(100_000)]
+    sugo_groups.write_group(groups, f"{tag}-race", existing)
+    guangdong = local(SEED_SINGLE)
+    guangdong["query"]["dataConfig"]["groupId"] = f"{tag}-race"
+    r4 = copy.deepcopy(guangdong)
+    r4["query"].update(dataSource="tag_bank", filter={"type": "selector", "dimension": "ub_risk", "value": "R4"})
+    job_ids = [client.post("/ant/usergroup/single?async=true", json=body).get_json()["jobId"]
+               for body in (guangdong, r4)]
+    for job_id in job_ids:
+        assert finished_job(client, job_id)["status"] == 200
+    stored = read(groups, f"{tag}-race")
+    assert len(stored) == len(set(stored))
+    assert set(stored) == set(existing) | brute["guangdong"] | brute["r4"]
+
+
+def test_append_takes_sugos_string_spelling_of_true(client, groups, brute):
+    tag = uuid.uuid4().hex[:6]
+    sugo_groups.write_group(groups, f"{tag}-g", ["before"])
+    body = local(SEED_SINGLE)
+    body["append"] = "true"
+    body["query"]["dataConfig"]["groupId"] = f"{tag}-g"
+    assert row_count(client.post("/ant/usergroup/single", json=body)) == len(brute["guangdong"]) + 1
+
+
+@pytest.mark.parametrize("mode", ["clusterMode", "sentinelMode"])
+def test_cluster_or_sentinel_mode_against_a_standalone_redis_is_a_bad_request(client, sample, database_url,
+                                                                              redis_standalone, mode):  # noqa: F811
+    allow_sugo_targets(database_url, sample[1], redis=[f"{redis_standalone.address}/0"])
+    body = local(SEED_SINGLE, redis=redis_standalone.address)
+    body["query"]["dataConfig"][mode] = True
+    response = client.post("/ant/usergroup/single", json=body)
+    assert response.status_code == 400, response.get_json()
+    answer = response.get_json()
+    assert answer["error"] == "bad_request" and mode in answer["errorMessage"]
+
+
+def test_a_cluster_node_the_project_may_not_use_is_never_connected(client, database_url, redis_cluster):  # noqa: F811
+    """The project may use one cluster node; the nodes CLUSTER SLOTS or a MOVED names are refused."""
+    allowed, *others = redis_cluster.nodes
+    name, project_id, token = token_project(database_url, "cl")
+    allow_sugo_targets(database_url, project_id, redis=[f"{allowed.address}/0", f"{REDIS}/{SUGO_DB}"])
+    tag = uuid.uuid4().hex[:6]
+    # A group id whose slot is served by another node than the allowed one.
+    node_of = {n.port: n for n in redis_cluster.nodes}
+    probe = redis_lib.RedisCluster(host="127.0.0.1", port=allowed.port)
+    try:
+        group = next(f"{tag}-{i}" for i in range(1000)
+                     if probe.get_node_from_key(f"{tag}-{i}").port != allowed.port)
+        other = node_of[probe.get_node_from_key(group).port]
+        before = {n.port: n.client().info("stats")["total_connections_received"] for n in others}
+        sugo_groups.write_group(redis_lib.Redis.from_url(SUGO_REDIS_URL), f"{tag}-src", ["a", "b"])
+        body = [{"type": "usergroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB,
+                                                               "groupId": f"{tag}-src"}}},
+                {"type": "finalGroup", "query": {"dataConfig": {"hostAndPorts": allowed.address,
+                                                                "clusterMode": True, "groupId": group}}}]
+        response = client.post("/ant/usergroup/multi", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 400, response.get_json()
+        answer = response.get_json()
+        assert answer["error"] == "bad_request"
+        assert f"127.0.0.1:{other.port} (reported by the Redis Cluster" in answer["errorMessage"]
+        # Counted by the refused nodes themselves: no connection from the job.
+        after = {n.port: n.client().info("stats")["total_connections_received"] for n in others}
+        assert all(after[p] - before[p] == 1 for p in before)  # the one is this test's own info() client
+        assert not probe.exists(group)
+    finally:
+        probe.close()
+
+
+def test_a_sentinels_master_the_project_may_not_use_is_refused(client, database_url, redis_sentinel):  # noqa: F811
+    name, project_id, token = token_project(database_url, "se")
+    allow_sugo_targets(database_url, project_id, redis=[f"{redis_sentinel.host_and_ports}/0", f"{REDIS}/{SUGO_DB}"])
+    tag = uuid.uuid4().hex[:6]
+    sugo_groups.write_group(redis_lib.Redis.from_url(SUGO_REDIS_URL), f"{tag}-src", ["a"])
+    body = [{"type": "usergroup", "query": {"dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB,
+                                                           "groupId": f"{tag}-src"}}},
+            {"type": "finalGroup", "query": {"dataConfig": {
+                "hostAndPorts": redis_sentinel.host_and_ports, "sentinelMode": True, "groupId": f"{tag}-out",
+                "masterName": redis_sentinel.master_name, "password": redis_sentinel.password}}}]
+    response = client.post("/ant/usergroup/multi", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 400, response.get_json()
+    assert f"{redis_sentinel.master.address} (reported by" in response.get_json()["errorMessage"]
+    master = redis_sentinel.master.client()
+    try:
+        assert not master.exists(f"{tag}-out")
+    finally:
+        master.close()
+
+
+MUTATION_VALUES = [None, 5, -1, 1.5, "x", "2", "", "yes", [], [1], {}, {"a": 1}, True]
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from _paths(child, prefix + (key,))
+
+
+def _mutated(body, path, value):
+    body = copy.deepcopy(body)
+    holder = body
+    for key in path[:-1]:
+        holder = holder[key]
+    holder[path[-1]] = value
+    return body
+
+
+def test_accepted_mutations_of_the_seed_bodies_never_crash_the_worker_code(sugo_settings, sample, hproxy,
+                                                                            database_url):
+    """Each seed body with one value replaced (seeded sample): refused at submit, or ends with a mapped code.
+
+    Runs the job code (SugoRunner) in this process, so the sample stays large and fast; what it
+    proves is that no accepted body raises anything but JobStopped (an unexpected exception is the
+    worker's `internal_error`, answered 500).
+    """
+    import random
+
+    from app.data import sugo_targets
+    from app.dialects import sugo as dialect
+    from tasks.executor import JobStopped
+    from tasks.sugo_executor import SugoRunner
+
+    hproxy_url = f"http://127.0.0.1:{hproxy.port}/druid/proxy/batchupdate/ssss"
+    seeds = {"single": local(SEED_SINGLE), "multi": local(SEED_MULTI),
+             "tag_user_group": local(SEED_TAG_USERGROUP, hproxy_url=hproxy_url),
+             "tag_query": local(SEED_TAG_QUERY, hproxy_url=hproxy_url)}
+    cases = [(endpoint, path, value) for endpoint, seed in seeds.items() for path in _paths(seed)
+             if path and path[-1] not in ("hostAndPorts", "brokerUrl", "hproxyUrl") for value in MUTATION_VALUES]
+    with db.connection(database_url) as conn:
+        targets = dialect.targets_for(sugo_settings, sugo_targets.for_project(conn, sample[1]))
+    codes = set(dialect.FAILURE_STATUS)
+    ran = 0
+    for endpoint, path, value in random.Random(8).sample(cases, 200):
+        try:
+            data = _load(endpoint, _mutated(seeds[endpoint], path, value))
+            dialect.check_hosts(endpoint, data, targets)
+        except ValidationError:
+            continue
+        ran += 1
+        try:
+            SugoRunner(sugo_settings, sample[0], targets).run(endpoint, json.loads(json.dumps(data)))
+        except JobStopped as stop:
+            assert stop.code in codes, (endpoint, path, value, stop.code, stop.message)
+    assert ran > 50  # most mutations are of values the broker or hproxy receive as sent
+
+
+def _load(endpoint, body):
+    from app.dialects import sugo as dialect
+
+    return {"single": dialect.load_single, "multi": dialect.load_multi, "tag_user_group": dialect.load_tag_user_group,
+            "tag_query": dialect.load_tag_query}[endpoint](body)
+
+
+# -- the README's Sugo examples, as written, against the bundled hproxy stand-in ------------------------
+
+
+@pytest.fixture
+def hproxy_standin(tmp_path):
+    """scripts/hproxy_standin.py as `make run` starts it, on a free port: the URL of its batch-update root."""
+    import subprocess
+    import sys
+
+    from tests.services import ROOT
+
+    port = free_port()
+    log = open(tmp_path / "hproxy-standin.log", "wb")
+    process = subprocess.Popen([sys.executable, "scripts/hproxy_standin.py", "--port", str(port)], cwd=ROOT,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: _answers(port), timeout=30, what="hproxy stand-in")
+        yield port
+    finally:
+        stop(process)
+        log.close()
+
+
+def _answers(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def readme_sugo_calls() -> list[tuple[str, str]]:
+    """(path, body text) of every curl in the README's Sugo section, in order."""
+    import re
+
+    from tests.services import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Sugo", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"curl -s -X POST '?localhost:6061(\S+?)'? -H 'Content-Type: application/json' -d '(.*?)'\n",
+                      section, flags=re.S)
+
+
+def test_readme_sugo_examples_work_as_written(client, groups, brute, sample, database_url, hproxy_standin):
+    """Only the demo's addresses differ: the Sugo db (README: 2) and the stand-in's port (README: 8085)."""
+    import requests
+
+    calls = readme_sugo_calls()
+    assert [path for path, _ in calls] == ["/ant/usergroup/single", "/ant/usergroup/multi",
+                                           "/ant/tag/usergroup/batchUpdate", "/ant/tag/query/batchUpdate",
+                                           "/druid/v2?pretty"]
+    allow_sugo_targets(database_url, sample[1], hproxy=[f"127.0.0.1:{hproxy_standin}"])
+    groups.delete("gd", "gd_not_r4")
+    answers = []
+    for path, body in calls:
+        body = body.replace('"db": 2', f'"db": {SUGO_DB}').replace("127.0.0.1:8085", f"127.0.0.1:{hproxy_standin}")
+        body = body.replace('"127.0.0.1:6379"', json.dumps(REDIS))
+        response = client.post(path, data=body.encode("utf-8"), content_type="application/json")
+        assert response.status_code == 200, (path, response.get_json())
+        answers.append(response.get_json())
+    gd_not_r4 = brute["guangdong"] - brute["r4"]
+    assert answers[0] == [{"event": {"RowCount": len(brute["guangdong"])}}]
+    assert answers[1] == [{"event": {"RowCount": len(gd_not_r4)}}]
+    assert set(read(groups, "gd_not_r4")) == gd_not_r4
+    assert answers[2] == {"success": len(gd_not_r4), "failed": 0, "errors": []}
+    assert answers[3] == {"success": 3, "failed": 0, "errors": []}
+    assert len(answers[4]) == 1 and len(answers[4][0]["result"]) == 3
+    received = requests.get(f"http://127.0.0.1:{hproxy_standin}/druid/proxy/batchupdate/ssss", timeout=10).json()
+    assert received["received"] == len(gd_not_r4) + 3
 
 
 def test_remote_broker_error_answers_its_code(client, http_broker):
@@ -428,7 +682,7 @@ def test_batches_of_1000_multi_values_joined_and_a_failing_batch_retried(client,
     sugo_groups.write_group(groups, "batch-group", ids)
     hproxy.fail_times = {1}  # the second request fails once and is retried
     body = {"hproxy": f"127.0.0.1:{hproxy.port}", "dataSource": "tags", "primaryColumn": "distinct_id",
-            "userGroupConfig": {"hostAndPorts": REDIS, "groupId": "batch-group"},
+            "userGroupConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "batch-group"},
             "dimData": {"mi_levels": [3, 5, 8], "s_name": "x", "md_days": ["2024-01-01", "2024-01-02"]},
             "appendFlags": {"mi_levels": True, "s_name": False}}
     response = client.post("/ant/tag/usergroup/batchUpdate", json=body)
@@ -447,7 +701,7 @@ def test_a_batch_that_keeps_failing_is_reported(client, groups, hproxy):
     sugo_groups.write_group(groups, "batch-group", ids)
     hproxy.fail_key = "user-01500"
     body = {"hproxy": f"127.0.0.1:{hproxy.port}", "dataSource": "tags", "primaryColumn": "distinct_id",
-            "userGroupConfig": {"hostAndPorts": REDIS, "groupId": "batch-group"}, "dimData": {"s_name": "x"}}
+            "userGroupConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "batch-group"}, "dimData": {"s_name": "x"}}
     response = client.post("/ant/tag/usergroup/batchUpdate", json=body)
     answer = response.get_json()
     assert response.status_code == 200
@@ -467,7 +721,7 @@ def test_async_answers_202_then_the_job_reports_progress_and_result(client, grou
     sugo_groups.write_group(groups, "slow-group", ids)
     hproxy.delay = 0.3
     body = {"hproxyUrl": f"http://127.0.0.1:{hproxy.port}/druid/proxy/batchupdate/t", "dataSource": "t",
-            "primaryColumn": "distinct_id", "userGroupConfig": {"hostAndPorts": REDIS, "groupId": "slow-group"},
+            "primaryColumn": "distinct_id", "userGroupConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "slow-group"},
             "dimData": {"s_a": "1"}}
     response = client.post("/ant/tag/usergroup/batchUpdate?async=true", json=body)
     assert response.status_code == 202
@@ -498,7 +752,7 @@ def test_past_the_wait_limit_the_answer_is_202(sugo_settings, sugo_celery, sugo_
     app = create_app({"TESTING": True, "SETTINGS": replace(sugo_settings, sugo_wait_seconds=0.3),
                       "CELERY": sugo_celery})
     body = {"hproxyUrl": f"http://127.0.0.1:{hproxy.port}/x", "dataSource": "t", "primaryColumn": "distinct_id",
-            "userGroupConfig": {"hostAndPorts": REDIS, "groupId": "one-id"}, "dimData": {"s_a": "1"}}
+            "userGroupConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "one-id"}, "dimData": {"s_a": "1"}}
     client = app.test_client()
     response = client.post("/ant/tag/usergroup/batchUpdate", json=body)
     assert response.status_code == 202  # hproxy takes a second, the request waits 0.3 s
@@ -518,7 +772,7 @@ def test_a_job_left_new_is_resent_to_its_sugo_task(client, groups, brute, sample
     request = {"brokerUrl": EMBEDDED, "append": False, "query": {
         "queryType": "user_group", "dataSource": "tag_bank", "intervals": "1000/3000", "dimension": "distinct_id",
         "filter": {"type": "selector", "dimension": "ub_risk", "value": "R4"},
-        "dataConfig": {"hostAndPorts": REDIS, "groupId": "resent-out"}}}
+        "dataConfig": {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": "resent-out"}}}
     with db.connection(database_url) as conn:
         job, _ = jobs.insert(conn, sample[1], "usergroup", params={"endpoint": "single", "request": request})
     assert enqueue(sugo_celery, lambda: db.connection(database_url), [job]) == []

@@ -1,0 +1,85 @@
+"""`python -m app.manage`: project tokens and each project's Sugo targets, against the test database."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import manage
+from app.data import sugo_targets
+from cohort_engine import db
+
+
+@pytest.fixture
+def env(monkeypatch, database_url, service_settings):
+    """The service's settings as the command reads them: the test database and Redis databases."""
+    monkeypatch.setenv("COHORTS_DATABASE_URL", database_url)
+    monkeypatch.setenv("COHORTS_REDIS_URL", service_settings.engine.redis_url)
+    monkeypatch.setenv("COHORTS_BROKER_URL", service_settings.broker_url)
+    return service_settings
+
+
+def targets(database_url, project_id):
+    with db.connection(database_url) as conn:
+        return sugo_targets.for_project(conn, project_id)
+
+
+def test_sugo_allow_lists_and_deny(env, project, database_url, capsys):
+    name, project_id = project
+    assert manage.main(["sugo-allow", name, "--redis", "10.0.0.7:6379/2", "--redis", "[::1]:7000",
+                        "--hproxy", "Hproxy.example:8085", "--broker", "10.0.0.9:8082"]) == 0
+    assert targets(database_url, project_id) == [
+        {"kind": "broker", "host": "10.0.0.9", "port": 8082, "db": 0},
+        {"kind": "hproxy", "host": "hproxy.example", "port": 8085, "db": 0},
+        {"kind": "redis", "host": "10.0.0.7", "port": 6379, "db": 2},
+        {"kind": "redis", "host": "::1", "port": 7000, "db": 0}]
+    assert manage.main(["sugo-allow", name, "--redis", "10.0.0.7:6379/2"]) == 0
+    assert "already allowed" in capsys.readouterr().out
+    assert manage.main(["sugo-targets", name]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "broker 10.0.0.9:8082", "hproxy hproxy.example:8085", "redis 10.0.0.7:6379/2", "redis [::1]:7000/0"]
+    assert manage.main(["sugo-deny", name, "--redis", "10.0.0.7:6379/2", "--hproxy", "hproxy.example:8085"]) == 0
+    assert [t["kind"] for t in targets(database_url, project_id)] == ["broker", "redis"]
+    assert manage.main(["sugo-deny", name, "--all"]) == 0
+    assert targets(database_url, project_id) == []
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--redis", "10.0.0.7"], "port is missing"),
+    (["--redis", "10.0.0.7:6379/x"], "not a non-negative integer"),
+    (["--hproxy", "10.0.0.7:8085/1"], "only a Redis target has a /db"),
+    ([], "name at least one"),
+])
+def test_sugo_allow_refuses_bad_targets(env, project, database_url, capsys, flags, message):
+    assert manage.main(["sugo-allow", project[0], *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert targets(database_url, project[1]) == []
+
+
+def test_the_services_own_redis_databases_cannot_be_allowed(env, project, database_url, capsys):
+    from urllib.parse import urlsplit
+
+    for url in (env.engine.redis_url, env.broker_url):
+        parts = urlsplit(url)
+        for host in (parts.hostname, "localhost"):
+            target = f"{host}:{parts.port or 6379}/{parts.path.strip('/') or 0}"
+            assert manage.main(["sugo-allow", project[0], "--redis", target]) == 2
+            assert "never a Sugo target" in capsys.readouterr().err
+    assert targets(database_url, project[1]) == []
+
+
+def test_an_unknown_project_is_refused(env, capsys):
+    assert manage.main(["sugo-targets", "no-such-project"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_redis_target_names_one_host(env, project, capsys):
+    assert manage.main(["sugo-allow", project[0], "--redis", "a:1,b:2"]) == 2
+    assert "one host:port per target" in capsys.readouterr().err
+
+
+def test_the_retired_operator_wide_allowlist_is_reported_when_set(caplog):
+    from app.settings import Settings
+
+    with caplog.at_level("WARNING", logger="app.settings"):
+        Settings.from_env({"COHORTS_SUGO_ALLOWED_HOSTS": "10.0.0.1:6379"})
+    assert "COHORTS_SUGO_ALLOWED_HOSTS is no longer read" in caplog.text
