@@ -254,3 +254,13 @@ def queue_ages(conn) -> tuple[float, float]:
             " FROM jobs WHERE status IN ('new', 'computing')")
         waited, lag = cur.fetchone()
     return float(waited), float(lag)
+
+
+def enqueued_waiting(conn, older_than_seconds: float, limit: int = 1000) -> list[dict]:
+    """Jobs ({id, kind}) `new` and marked enqueued longer than older_than_seconds: their message should be
+    in the broker; the sweeper checks that it still is (a broker restart loses them)."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT id, kind FROM jobs WHERE status = 'new'"
+                    " AND enqueued_at < now() - make_interval(secs => %s) ORDER BY id LIMIT %s",
+                    (older_than_seconds, limit))
+        return cur.fetchall()
