@@ -77,6 +77,9 @@ class JobExecutor:
         self.job_id = job_id
         self.project: dict | None = None
         self.cohort: dict | None = None
+        # The token of this task's previous try when it could not give its claim back (set by run_job).
+        self.resume: str | None = None
+        self.claimed = False
         # Names the process, so operators (and tests) can tell which worker holds a job.
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
@@ -86,8 +89,9 @@ class JobExecutor:
 
     def run(self) -> dict | None:
         with db.connection(self.dsn) as conn:
-            job, why = jobs.claim(conn, self.job_id, self.token, self.settings.stale_after)
+            job, why = jobs.claim(conn, self.job_id, self.token, self.settings.stale_after, resume=self.resume)
             if why == "claimed":
+                self.claimed = True
                 # Loaded in the claim's transaction: one round trip fewer for every job.
                 self.project = projects.by_id(conn, job["project_id"])
                 self.cohort = cohorts.get_any(conn, job["cohort_id"]) if job["cohort_id"] else None
@@ -130,6 +134,7 @@ class JobExecutor:
         """Hand the job back for a retry of the task."""
         with db.connection(self.dsn) as conn:
             jobs.release(conn, self.job_id, self.token)
+        self.claimed = False
 
     def _fail(self, job: dict, code: str, message: str) -> None:
         with db.connection(self.dsn) as conn:
