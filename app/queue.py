@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from datetime import timezone
 
 from app.data import jobs
@@ -87,7 +88,7 @@ def broker_job_ids(broker, queues) -> set[int]:
         start = 0
         while True:
             chunk = broker.lrange(key, start, start + SCAN_CHUNK - 1)
-            ids.update(_job_id(_json(raw)) for raw in chunk)
+            ids.update(_fast_job_id(raw) for raw in chunk)
             if len(chunk) < SCAN_CHUNK:
                 break
             start += SCAN_CHUNK
@@ -96,6 +97,18 @@ def broker_job_ids(broker, queues) -> set[int]:
         ids.add(_job_id(entry[0] if isinstance(entry, list) and entry else None))
     ids.discard(None)
     return ids
+
+
+# Celery writes the task name and a repr of the args into the headers: reading them with a regex is
+# ~10x cheaper than decoding each message; anything else falls back to decoding it.
+_TASK_AND_ARGS = re.compile(rb'"task": "([^"]+)".*?"argsrepr": "[\[(](\d+),?[\])]"')
+
+
+def _fast_job_id(raw: bytes) -> int | None:
+    match = _TASK_AND_ARGS.search(raw)
+    if match is not None:
+        return int(match.group(2)) if match.group(1).decode() in JOB_TASKS else None
+    return _job_id(_json(raw))
 
 
 def _json(raw):

@@ -140,6 +140,12 @@ def computing(job) -> bool:
     return job["status"] == "computing" and job["progress"] > 0
 
 
+def thaw_and_kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it may be gone already
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)
+
+
 PROFILE = {"type": "profile", "property": "user_level", "cmp": "gte", "values": [5]}
 
 
@@ -153,8 +159,7 @@ def test_reaped_job_jumps_the_backlog(services, sweeper):
         job = wait(services, frozen_job, timeout=60)
         waiting = services.query("SELECT count(*) FROM jobs WHERE id = ANY(%s) AND status = 'new'", (backlog,))[0][0]
     finally:
-        os.kill(frozen, signal.SIGKILL)
-        os.kill(frozen, signal.SIGCONT)
+        thaw_and_kill(frozen)
         for job_id in backlog:
             services.client.post(f"/api/v1/jobs/{job_id}/cancel", headers=services.headers)
     assert job["status"] == "succeed" and job["attempts"] == 2, job
@@ -263,7 +268,7 @@ def test_job_computing_through_a_postgres_outage_keeps_its_attempt(services):
 
 
 def test_busy_waits_do_not_spend_the_retry_budget_for_backend_errors(services):
-    job_id = submit(services, "busy-then-outage", slow_definition(150))["job"]["id"]
+    job_id = submit(services, "busy-then-outage", slow_definition(80))["job"]["id"]
     wait(services, job_id, computing, what="the job to make progress")
     first, first_token = services.holder(job_id)
     # A second delivery of the job (as after a redelivery): it waits while the first computes.
@@ -280,7 +285,6 @@ def test_busy_waits_do_not_spend_the_retry_budget_for_backend_errors(services):
         services.pg.start()
         job = wait(services, job_id, timeout=90)
     finally:
-        os.kill(first, signal.SIGKILL)
-        os.kill(first, signal.SIGCONT)
+        thaw_and_kill(first)
     # Waiting on the busy job (2 retries, with COHORTS_MAX_ATTEMPTS=2) left the backend budget whole.
     assert job["status"] == "succeed" and job["attempts"] == 2, job
