@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+import redis as redis_lib
 from celery import shared_task
 from croniter import croniter
 
@@ -15,6 +16,9 @@ from cohort_engine import db
 from tasks.executor import end_failed
 
 log = logging.getLogger(__name__)
+# Waiting jobs compared with the broker per sweep, oldest first (a backlog larger than this is checked
+# from its oldest end; its newer jobs have waited less).
+LOST_CHECK_LIMIT = 10000
 
 
 def lost_jobs(conn, settings, older_than: float) -> list[dict]:
@@ -23,10 +27,14 @@ def lost_jobs(conn, settings, older_than: float) -> list[dict]:
         return []  # only Redis is inspected; other brokers rely on COHORTS_REQUEUE_AFTER
     if not jobs.enqueued_waiting(conn, older_than, limit=1):
         return []  # nothing waited long: no need to read the queue
-    present = broker_job_ids(broker_client(settings.broker_url), [settings.queue, urgent_queue(settings.queue)])
+    try:
+        present = broker_job_ids(broker_client(settings.broker_url), [settings.queue, urgent_queue(settings.queue)])
+    except redis_lib.RedisError as exc:  # the reaping in this sweep must not depend on it
+        log.warning("sweep broker_check=failed error=%s", exc)
+        return []
     # The jobs are read after the broker: a message taken from the queue meanwhile belongs to a job
     # that is claimed (not `new`) by now, so it is not mistaken for a lost one.
-    return [job for job in jobs.enqueued_waiting(conn, older_than) if job["id"] not in present]
+    return [job for job in jobs.enqueued_waiting(conn, older_than, limit=LOST_CHECK_LIMIT) if job["id"] not in present]
 
 
 def broker_client(url: str):
