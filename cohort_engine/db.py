@@ -112,12 +112,12 @@ def borrow(dsn: str):
 def give_back(dsn: str, conn, broken: bool = False) -> None:
     """Return a pooled connection; a broken one, or one left inside a transaction, is closed instead.
 
-    A connection that broke takes the pool's idle ones with it: they shared its server.
+    A connection the server dropped takes the pool's idle ones with it: they shared its server.
     """
-    failed = broken or bool(conn.closed)
+    lost = bool(conn.closed)  # psycopg2 closes a connection whose server went away (not on a query error)
     pool = _pool(dsn)
-    pool.put(conn, failed or conn.get_transaction_status() != extensions.TRANSACTION_STATUS_IDLE)
-    if failed:
+    pool.put(conn, broken or lost or conn.get_transaction_status() != extensions.TRANSACTION_STATUS_IDLE)
+    if lost:
         pool.discard_idle()
 
 
