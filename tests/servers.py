@@ -7,6 +7,7 @@ Redis (like the project's own Redis), and is torn down when its context manager 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import subprocess
@@ -18,7 +19,15 @@ import psycopg2
 
 from tests.redis_topologies import HOST, RedisServer, _wait_until, standalone_server
 
-PG_BIN = os.path.dirname(os.path.realpath(shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"))
+
+def _pg_bin() -> str:
+    """The PostgreSQL server binaries: initdb on PATH, else the newest Debian install."""
+    found = shutil.which("initdb") or max(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                                          key=lambda p: int(p.split("/")[4]), default="initdb")
+    return os.path.dirname(os.path.realpath(found))
+
+
+PG_BIN = _pg_bin()
 
 
 def _as_postgres(args: list[str]) -> list[str]:
