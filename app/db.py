@@ -48,6 +48,15 @@ def get_redis():
     return client
 
 
+def get_broker_redis():
+    """A Redis client on the broker's database (for /healthz's check of queued jobs)."""
+    client = current_app.extensions.get("broker_redis")
+    if client is None:
+        client = redis_lib.Redis.from_url(settings().broker_url, socket_timeout=5, socket_connect_timeout=2)
+        current_app.extensions["broker_redis"] = client
+    return client
+
+
 BROKER_OK_SECONDS = 1.0
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import re
 from datetime import timezone
 
 from app.data import jobs
@@ -15,6 +18,8 @@ KIND_TASKS = {"usergroup": "sugo.usergroup", "batchUpdate": "sugo.batch_update"}
 # Dialects whose cohorts keep one version per base time (Sensors partitions); the others keep one
 # live computation per cohort, so refreshes and cron fires coalesce.
 PARTITIONED_DIALECTS = ("sensors",)
+# Workers that consume COHORTS_QUEUE consume COHORTS_QUEUE + this first (workers/celery_app.py).
+URGENT_SUFFIX = ".urgent"
 
 
 def time_partition(base_time) -> str:
@@ -35,16 +40,23 @@ def submit_cohort_job(conn, cohort: dict, kind: str, *, base_time=None, partitio
                        base_time=base_time, partition_key=partition_key, max_attempts=max_attempts)
 
 
-def enqueue(celery_app, conn_factory, jobs_to_send) -> list[int]:
+def urgent_queue(queue: str) -> str:
+    """The queue of resent jobs (reaped, or lost by the broker) that compute workers consume first."""
+    return queue + URGENT_SUFFIX
+
+
+def enqueue(celery_app, conn_factory, jobs_to_send, urgent: bool = False) -> list[int]:
     """Send committed jobs (rows with id and kind) to their task; return the ids that could not be sent.
 
     New job rows are inserted already marked enqueued (no extra write on the happy path); a job
     that could not be sent is unmarked, stays `new`, and the sweeper sends it at its next pass.
+    urgent: resends go to the urgent queue, ahead of the backlog (same task names).
     """
     failed = []
+    options = {"queue": urgent_queue(celery_app.cohort_settings.queue)} if urgent else {}
     for job in jobs_to_send:
         try:
-            celery_app.send_task(KIND_TASKS.get(job["kind"], COMPUTE_TASK), args=[job["id"]])
+            celery_app.send_task(KIND_TASKS.get(job["kind"], COMPUTE_TASK), args=[job["id"]], **options)
         except Exception as exc:  # broker down
             log.warning("job=%s enqueue failed: %s", job["id"], exc)
             failed.append(job["id"])
@@ -55,6 +67,68 @@ def enqueue(celery_app, conn_factory, jobs_to_send) -> list[int]:
         except Exception as exc:  # then the sweeper resends them after COHORTS_REQUEUE_AFTER
             log.warning("jobs=%s could not be unmarked: %s", failed, exc)
     return failed
+
+
+# kombu's Redis transport: a queue is a list (plus one per priority step, `name` + SEP + step),
+# delivered but unacknowledged messages (running, or held for a countdown) sit in the UNACKED hash.
+KOMBU_PRIORITY_SEP, KOMBU_PRIORITY_STEPS, KOMBU_UNACKED = "\x06\x16", (3, 6, 9), "unacked"
+JOB_TASKS = frozenset((COMPUTE_TASK, *KIND_TASKS.values()))
+SCAN_CHUNK = 1000
+
+
+def broker_job_ids(broker, queues) -> set[int]:
+    """Ids of the jobs that have a message in the Redis broker: waiting in one of queues, or delivered.
+
+    The exact answer, at the cost of reading every queued message (LRANGE in chunks, HSCAN of the
+    unacknowledged hash): the sweeper calls it only when some job has waited past COHORTS_LOST_AFTER.
+    """
+    ids: set[int] = set()
+    keys = [q for queue in queues for q in (queue, *(f"{queue}{KOMBU_PRIORITY_SEP}{p}" for p in KOMBU_PRIORITY_STEPS))]
+    for key in keys:
+        start = 0
+        while True:
+            chunk = broker.lrange(key, start, start + SCAN_CHUNK - 1)
+            ids.update(_fast_job_id(raw) for raw in chunk)
+            if len(chunk) < SCAN_CHUNK:
+                break
+            start += SCAN_CHUNK
+    for _, raw in broker.hscan_iter(KOMBU_UNACKED, count=SCAN_CHUNK):
+        entry = _json(raw)  # [message, exchange, routing_key]
+        ids.add(_job_id(entry[0] if isinstance(entry, list) and entry else None))
+    ids.discard(None)
+    return ids
+
+
+# Celery writes the task name and a repr of the args into the headers: reading them with a regex is
+# ~10x cheaper than decoding each message; anything else falls back to decoding it.
+_TASK_AND_ARGS = re.compile(rb'"task": "([^"]+)".*?"argsrepr": "[\[(](\d+),?[\])]"')
+
+
+def _fast_job_id(raw: bytes) -> int | None:
+    match = _TASK_AND_ARGS.search(raw)
+    if match is not None:
+        return int(match.group(2)) if match.group(1).decode() in JOB_TASKS else None
+    return _job_id(_json(raw))
+
+
+def _json(raw):
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _job_id(message) -> int | None:
+    """The job id of one kombu message of a job task (protocol 2: body = [args, kwargs, embed]), else None."""
+    try:
+        if message.get("headers", {}).get("task") not in JOB_TASKS:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return int(json.loads(body)[0][0])
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+        return None
 
 
 def delete_cohort_everywhere(conn, redis, key_prefix: str, project_id: int, cohort_id: int, noun: str) -> None:

@@ -34,6 +34,8 @@ class Settings:
     sweep_interval: float = 15.0
     schedule_interval: float = 10.0
     requeue_after: float = 900.0
+    # A job `new` this long after its send whose message the Redis broker no longer has is resent.
+    lost_after: float = 20.0
     backoff_base: float = 60.0
     backoff_max: float = 3600.0
     broker_check: bool = True

@@ -25,21 +25,40 @@ def cohort_key(prefix: str, project_id: int, cohort_id: int, version: int | None
     return base if version is None else f"{base}:v{version}"
 
 
-def publish(redis, key: str, bitmap: BitMap, also: tuple[str, ...] = ()) -> None:
-    """Store bitmap under key (and any `also` keys) atomically: readers see the old or the new, whole."""
-    payload = bitmap.serialize()
+def publish(redis, key: str, bitmap: BitMap, also: tuple[str, ...] = (), payload: bytes | None = None) -> bytes:
+    """Store bitmap under key (and any `also` keys) atomically: readers see the old or the new, whole.
+
+    Returns the serialized bitmap (pass it back as payload to skip serializing the same bitmap again).
+    """
+    payload = bitmap.serialize() if payload is None else payload
     for target in (key, *also):
         tmp = f"{target}:tmp:{uuid.uuid4().hex}"
         pipe = redis.pipeline(transaction=True)
         pipe.set(tmp, payload)
         pipe.rename(tmp, target)
         pipe.execute()
+    return payload
 
 
 def load(redis, key: str) -> BitMap | None:
     """The bitmap stored under key, or None."""
     payload = redis.get(key)
     return None if payload is None else BitMap.deserialize(payload)
+
+
+def load_cached(redis, key: str, durable) -> BitMap | None:
+    """The bitmap under key; on a miss, the durable copy from durable() (bytes or None), put back in Redis.
+
+    Redis is a cache of the published bitmaps (they are lost with a restart of a Redis without
+    persistence). The refill only sets a missing key (NX): a publisher's newer bitmap is never replaced.
+    """
+    payload = redis.get(key)
+    if payload is None:
+        payload = durable()
+        if payload is None:
+            return None
+        redis.set(key, payload, nx=True)
+    return BitMap.deserialize(payload)
 
 
 def is_member(redis, key: str, uid: int | None) -> bool:

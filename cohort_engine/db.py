@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 from contextlib import contextmanager
 from importlib import resources
@@ -35,8 +36,12 @@ class _Pool:
         with self.lock:
             while self.idle:
                 conn = self.idle.pop()
-                if not conn.closed:
+                if _alive(conn):
                     return conn
+                # One dead idle connection means the server went away: the others are dead too.
+                log.warning("pool dsn_host=%s discarded=%s reason=server_closed", _host(self.dsn), len(self.idle) + 1)
+                _close_all([conn, *self.idle])
+                self.idle.clear()
         return connect(self.dsn)
 
     def put(self, conn, broken: bool) -> None:
@@ -46,6 +51,39 @@ class _Pool:
                     self.idle.append(conn)
                     return
         conn.close()
+
+    def discard_idle(self) -> None:
+        """Close every idle connection (after one failed: a server restart kills them all)."""
+        with self.lock:
+            idle, self.idle = self.idle, []
+        _close_all(idle)
+
+
+def _alive(conn) -> bool:
+    """Whether an idle connection may be handed out, without a round trip.
+
+    An idle connection never has anything to read: readable means the server closed it (a restart
+    or pg_terminate_backend sends a FATAL and EOF), so it is discarded before any query fails on it.
+    """
+    if conn.closed:
+        return False
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+def _close_all(conns) -> None:
+    for conn in conns:
+        try:
+            conn.close()
+        except psycopg2.Error:
+            pass
+
+
+def _host(dsn: str) -> str:
+    return urlparse(dsn).hostname or "local"
 
 
 _pools: dict[str, _Pool] = {}
@@ -72,9 +110,15 @@ def borrow(dsn: str):
 
 
 def give_back(dsn: str, conn, broken: bool = False) -> None:
-    """Return a pooled connection; a broken one, or one left inside a transaction, is closed instead."""
-    broken = broken or bool(conn.closed) or conn.get_transaction_status() != extensions.TRANSACTION_STATUS_IDLE
-    _pool(dsn).put(conn, broken)
+    """Return a pooled connection; a broken one, or one left inside a transaction, is closed instead.
+
+    A connection the server dropped takes the pool's idle ones with it: they shared its server.
+    """
+    lost = bool(conn.closed)  # psycopg2 closes a connection whose server went away (not on a query error)
+    pool = _pool(dsn)
+    pool.put(conn, broken or lost or conn.get_transaction_status() != extensions.TRANSACTION_STATUS_IDLE)
+    if lost:
+        pool.discard_idle()
 
 
 @contextmanager

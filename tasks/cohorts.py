@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import psycopg2
@@ -16,29 +17,48 @@ log = logging.getLogger(__name__)
 TRANSIENT = (psycopg2.OperationalError, redis.ConnectionError, redis.TimeoutError)
 
 
+# Retry state travels in the task message's headers (task signatures stay job_id only): two separate
+# budgets, busy waits and transient errors, and the claim a failed try could not give back.
+BUSY_HEADER, TRANSIENT_HEADER, RESUME_HEADER = "cohorts_busy", "cohorts_transient", "cohorts_resume"
+
+
 def run_job(task, executor_class, job_id: int) -> None:
     """Run a job with executor_class and turn what escapes into a retry or a `failed` job (shared by all tasks)."""
     settings = task.app.cohort_settings
+    headers = task.request.headers or {}
+    busy, transient = int(headers.get(BUSY_HEADER, 0)), int(headers.get(TRANSIENT_HEADER, 0))
     executor = executor_class(settings, job_id)
+    executor.resume = headers.get(RESUME_HEADER)
     started = time.monotonic()
     try:
         executor.run()
     except RetryLater:
-        # Another delivery holds the job; once its heartbeat is stale this one may take over.
-        raise task.retry(countdown=settings.stale_after) from None
+        # Another delivery holds the job; once its heartbeat is stale this one may take over. A holder
+        # runs at most the hard time limit, so more waits than that means the reaper owns the job.
+        if busy >= busy_budget(settings):
+            log.warning("job=%s busy_retries=%s giving up: the reaper requeues it if its holder is gone", job_id, busy)
+            return
+        raise _retry(task, settings.stale_after, {BUSY_HEADER: busy + 1, TRANSIENT_HEADER: transient,
+                                                  RESUME_HEADER: executor.resume}) from None
     except SoftTimeLimitExceeded:
         _fail_quietly(executor, "timeout", _timeout_message(settings))
     except TRANSIENT as exc:
-        if task.request.retries >= settings.max_attempts:
+        if transient >= settings.max_attempts:
             _fail_quietly(executor, "backend_unavailable",
                           f"PostgreSQL or Redis was unreachable on {settings.max_attempts + 1} tries: {exc}")
             return
-        try:
-            executor.release()
-        except TRANSIENT:
-            pass  # the reaper gives the job back once its heartbeat is stale
+        resume = executor.resume
+        if executor.claimed:
+            try:
+                executor.release()
+                resume = None
+            except TRANSIENT:
+                # PostgreSQL is still down: the retry takes this claim over instead of waiting for
+                # it to go stale (and losing an attempt).
+                resume = executor.token
         log.warning("job=%s transient error, retrying: %s", job_id, exc)
-        raise task.retry(countdown=settings.retry_delay * 2 ** task.request.retries) from None
+        raise _retry(task, settings.retry_delay * 2 ** transient, {BUSY_HEADER: busy, TRANSIENT_HEADER: transient + 1,
+                                                                   RESUME_HEADER: resume}) from None
     except Exception as exc:
         if time.monotonic() - started >= settings.soft_time_limit:
             # DuckDB turns the soft-limit signal into its own "Query interrupted" error.
@@ -46,6 +66,19 @@ def run_job(task, executor_class, job_id: int) -> None:
             return
         log.exception("job=%s unexpected error", job_id)
         _fail_quietly(executor, "internal_error", f"{type(exc).__name__}: {exc}; this is a bug, please report it")
+
+
+def busy_budget(settings) -> int:
+    """How many times a delivery waits COHORTS_STALE_AFTER for a busy job before it leaves it to the reaper."""
+    return math.ceil(settings.hard_time_limit / settings.stale_after) + 2
+
+
+def _retry(task, countdown: float, state: dict):
+    """task.retry with the budgets in headers; Celery's own retry count is not the limit (ours are)."""
+    headers = {**(task.request.headers or {}), **{k: v for k, v in state.items() if v is not None}}
+    if state.get(RESUME_HEADER) is None:
+        headers.pop(RESUME_HEADER, None)
+    return task.retry(countdown=countdown, headers=headers, max_retries=task.request.retries + 1)
 
 
 @shared_task(name="cohorts.compute", bind=True, max_retries=20, ignore_result=True)

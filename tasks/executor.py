@@ -78,6 +78,9 @@ class JobExecutor:
         self.job_id = job_id
         self.project: dict | None = None
         self.cohort: dict | None = None
+        # The token of this task's previous try when it could not give its claim back (set by run_job).
+        self.resume: str | None = None
+        self.claimed = False
         # Names the process, so operators (and tests) can tell which worker holds a job.
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
@@ -87,8 +90,9 @@ class JobExecutor:
 
     def run(self) -> dict | None:
         with db.connection(self.dsn) as conn:
-            job, why = jobs.claim(conn, self.job_id, self.token, self.settings.stale_after)
+            job, why = jobs.claim(conn, self.job_id, self.token, self.settings.stale_after, resume=self.resume)
             if why == "claimed":
+                self.claimed = True
                 # Loaded in the claim's transaction: one round trip fewer for every job.
                 self.project = projects.by_id(conn, job["project_id"])
                 self.cohort = cohorts.get_any(conn, job["cohort_id"]) if job["cohort_id"] else None
@@ -131,6 +135,7 @@ class JobExecutor:
         """Hand the job back for a retry of the task."""
         with db.connection(self.dsn) as conn:
             jobs.release(conn, self.job_id, self.token)
+        self.claimed = False
 
     def _fail(self, job: dict, code: str, message: str) -> None:
         with db.connection(self.dsn) as conn:
@@ -159,7 +164,8 @@ class JobExecutor:
         prefix = self.settings.engine.key_prefix
 
         def load_cohort(cohort_id: int):
-            return bitmaps.load(self.redis, bitmaps.cohort_key(prefix, project["id"], cohort_id))
+            return bitmaps.load_cached(self.redis, bitmaps.cohort_key(prefix, project["id"], cohort_id),
+                                       lambda: self._durable_bitmap(cohort_id))
 
         result = engine.compute(parse_definition(definition), base_time=job["base_time"], load_cohort=load_cohort,
                                 progress=self._progress)
@@ -167,14 +173,23 @@ class JobExecutor:
             return self._finish(job, None, {"count": result.count})
         # One key per attempt: a stale earlier claim finishing late cannot overwrite this one's bitmap.
         version_key = bitmaps.cohort_key(prefix, project["id"], cohort["id"], f"j{job['id']}a{job['attempts']}")
-        bitmaps.publish(self.redis, version_key, result.bitmap)
+        payload = bitmaps.publish(self.redis, version_key, result.bitmap)
         try:
-            return self._publish(job, definition_version, version_key, result)
+            return self._publish(job, definition_version, version_key, result, payload)
         except BaseException:
             self.redis.delete(version_key)  # no version row will name it
             raise
 
-    def _publish(self, job: dict, definition_version: int, version_key: str, result) -> dict:
+    def _durable_bitmap(self, cohort_id: int) -> bytes | None:
+        """A referenced cohort's published bitmap from PostgreSQL (a Redis miss: Redis lost it)."""
+        with db.connection(self.dsn) as conn:
+            cohort = cohorts.get_any(conn, cohort_id)
+            # Only a cohort of this job's project: the Redis key it replaces is project-scoped too.
+            if cohort is None or cohort["project_id"] != self.project["id"]:
+                return None
+            return versions.published_bitmap(conn, cohort_id)
+
+    def _publish(self, job: dict, definition_version: int, version_key: str, result, payload: bytes) -> dict:
         prefix = self.settings.engine.key_prefix
         with db.connection(self.dsn) as conn:
             # The cohort row lock orders publishers: an older run never overwrites a newer version.
@@ -186,6 +201,8 @@ class JobExecutor:
                                                "the job for the new definition publishes instead")
             version = versions.insert_succeeded(conn, cohort["id"], definition_version, job["base_time"],
                                                 result.count, version_key)
+            # The durable copy commits with the version row: a version that exists survives Redis.
+            versions.store_bitmap(conn, version["id"], payload)
             latest = versions.get(conn, cohort["latest_version_id"])
             is_newest = latest is None or (latest["definition_version"], latest["base_time"]) <= (
                 definition_version, job["base_time"])
@@ -197,7 +214,7 @@ class JobExecutor:
             if is_newest:
                 cohorts.set_latest_version(conn, cohort["id"], version["id"])
                 bitmaps.publish(self.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
-                                result.bitmap)
+                                result.bitmap, payload=payload)
             if job["kind"] == "cron":
                 cohorts.record_outcome(conn, cohort["id"], False, self.settings.backoff_base, self.settings.backoff_max)
             expired = expire_old_versions(conn, self.settings, cohort["id"])

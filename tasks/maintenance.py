@@ -7,20 +7,47 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import psycopg2
+import redis as redis_lib
 from celery import shared_task
 from croniter import croniter
 
 from app.data import cohorts, jobs, projects
-from app.queue import cron_partition, enqueue, submit_cohort_job
+from app.queue import broker_job_ids, cron_partition, enqueue, submit_cohort_job, urgent_queue
 from cohort_engine import db
 from tasks.executor import end_failed
 
 log = logging.getLogger(__name__)
+# Waiting jobs compared with the broker per sweep, oldest first (a backlog larger than this is checked
+# from its oldest end; its newer jobs have waited less).
+LOST_CHECK_LIMIT = 10000
+
+
+def lost_jobs(conn, settings, older_than: float) -> list[dict]:
+    """Jobs marked enqueued more than older_than seconds ago, still `new`, whose message the broker lost."""
+    if not settings.broker_url.startswith("redis"):
+        return []  # only Redis is inspected; other brokers rely on COHORTS_REQUEUE_AFTER
+    if not jobs.enqueued_waiting(conn, older_than, limit=1):
+        return []  # nothing waited long: no need to read the queue
+    try:
+        present = broker_job_ids(broker_client(settings.broker_url), [settings.queue, urgent_queue(settings.queue)])
+    except redis_lib.RedisError as exc:  # the reaping in this sweep must not depend on it
+        log.warning("sweep broker_check=failed error=%s", exc)
+        return []
+    # The jobs are read after the broker: a message taken from the queue meanwhile belongs to a job
+    # that is claimed (not `new`) by now, so it is not mistaken for a lost one.
+    return [job for job in jobs.enqueued_waiting(conn, older_than, limit=LOST_CHECK_LIMIT) if job["id"] not in present]
+
+
+def broker_client(url: str):
+    """A Redis client on the broker's database, shared within the process."""
+    from cohort_engine import bitmaps
+
+    return bitmaps.redis_client(url)
 
 
 @shared_task(name="cohorts.sweep", bind=True, ignore_result=True)
 def sweep(self) -> dict:
-    """Reap jobs whose heartbeat stopped and re-enqueue jobs left `new`."""
+    """Reap jobs whose heartbeat stopped, re-enqueue jobs left `new` and jobs the broker lost."""
     settings = self.app.cohort_settings
     requeued, failed = [], []
     with db.connection(settings.engine.database_url) as conn:
@@ -37,14 +64,16 @@ def sweep(self) -> dict:
                 jobs.requeue(conn, job["id"])
                 requeued.append(job)
         waiting = jobs.waiting_unqueued(conn, settings.sweep_interval, settings.requeue_after)
-        jobs.mark_enqueued(conn, [job["id"] for job in waiting])
-    requeued_ids = {job["id"] for job in requeued}
-    resend = requeued + [job for job in waiting if job["id"] not in requeued_ids]
-    enqueue(self.app, lambda: db.connection(settings.engine.database_url), resend)
+        lost = lost_jobs(conn, settings, settings.lost_after)
+        resend = list({job["id"]: job for job in [*requeued, *waiting, *lost]}.values())
+        requeued_ids = {job["id"] for job in requeued}
+        jobs.mark_enqueued(conn, [job["id"] for job in resend if job["id"] not in requeued_ids])
+    # Resends go to the urgent queue: a reaped or lost job has waited already, not behind the backlog.
+    enqueue(self.app, lambda: db.connection(settings.engine.database_url), resend, urgent=True)
     resent_ids = [job["id"] for job in resend]
     if resend or failed:
-        log.info("sweep requeued=%s failed=%s", resent_ids, failed)
-    return {"requeued": resent_ids, "failed": failed}
+        log.info("sweep requeued=%s lost=%s failed=%s", resent_ids, [job["id"] for job in lost], failed)
+    return {"requeued": resent_ids, "lost": [job["id"] for job in lost], "failed": failed}
 
 
 def due_fire_time(cron: str, tz: ZoneInfo, since: datetime, now: datetime) -> datetime | None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 
+from app.queue import urgent_queue
 from app.settings import Settings
 
 MAINTENANCE_TASKS = ("cohorts.sweep", "cohorts.schedule")
@@ -19,7 +20,10 @@ def create_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.soft_time_limit,
         task_time_limit=settings.hard_time_limit,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # "priority": BRPOP keeps the order the worker lists its queues in (urgent first, see below);
+        # the default round robin would let a backlog job in between two resends.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout,
+                                  "queue_order_strategy": "priority"},
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
         result_backend=None,
@@ -40,3 +44,13 @@ def create_celery(settings: Settings | None = None) -> Celery:
     )
     celery.cohort_settings = settings
     return celery
+
+
+@signals.celeryd_after_setup.connect
+def consume_urgent_first(sender, instance, **kwargs) -> None:
+    """A worker of the compute queue also consumes its urgent queue (resent jobs), and before it."""
+    queue = instance.app.cohort_settings.queue
+    queues = instance.app.amqp.queues
+    selected = list(queues.consume_from)
+    if queue in selected and urgent_queue(queue) not in selected:
+        queues.select([urgent_queue(queue), *selected])

@@ -1,11 +1,14 @@
-"""GET /healthz: PostgreSQL, Redis and live workers, each reachable or not."""
+"""GET /healthz: PostgreSQL, Redis, live workers and queued jobs, each healthy or not."""
 
 from __future__ import annotations
+
+import time
 
 from flask import Blueprint, current_app, jsonify
 
 from app.data import jobs
-from app.db import get_db, get_redis
+from app.db import get_broker_redis, get_db, get_redis, settings
+from app.queue import broker_job_ids, urgent_queue
 
 bp = Blueprint("health", __name__)
 
@@ -30,8 +33,41 @@ def healthz():
         checks["workers"] = {"ok": bool(workers), "live": workers}
     except Exception as exc:
         checks["workers"] = {"ok": False, "error": str(exc), "live": []}
+    checks["queue"] = queue_check()
     healthy = all(c["ok"] for c in checks.values())
     return jsonify({"ok": healthy, "checks": checks}), 200 if healthy else 503
+
+
+def queue_check() -> dict:
+    """Jobs stuck `new` without a broker message past the sweeper's resend (a lost queue nobody resent).
+
+    Reads the broker's queue only when some job has waited that long, as the sweeper does, and then
+    at most once per COHORTS_SWEEP_INTERVAL per web process (a backlog makes that read cost ~8 ms
+    per 1,000 messages; probes may call often).
+    """
+    s = settings()
+    if not s.broker_url.startswith("redis"):
+        return {"ok": True}
+    cached = current_app.extensions.setdefault("queue_check", {"until": 0.0, "check": None})
+    try:
+        # By then the sweeper (every COHORTS_SWEEP_INTERVAL s) has resent any job the broker lost.
+        older_than = s.lost_after + 2 * s.sweep_interval
+        waiting = jobs.enqueued_waiting(get_db(), older_than)
+        if not waiting:
+            return {"ok": True, "stuck": 0}
+        if cached["until"] > time.monotonic():
+            return cached["check"]
+        present = broker_job_ids(get_broker_redis(), [s.queue, urgent_queue(s.queue)])
+        stuck = [job["id"] for job in waiting if job["id"] not in present]
+    except Exception as exc:
+        return {"ok": False, "error": str(exc).strip()}
+    check = {"ok": not stuck, "stuck": len(stuck)}
+    if stuck:
+        check["job_ids"] = stuck[:20]
+        check["error"] = (f"{len(stuck)} jobs are new with no broker message for over {older_than:g} s; "
+                          "check that beat and the sweeper run")
+    cached.update(until=time.monotonic() + s.sweep_interval, check=check)
+    return check
 
 
 @bp.get("/ping")

@@ -193,7 +193,7 @@ def refresh_cohort(cohort_id):
 def published_bitmap(cohort_id: int):
     load_cohort(cohort_id)
     key = bitmaps.cohort_key(settings().engine.key_prefix, g.project["id"], cohort_id)
-    bitmap = bitmaps.load(get_redis(), key)
+    bitmap = bitmaps.load_cached(get_redis(), key, lambda: versions.published_bitmap(get_db(), cohort_id))
     if bitmap is None:
         raise ApiError(409, f"cohort {cohort_id} has no computed version yet; poll its job until it succeeds")
     return bitmap

@@ -115,11 +115,22 @@ def unmark_enqueued(conn, job_ids: list[int]) -> None:
         cur.execute("UPDATE jobs SET enqueued_at = NULL WHERE id = ANY(%s) AND status = 'new'", (list(job_ids),))
 
 
-def claim(conn, job_id: int, token: str, stale_seconds: float) -> tuple[dict | None, str]:
-    """Take a job for computing; returns (job, why): claimed, done, busy, cancelled, exhausted or missing."""
+def claim(conn, job_id: int, token: str, stale_seconds: float, resume: str | None = None) -> tuple[dict | None, str]:
+    """Take a job for computing; returns (job, why): claimed, done, busy, cancelled, exhausted or missing.
+
+    resume: the token of this task's previous try, which could not release its claim (PostgreSQL was
+    down); if the job still holds it, the claim passes to token without counting another attempt.
+    """
     claim_sql = ("UPDATE jobs SET status = 'computing', attempts = attempts + 1, worker = %s, progress = 0,"
                  " started_at = coalesce(started_at, now()), heartbeat_at = now() WHERE id = %s")
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        if resume:
+            cur.execute("UPDATE jobs SET worker = %s, progress = 0, heartbeat_at = now() WHERE id = %s"
+                        " AND worker = %s AND status = 'computing' AND NOT cancel_requested RETURNING " + COLUMNS,
+                        (token, job_id, resume))
+            job = cur.fetchone()
+            if job is not None:
+                return job, "claimed"
         # The common case, a new job with attempts left, in one statement.
         cur.execute(claim_sql + " AND status = 'new' AND attempts < max_attempts AND NOT cancel_requested"
                     " RETURNING " + COLUMNS,
@@ -254,3 +265,13 @@ def queue_ages(conn) -> tuple[float, float]:
             " FROM jobs WHERE status IN ('new', 'computing')")
         waited, lag = cur.fetchone()
     return float(waited), float(lag)
+
+
+def enqueued_waiting(conn, older_than_seconds: float, limit: int = 1000) -> list[dict]:
+    """Jobs ({id, kind}) `new` and marked enqueued longer than older_than_seconds: their message should be
+    in the broker; the sweeper checks that it still is (a broker restart loses them)."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT id, kind FROM jobs WHERE status = 'new'"
+                    " AND enqueued_at < now() - make_interval(secs => %s) ORDER BY id LIMIT %s",
+                    (older_than_seconds, limit))
+        return cur.fetchall()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg2
 from psycopg2.extras import RealDictCursor
 
 COLUMNS = ("id, cohort_id, definition_version, base_time, status, count, bitmap_key, error_code, error_message,"
@@ -41,15 +42,30 @@ def bitmap_keys(conn, cohort_id: int) -> list[str]:
 
 
 def expire_beyond(conn, cohort_id: int, keep: int) -> list[str]:
-    """Clear the bitmap keys of all but the `keep` newest versions and the published one; return the keys.
+    """Clear the bitmaps (Redis key and durable copy) of all but the `keep` newest and the published version.
 
-    Newest is the publish order (definition version, base time, id). The rows stay, with their count.
+    Returns the Redis keys to delete. Newest is the publish order (definition version, base time, id). The rows stay, with their count.
     """
     with conn.cursor() as cur:
         cur.execute(
             "WITH old AS (SELECT id, bitmap_key FROM cohort_versions WHERE cohort_id = %s AND bitmap_key IS NOT NULL"
             " ORDER BY definition_version DESC, base_time DESC, id DESC OFFSET %s)"
-            " UPDATE cohort_versions v SET bitmap_key = NULL, expired_at = now() FROM old WHERE v.id = old.id"
+            " UPDATE cohort_versions v SET bitmap_key = NULL, bitmap = NULL, expired_at = now() FROM old WHERE v.id = old.id"
             " AND v.id IS DISTINCT FROM (SELECT latest_version_id FROM cohorts WHERE id = %s)"
             " RETURNING old.bitmap_key", (cohort_id, max(keep, 0), cohort_id))
         return [r[0] for r in cur.fetchall()]
+
+
+def store_bitmap(conn, version_id: int, payload: bytes) -> None:
+    """Keep the durable copy of a version's serialized bitmap (in the caller's publishing transaction)."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE cohort_versions SET bitmap = %s WHERE id = %s", (psycopg2.Binary(payload), version_id))
+
+
+def published_bitmap(conn, cohort_id: int) -> bytes | None:
+    """The durable copy of the cohort's published (latest) version, or None if it has none."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT v.bitmap FROM cohorts c JOIN cohort_versions v ON v.id = c.latest_version_id"
+                    " WHERE c.id = %s AND v.bitmap IS NOT NULL", (cohort_id,))
+        row = cur.fetchone()
+    return None if row is None else bytes(row[0])

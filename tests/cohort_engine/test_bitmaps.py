@@ -107,3 +107,30 @@ def test_serialized_form_is_portable_roaring(redis_client, size):
     raw = redis_client.get(key)
     assert raw == bitmap.serialize()
     assert BitMap.deserialize(raw) == bitmap
+
+
+def test_a_miss_is_refilled_from_the_durable_copy_and_never_replaces_a_newer_bitmap(redis_client):
+    key = "cohorts-test:bitmaps:cached"
+    redis_client.delete(key)
+    durable = BitMap([1, 2, 3])
+    calls = []
+
+    def from_postgres():
+        calls.append(1)
+        return durable.serialize()
+
+    assert bitmaps.load_cached(redis_client, key, lambda: None) is None
+    assert bitmaps.load_cached(redis_client, key, from_postgres) == durable
+    assert redis_client.get(key) == durable.serialize()
+    assert bitmaps.load_cached(redis_client, key, from_postgres) == durable
+    assert len(calls) == 1  # a hit does not read the durable copy
+    # A publisher's bitmap that lands between a reader's miss and its refill stays.
+    newer = BitMap([7])
+    redis_client.delete(key)
+
+    def raced():
+        bitmaps.publish(redis_client, key, newer)
+        return durable.serialize()
+
+    assert bitmaps.load_cached(redis_client, key, raced) == durable  # this reader saw the older version
+    assert BitMap.deserialize(redis_client.get(key)) == newer
