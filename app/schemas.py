@@ -5,9 +5,17 @@ from __future__ import annotations
 from croniter import croniter
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from cohort_engine.definition import DefinitionError, parse_definition
+from app.fields import StrictBoolean
+from cohort_engine.definition import MAX_COHORT_ID, DefinitionError, parse_definition
 
 STATUSES = ("new", "computing", "succeed", "failed")
+# Keeps page offsets far inside bigint (docs/api.md).
+MAX_PAGE = 1_000_000
+
+
+def page_field(default: int = 1) -> fields.Integer:
+    """A 1-based page number, bounded so that its offset fits the database's integers."""
+    return fields.Integer(load_default=default, validate=validate.Range(min=1, max=MAX_PAGE))
 
 
 class DefinitionField(fields.Field):
@@ -35,7 +43,7 @@ class CohortCreateSchema(Schema):
                                                                  error="use 1-200 letters, digits, _ . - :"))
     display_name = fields.String(load_default=None, validate=validate.Length(max=200))
     definition = DefinitionField(required=True)
-    dynamic = fields.Boolean(load_default=False)
+    dynamic = StrictBoolean(load_default=False)
     cron = fields.String(load_default=None, allow_none=True, validate=valid_cron)
     owner = fields.String(load_default=None, validate=validate.Length(max=200))
 
@@ -54,20 +62,20 @@ class CohortUpdateSchema(CohortCreateSchema):
 
 class CohortListQuery(Schema):
     status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = page_field()
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 
 class JobListQuery(Schema):
     status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
-    cohort_id = fields.Integer(load_default=None)
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    cohort_id = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_COHORT_ID))
+    page = page_field()
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 
 class MembersQuery(Schema):
     format = fields.String(load_default="csv", validate=validate.OneOf(("csv", "json")))
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = page_field()
     per_page = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=100000))
 
 
@@ -117,5 +125,8 @@ class CohortWithJobSchema(Schema):
 
 
 class ErrorsSchema(Schema):
+    """Every error answer: a message, and for invalid input the messages per field path."""
+
+    error = fields.String(required=True, metadata={"description": "what went wrong"})
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
-                         metadata={"description": "field path -> messages"})
+                         metadata={"description": "field path -> messages (invalid input)"})
