@@ -19,8 +19,9 @@ from app.errors import ApiError
 
 # Deep enough for a definition at its own limit (32 levels, two JSON levels each) inside a body.
 MAX_JSON_DEPTH = 100
-# Ids are PostgreSQL integer (cohorts) or bigint (jobs) columns; a larger path id matches no route.
-MAX_PATH_INT = 2**63 - 1
+# Ids are PostgreSQL integer (cohorts) or bigint (jobs) columns; a longer path id matches no route.
+MAX_PATH_DIGITS = 18
+MAX_PATH_INT = 10**MAX_PATH_DIGITS - 1
 # PostgreSQL text and jsonb cannot hold NUL; a lone surrogate cannot be encoded as UTF-8 at all.
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 UNSTORABLE_MESSAGE = "must not contain NUL (\\u0000) or unpaired surrogate (\\ud800-\\udfff) characters"
@@ -95,10 +96,11 @@ def check_request_text() -> None:
 
 
 class BoundedIntConverter(IntegerConverter):
-    """Flask's <int:...>, bounded to what a bigint column holds."""
+    """Flask's <int:...>, at most 18 digits, so that every id it matches fits a bigint column."""
 
-    def __init__(self, map, fixed_digits=0, min=None, max=MAX_PATH_INT, signed=False):
-        super().__init__(map, fixed_digits=fixed_digits, min=min, max=max, signed=signed)
+    # Bounded in the pattern, not with max=: a converter that refuses a matched value makes
+    # werkzeug answer 405 with a wrong Allow header instead of 404.
+    regex = rf"\d{{1,{MAX_PATH_DIGITS}}}"
 
 
 def init_app(app) -> None:

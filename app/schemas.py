@@ -31,6 +31,10 @@ class DefinitionField(fields.Field):
             raise ValidationError(nested) from None
 
 
+DEFINITION_DOC = {"type": "object", "description": "the canonical rule tree (docs/definition.md); the rules"
+                  " between its fields are checked on save and answered 400 naming the field"}
+
+
 def valid_cron(value: str) -> None:
     if len(value.split()) not in (5, 6) or not croniter.is_valid(value):
         raise ValidationError("not a valid cron expression: 5 fields (minute hour day month weekday), "
@@ -42,7 +46,7 @@ class CohortCreateSchema(Schema):
     name = fields.String(required=True, validate=validate.Regexp(r"^[\w.\-:]{1,200}$",
                                                                  error="use 1-200 letters, digits, _ . - :"))
     display_name = fields.String(load_default=None, validate=validate.Length(max=200))
-    definition = DefinitionField(required=True)
+    definition = DefinitionField(required=True, metadata=DEFINITION_DOC)
     dynamic = StrictBoolean(load_default=False)
     cron = fields.String(load_default=None, allow_none=True, validate=valid_cron)
     owner = fields.String(load_default=None, validate=validate.Length(max=200))
@@ -57,7 +61,7 @@ class CohortCreateSchema(Schema):
 
 class CohortUpdateSchema(CohortCreateSchema):
     name = fields.String(load_default=None)
-    definition = DefinitionField(required=True)
+    definition = DefinitionField(required=True, metadata=DEFINITION_DOC)
 
 
 class CohortListQuery(Schema):
@@ -130,3 +134,41 @@ class ErrorsSchema(Schema):
     error = fields.String(required=True, metadata={"description": "what went wrong"})
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
                          metadata={"description": "field path -> messages (invalid input)"})
+
+
+class CohortPageSchema(Schema):
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+    cohorts = fields.List(fields.Nested(CohortSchema))
+
+
+class JobPageSchema(Schema):
+    page = fields.Integer()
+    per_page = fields.Integer()
+    jobs = fields.List(fields.Nested(JobSchema))
+
+
+class MembersPageSchema(Schema):
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+    members = fields.List(fields.String(), metadata={"description": "user keys"})
+
+
+class MembershipSchema(Schema):
+    member = fields.Boolean()
+
+
+class RefreshSchema(Schema):
+    job = fields.Nested(JobSchema)
+    coalesced = fields.Boolean(metadata={"description": "true: joined the cohort's running computation"})
+
+
+class DeletedSchema(Schema):
+    deleted = fields.Integer()
+
+
+class HealthSchema(Schema):
+    ok = fields.Boolean()
+    checks = fields.Dict(keys=fields.String(), values=fields.Dict())
