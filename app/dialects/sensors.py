@@ -18,6 +18,7 @@ from cohort_engine.definition import (
     MAX_COHORT_ID,
     MAX_DATE,
     MAX_DEPTH,
+    MAX_UNITS,
     MIN_DATE,
     DefinitionError,
     check_values,
@@ -304,11 +305,19 @@ def _window(time_function: str, params: list) -> dict:
         last = _whole_number(params[0], "N")
         if last < 1:
             raise ValidationError("N must be >= 1")
-        return {"last": last, "offset": 0, "unit": _unit(params[1], WINDOW_UNITS)}
+        return _bounded({"last": last, "offset": 0, "unit": _unit(params[1], WINDOW_UNITS)})
     if len(params) != 3:
         raise ValidationError("relative_between takes [N, M, unit]")
     near, far = sorted((_whole_number(params[0], "N"), _whole_number(params[1], "M")))
-    return {"last": far - near + 1, "offset": near, "unit": _unit(params[2], WINDOW_UNITS)}
+    return _bounded({"last": far - near + 1, "offset": near, "unit": _unit(params[2], WINDOW_UNITS)})
+
+
+def _bounded(window: dict) -> dict:
+    """A relative window, refused here (naming time_params) when it reaches back past the canonical bound."""
+    limit = MAX_UNITS[window["unit"]]
+    if window["last"] + window["offset"] > limit:
+        raise ValidationError(f"reaches back at most 100 years: N, M <= {limit} for unit {window['unit']}")
+    return window
 
 
 def _validate_time_function(value: str) -> None:
