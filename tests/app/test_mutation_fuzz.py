@@ -29,7 +29,7 @@ from tests.app.dialects.test_sensors import SEED_RULE_BODY
 from tests.services import create_token_project, wait_until
 
 SEED = 20261201
-CASES = {"native": 400, "sensors": 400, "sugo": 100, "druid": 100}
+CASES = {"native": 1000, "sensors": 1000, "sugo": 150, "druid": 150}
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS_DIR = Path(os.environ.get("COHORTS_SEEDS_DIR", "/work/shared/seeds"))
 NATIVE_LEAF_TYPES = {"profile", "event", "sequence", "cohort", "ids"}

@@ -14,7 +14,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS
 from schemathesis.config import HealthCheck
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 75
 SEED = 8
 STATUSES: Counter = Counter()
 # A random object is rarely a valid rule tree, and JSON Schema cannot state the rules between a
