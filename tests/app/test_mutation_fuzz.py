@@ -5,6 +5,7 @@ $COHORTS_SEEDS_DIR (default /work/shared/seeds, skipped if absent) and the reque
 API tests use. Each case applies 1-3 seeded mutations (a value replaced by an edge value or by
 another value of the same document, a field removed or added, a list emptied or repeated) and
 is sent to the endpoint its seed belongs to. Bounded by CASES per group; deterministic by SEED.
+For a deeper run: COHORTS_FUZZ_SCALE=10 COHORTS_FUZZ_SEED=<n> (a failure prints its request).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from cohort_engine.project import ProjectEngine
 from tests.app.dialects.test_sensors import SEED_RULE_BODY
 from tests.services import create_token_project, wait_until
 
-SEED = 20261201
-CASES = {"native": 1000, "sensors": 1000, "sugo": 150, "druid": 150}
+SEED = int(os.environ.get("COHORTS_FUZZ_SEED", "20261201"))
+SCALE = float(os.environ.get("COHORTS_FUZZ_SCALE", "1"))
+CASES = {group: int(n * SCALE) for group, n in {"native": 1000, "sensors": 1000, "sugo": 150, "druid": 150}.items()}
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS_DIR = Path(os.environ.get("COHORTS_SEEDS_DIR", "/work/shared/seeds"))
 NATIVE_LEAF_TYPES = {"profile", "event", "sequence", "cohort", "ids"}
