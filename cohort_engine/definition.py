@@ -54,8 +54,9 @@ def check_values(cmp: str, values: list) -> None:
         return
     if any(v is None or isinstance(v, (dict, list)) for v in values):
         fail("values must be strings, numbers or booleans")
-    if any(_is_int(v) and not -2**63 <= v < 2**63 for v in values):
-        fail("integers must fit in 64 bits (-2^63 .. 2^63-1)")
+    # Floats too: PostgreSQL stores 1e20 as the integer 100000000000000000000, which the job reads back.
+    if any(_is_number(v) and not -2**63 <= v < 2**63 for v in values):
+        fail("numbers must lie within -2^63 .. 2^63-1 (about 9.2e18)")
     if cmp in ("eq", "ne"):
         if not values:
             fail(f"{cmp} needs at least one value")

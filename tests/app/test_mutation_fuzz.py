@@ -305,11 +305,14 @@ def test_native_and_sensors_examples_mutated_get_no_5xx_and_no_internal_error(
                 tally.send(fuzz_client, "post", path, mutate(partitions, rnd, EDGE_VALUES), headers)
     jobs = wait_for_jobs(pg, project_id)
     internal = [row for row in jobs if row[3] == "internal_error"]
+    # What the save accepted, the job must accept too, after the definition's trip through jsonb.
+    disagreeing = [row for row in jobs if row[3] == "bad_definition"]
     with capsys.disabled():
         print(f"\nmutation fuzz: {sum(tally.statuses.values())} requests, {len(jobs)} jobs "
               f"({Counter(row[3] or row[2] for row in jobs)}), answers {dict(sorted(tally.statuses.items()))}")
     assert not tally.server_errors, "\n".join(tally.server_errors[:10])
     assert not internal, internal[:10]
+    assert not disagreeing, disagreeing[:10]
 
 
 # Sugo (/ant) and Druid (/druid/v2) are being hardened separately (issue 8, part 1 and part 2):

@@ -210,7 +210,9 @@ def test_depth_limit_counts_not_chains_and_filter_groups():
     (pays(window={"start": "2024-01-01", "end": "9999-12-31"}), "window.end", "9998-12-31"),
     (pays(window={"start": "0001-01-01T00:00:00", "end": "2024-01-01T00:00:00"}), "window.start", "1000-01-01"),
     (profile("date_between", ["0001-01-01", "2024-01-01"]), "values", "outside"),
-    (profile("eq", [2**64]), "values", "64 bits"),
+    (profile("eq", [2**64]), "values", "2^63"),
+    (profile("gt", [1e20]), "values", "2^63"),
+    (pays(values=[-1e300]), "values", "2^63"),
     ({"type": "cohort", "cohort_id": 2**31}, "cohort_id", "less than or equal"),
 ])
 def test_windows_durations_and_numbers_are_bounded(tree, path, fragment):
