@@ -20,8 +20,10 @@ MAX_EXAMPLES = int(75 * float(os.environ.get("COHORTS_FUZZ_SCALE", "1")))
 SEED = int(os.environ.get("COHORTS_FUZZ_SEED", "8"))
 STATUSES: Counter = Counter()
 # A random object is rarely a valid rule tree, and JSON Schema cannot state the rules between a
-# definition's fields (docs/definition.md), so positive bodies of these two may be answered 400.
-CROSS_FIELD_BODIES = {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}"}
+# definition's fields (docs/definition.md) or the text forms of Sensors base times and crons, so
+# positive bodies of these may be answered 400.
+CROSS_FIELD_BODIES = {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}", "POST /segmenter/rule",
+                      "POST /segmenter/execute", "POST /segmenter/status"}
 
 
 @pytest.fixture
