@@ -232,9 +232,10 @@ def fuzz_project(database_url, service_settings, tmp_path_factory):
 def fuzz_client(service_settings, celery_app):
     from app import create_app
 
-    # NOWHERE allowlisted, so that Sugo requests get past the host check to their jobs.
+    # NOWHERE allowlisted, so that Sugo requests get past the host check to their jobs. Not TESTING:
+    # an unhandled error is then a 500 that the tally reports with its request, as a client sees it.
     settings = replace(service_settings, sugo_allowed_hosts=NOWHERE)
-    return create_app({"TESTING": True, "SETTINGS": settings, "CELERY": celery_app}).test_client()
+    return create_app({"TESTING": False, "SETTINGS": settings, "CELERY": celery_app}).test_client()
 
 
 class Tally:
