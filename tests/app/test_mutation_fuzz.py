@@ -1,8 +1,8 @@
 """Mutation fuzz of every vendor example: no answer >= 500, and no job the fuzz created ends internal_error.
 
-Seeds are the JSON examples of docs/ (native and Sensors), the vendor seed documents in
-$COHORTS_SEEDS_DIR (default /work/shared/seeds, skipped if absent) and the request bodies the
-API tests use. Each case applies 1-3 seeded mutations (a value replaced by an edge value or by
+Seeds are the JSON examples of docs/ and README.md, the vendor seed documents in
+$COHORTS_SEEDS_DIR (default: shared/seeds beside the checkout; skipped if absent) and the request
+bodies the API tests use. Each case applies 1-3 seeded mutations (a value replaced by an edge value or by
 another value of the same document, a field removed or added, a list emptied or repeated) and
 is sent to the endpoint its seed belongs to. Bounded by CASES per group; deterministic by SEED.
 For a deeper run: COHORTS_FUZZ_SCALE=10 COHORTS_FUZZ_SEED=<n> (a failure prints its request).
@@ -27,14 +27,24 @@ import pytest
 
 from app.dialects.sensors import LISTING_ONLY_FIELDS
 from cohort_engine.project import ProjectEngine
-from tests.app.dialects.test_sensors import SEED_RULE_BODY
+from tests.app.dialects.test_sensors import (
+    PROPERTY_CASES,
+    SEED_RULE_BODY,
+    content,
+    event_rule,
+    flt,
+    profile_rule,
+)
 from tests.services import create_token_project, wait_until
 
 SEED = int(os.environ.get("COHORTS_FUZZ_SEED", "20261201"))
 SCALE = float(os.environ.get("COHORTS_FUZZ_SCALE", "1"))
-CASES = {group: int(n * SCALE) for group, n in {"native": 1000, "sensors": 1000, "sugo": 150, "druid": 150}.items()}
+CASES = {group: int(n * SCALE) for group, n in {"native": 1000, "sensors": 1000, "partitions": 200, "sugo": 150,
+                                                 "druid": 150}.items()}
 ROOT = Path(__file__).resolve().parents[2]
-SEEDS_DIR = Path(os.environ.get("COHORTS_SEEDS_DIR", "/work/shared/seeds"))
+# The vendor documents: shared/seeds beside the checkout (as CI lays it out), else the workplace's.
+SEEDS_DIR = next((p for p in (Path(os.environ.get("COHORTS_SEEDS_DIR", ROOT.parent / "shared" / "seeds")),
+                              Path("/work/shared/seeds")) if p.is_dir()), Path("/nonexistent"))
 NATIVE_LEAF_TYPES = {"profile", "event", "sequence", "cohort", "ids"}
 SENSORS_NODE_TYPES = {"rules_relation", "profile_rule", "event_rule", "event_sequence_rule"}
 # Nothing listens on port 1: a Sugo job the fuzz lets through may fail to connect, but it never
@@ -71,7 +81,40 @@ def doc_examples() -> list:
     texts = [p.read_text() for p in (ROOT / "docs").rglob("*.md")] + [(ROOT / "README.md").read_text()]
     if SEEDS_DIR.is_dir():
         texts += [p.read_text(errors="replace") for p in sorted(SEEDS_DIR.iterdir()) if p.is_file()]
-    return [value for text in texts for value in json_examples(text)]
+    # Vendor docs annotate their JSON with // comments (never after ':', which would be a URL).
+    texts += [re.sub(r"(?<=[\s,\[{])//[^\n]*", "", text) for text in texts if "//" in text]
+    unique = {}
+    for value in (value for text in texts for value in json_examples(text)):
+        unique.setdefault(json.dumps(value, sort_keys=True), value)
+    return list(unique.values())
+
+
+def as_partitions(example) -> list | None:
+    if isinstance(example, list) and example and all(
+            isinstance(e, dict) and set(e) == {"id", "base_time_list"} for e in example):
+        return example
+    return None
+
+
+def sensors_test_rules() -> list[dict]:
+    """Rule bodies built from the Sensors dialect tests: every property function, aggregator and time form."""
+    profile = [profile_rule(field, function, params) for function, params, _ in PROPERTY_CASES
+               for field in ("user.level", "user.birthday")]
+    filtered = [event_rule(filters=[flt(field, function, params)]) for function, params, _ in PROPERTY_CASES
+                for field in ("event.pay.amount", "event.pay.channel")]
+    measures = [event_rule(aggregator=aggregator, field=None if aggregator == "count" else "event.pay.amount",
+                           time=time, function=function, params=params)
+                for aggregator in ("count", "sum", "avg", "max", "min", "uniq")
+                for time, function, params in ((("relative_within", [7, "day"]), "greater", [0]),
+                                               (("relative_between", [1, 7, "day"]), "between", [1, 5]),
+                                               (("absolute_between", ["2024-03-01", "2024-03-20"]), "less", [3]),
+                                               (("absolute_between", ["2024-03-01 06:00:00", "2024-03-05"]),
+                                                "equal", [1, "2"]))]
+    sequence = {"type": "event_sequence_rule", "time_function": "relative_between", "time_params": [1, 30, "day"],
+                "steps": [{"event": "view", "filters": [flt("event.view.channel", "equal", ["app"])]},
+                          {"event": "pay", "filters": []}, {"event": "$Anything"}]}
+    groups = [profile, filtered, measures, [sequence, content(*profile[:4], relation="or"), *measures[:2]]]
+    return [sensors_rule(content(*rules, relation=relation)) for rules in groups for relation in ("and", "or")]
 
 
 def as_native(example) -> dict | None:
@@ -281,8 +324,9 @@ def test_native_and_sensors_examples_mutated_get_no_5xx_and_no_internal_error(
     tally = Tally()
     examples = doc_examples()
     native = [t for t in map(as_native, examples) if t] + NATIVE_EXTRA
-    sensors = [b for b in map(as_sensors, examples) if b] + [copy.deepcopy(SEED_RULE_BODY)]
-    assert len(native) >= 8 and len(sensors) >= 4, (len(native), len(sensors))
+    sensors = [b for b in map(as_sensors, examples) if b] + [copy.deepcopy(SEED_RULE_BODY)] + sensors_test_rules()
+    partitions = [p for p in map(as_partitions, examples) if p]
+    assert len(native) >= 8 and len(sensors) >= 8 and partitions, (len(native), len(sensors), len(partitions))
 
     created = []
     for n, (_, definition) in enumerate(cases(native, "native", rnd)):
@@ -295,15 +339,18 @@ def test_native_and_sensors_examples_mutated_get_no_5xx_and_no_internal_error(
         if created and n % 7 == 0:
             target = rnd.choice(created)
             tally.send(fuzz_client, "put", f"/api/v1/cohorts/{target}", {"definition": definition}, headers)
+    rules = []
     for n, (_, body) in enumerate(cases(sensors, "sensors", rnd)):
         if isinstance(body, dict) and isinstance(body.get("name"), str):
             body["name"] = f"{body['name'][:60]}_{n}"
         response = tally.send(fuzz_client, "post", "/segmenter/rule", body, headers)
-        if response.status_code == 200 and n % 4 == 0:
-            rule = response.get_json()["id"]
-            partitions = [{"id": rule, "base_time_list": ["2024-03-01 03:00:00", "2024-03-02 03:00:00"]}]
-            for path in ("/segmenter/execute", "/segmenter/status"):
-                tally.send(fuzz_client, "post", path, mutate(partitions, rnd, EDGE_VALUES), headers)
+        if response.status_code == 200 and body.get("type") in (0, 1):
+            rules.append(response.get_json()["id"])
+    assert rules
+    # The examples' partitions, aimed at rules this project has (mutations may aim them elsewhere).
+    aimed = [[{**item, "id": rules[i % len(rules)]} for i, item in enumerate(p)] for p in partitions]
+    for n, (_, body) in enumerate(cases(aimed, "partitions", rnd)):
+        tally.send(fuzz_client, "post", ("/segmenter/execute", "/segmenter/status")[n % 2], body, headers)
     jobs = wait_for_jobs(pg, project_id)
     internal = [row for row in jobs if row[3] == "internal_error"]
     # What the save accepted, the job must accept too, after the definition's trip through jsonb.
