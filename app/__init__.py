@@ -13,8 +13,6 @@ def create_app(config: dict | None = None):
     from flask import Flask
 
     app = Flask(__name__)
-    app.json.ensure_ascii = False
-    app.json.sort_keys = False
     app.config.from_mapping(config or {})
     settings = app.config.get("SETTINGS") or Settings.from_env()
     app.config["SETTINGS"] = settings
@@ -24,11 +22,12 @@ def create_app(config: dict | None = None):
         app.config["CELERY"] = create_celery(settings)
     app.extensions["celery"] = app.config["CELERY"]
 
-    from app import db, errors
+    from app import db, errors, input_rules
     from app.api import docs, health, native, sensors, sugo
 
     db.init_app(app)
     errors.init_app(app)
+    input_rules.init_app(app)
     app.register_blueprint(native.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)

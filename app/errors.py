@@ -1,4 +1,8 @@
-"""Error responses: marshmallow errors -> 400 with paths, HTTP errors and unreachable services as JSON."""
+"""Error responses: marshmallow errors -> 400 with paths, HTTP errors and unreachable services as JSON.
+
+Every error body is {"error": message, "errors"?: {field path: [messages]}} (the Error schema of
+/openapi.json); /druid/v2 answers keep Druid's own shape.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,15 @@ import logging
 
 import psycopg2
 import redis
-from flask import jsonify
+from flask import jsonify, request
 from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from cohort_engine.definition import DefinitionError, flatten_errors
 
 log = logging.getLogger(__name__)
+
+INVALID = "invalid input; nothing was written"
 
 
 class ApiError(Exception):
@@ -25,7 +31,26 @@ class ApiError(Exception):
 
 
 def bad_request(errors: dict[str, list[str]]):
-    return jsonify({"errors": errors}), 400
+    return error_response({"error": INVALID, "errors": errors}, 400)
+
+
+def _druid_shape(body: dict) -> dict:
+    from cohort_engine.druid.errors import BadQuery
+
+    detail = "; ".join(f"{path}: {', '.join(msgs)}" for path, msgs in body.get("errors", {}).items())
+    return BadQuery(detail or body["error"]).body()
+
+
+def error_response(body: dict, status: int, headers=None):
+    # The embedded Druid broker's clients parse Druid's error shape, also for input refused app-wide.
+    if status in (400, 413) and request.path.startswith("/druid/"):
+        body = _druid_shape(body)
+    response = jsonify(body)
+    response.status_code = status
+    for name, value in headers or ():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 def init_app(app) -> None:
@@ -39,11 +64,24 @@ def init_app(app) -> None:
 
     @app.errorhandler(ApiError)
     def _api(exc):
-        return jsonify(exc.body), exc.status
+        return error_response(exc.body, exc.status)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc):
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        return error_response({"error": f"the request body is larger than {limit} bytes, this service's limit"
+                                        " (COHORTS_MAX_BODY_BYTES); nothing was read"}, 413)
 
     @app.errorhandler(HTTPException)
     def _http(exc):
-        return jsonify({"error": exc.description}), exc.code
+        # get_headers carries what the status needs, such as Allow on a 405.
+        return error_response({"error": exc.description}, exc.code, exc.get_headers())
+
+    @app.errorhandler(InternalServerError)
+    def _internal(exc):
+        original = getattr(exc, "original_exception", None)
+        log.error("unhandled error path=%s method=%s error=%r", request.path, request.method, original)
+        return error_response({"error": "internal error; the request may not have been carried out"}, 500)
 
     @app.errorhandler(psycopg2.OperationalError)
     def _postgres_down(exc):

@@ -6,9 +6,17 @@ from croniter import croniter
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.crons import check_fires
-from cohort_engine.definition import DefinitionError, parse_definition
+from app.fields import StrictBoolean
+from cohort_engine.definition import MAX_COHORT_ID, DefinitionError, parse_definition
 
 STATUSES = ("new", "computing", "succeed", "failed")
+# Keeps page offsets far inside bigint (docs/api.md).
+MAX_PAGE = 1_000_000
+
+
+def page_field(default: int = 1) -> fields.Integer:
+    """A 1-based page number, bounded so that its offset fits the database's integers."""
+    return fields.Integer(load_default=default, validate=validate.Range(min=1, max=MAX_PAGE))
 
 
 class DefinitionField(fields.Field):
@@ -22,6 +30,10 @@ class DefinitionField(fields.Field):
             for path, messages in exc.errors.items():
                 nested[path if path != "_root" else "_schema"] = messages
             raise ValidationError(nested) from None
+
+
+DEFINITION_DOC = {"type": "object", "description": "the canonical rule tree (docs/definition.md); the rules"
+                  " between its fields are checked on save and answered 400 naming the field"}
 
 
 def valid_cron(value: str) -> None:
@@ -48,8 +60,8 @@ class CohortCreateSchema(Schema):
     project = fields.String(load_default=None, metadata={"description": "must match the token's project if given"})
     name = fields.String(required=True, validate=NAME)
     display_name = fields.String(load_default=None, validate=validate.Length(max=200))
-    definition = DefinitionField(required=True)
-    dynamic = fields.Boolean(load_default=False)
+    definition = DefinitionField(required=True, metadata=DEFINITION_DOC)
+    dynamic = StrictBoolean(load_default=False)
     cron = fields.String(load_default=None, allow_none=True, validate=valid_cron)
     owner = fields.String(load_default=None, validate=validate.Length(max=200))
 
@@ -64,7 +76,8 @@ class CohortUpdateSchema(CohortCreateSchema):
 
     name = fields.String(required=True, validate=NAME, metadata={"description": "renames the cohort"})
     display_name = fields.String(required=True, allow_none=True, validate=validate.Length(max=200))
-    dynamic = fields.Boolean(required=True)
+    definition = DefinitionField(required=True, metadata=DEFINITION_DOC)
+    dynamic = StrictBoolean(required=True)
     cron = fields.String(required=True, allow_none=True, validate=valid_cron)
     owner = fields.String(required=True, allow_none=True, validate=validate.Length(max=200))
 
@@ -79,20 +92,20 @@ class CohortPatchSchema(CohortUpdateSchema):
 
 class CohortListQuery(Schema):
     status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = page_field()
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 
 class JobListQuery(Schema):
     status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
-    cohort_id = fields.Integer(load_default=None)
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    cohort_id = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_COHORT_ID))
+    page = page_field()
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 
 class MembersQuery(Schema):
     format = fields.String(load_default="csv", validate=validate.OneOf(("csv", "json")))
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = page_field()
     per_page = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=100000))
 
 
@@ -150,5 +163,46 @@ class CohortWithJobSchema(Schema):
 
 
 class ErrorsSchema(Schema):
+    """Every error answer: a message, and for invalid input the messages per field path."""
+
+    error = fields.String(required=True, metadata={"description": "what went wrong"})
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
-                         metadata={"description": "field path -> messages"})
+                         metadata={"description": "field path -> messages (invalid input)"})
+
+
+class CohortPageSchema(Schema):
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+    cohorts = fields.List(fields.Nested(CohortSchema))
+
+
+class JobPageSchema(Schema):
+    page = fields.Integer()
+    per_page = fields.Integer()
+    jobs = fields.List(fields.Nested(JobSchema))
+
+
+class MembersPageSchema(Schema):
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+    members = fields.List(fields.String(), metadata={"description": "user keys"})
+
+
+class MembershipSchema(Schema):
+    member = fields.Boolean()
+
+
+class RefreshSchema(Schema):
+    job = fields.Nested(JobSchema)
+    coalesced = fields.Boolean(metadata={"description": "true: joined the cohort's running computation"})
+
+
+class DeletedSchema(Schema):
+    deleted = fields.Integer()
+
+
+class HealthSchema(Schema):
+    ok = fields.Boolean()
+    checks = fields.Dict(keys=fields.String(), values=fields.Dict())

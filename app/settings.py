@@ -50,6 +50,8 @@ class Settings:
     sugo_wait_seconds: float = 25.0
     sugo_hproxy_retries: int = 3
     sugo_hproxy_backoff: float = 0.5
+    # Largest request body read (docs/api.md); larger ones are answered 413 before they are read.
+    max_body_bytes: int = 2 * 1024 * 1024
 
     @property
     def visibility_timeout(self) -> int:

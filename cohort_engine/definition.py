@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import threading
 from datetime import date, datetime
 
+import duckdb
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 PROPERTY_COMPARATORS = (
@@ -24,6 +26,13 @@ ONE_STRING = ("contains", "not_contains", "starts_with", "ends_with", "regex")
 TWO_VALUES = ("between", "date_between")
 DURATION = ("within_last", "before_last")
 MAX_DEPTH = 32
+# Bounds that keep every window and duration inside what datetime arithmetic (and the store) can
+# represent, with room for a time zone shift: 100 years of each unit, dates in years 1000-9998.
+MAX_UNITS = {"minute": 100 * 366 * 24 * 60, "hour": 100 * 366 * 24, "day": 100 * 366, "week": 100 * 53,
+             "month": 100 * 12}
+MIN_DATE, MAX_DATE = date(1000, 1, 1), date(9998, 12, 31)
+MAX_COHORT_ID = 2**31 - 1  # cohort ids are PostgreSQL integers
+_regex_check = threading.local()
 
 
 class DefinitionError(ValueError):
@@ -45,6 +54,9 @@ def check_values(cmp: str, values: list) -> None:
         return
     if any(v is None or isinstance(v, (dict, list)) for v in values):
         fail("values must be strings, numbers or booleans")
+    # Floats too: PostgreSQL stores 1e20 as the integer 100000000000000000000, which the job reads back.
+    if any(_is_number(v) and not -2**63 <= v < 2**63 for v in values):
+        fail("numbers must lie within -2^63 .. 2^63-1 (about 9.2e18)")
     if cmp in ("eq", "ne"):
         if not values:
             fail(f"{cmp} needs at least one value")
@@ -55,10 +67,9 @@ def check_values(cmp: str, values: list) -> None:
         if len(values) != 1 or not isinstance(values[0], str):
             fail(f"{cmp} takes exactly one string")
         if cmp == "regex":
-            try:
-                re.compile(values[0])
-            except re.error as exc:
-                fail(f"not a valid regular expression: {exc}")
+            problem = regex_problem(values[0])
+            if problem:
+                fail(f"not a valid regular expression (RE2 syntax, as the event store runs it): {problem}")
     elif cmp in TWO_VALUES:
         if len(values) != 2:
             fail(f"{cmp} takes exactly two values [low, high]")
@@ -71,6 +82,22 @@ def check_values(cmp: str, values: list) -> None:
     elif cmp in DURATION:
         if len(values) != 2 or not _is_int(values[0]) or values[0] < 0 or values[1] not in DURATION_UNITS:
             fail(f"{cmp} takes [N >= 0, unit] with unit one of {', '.join(DURATION_UNITS)}")
+        if values[0] > MAX_UNITS[values[1]]:
+            fail(f"{cmp} reaches back at most 100 years: N <= {MAX_UNITS[values[1]]} for unit {values[1]}")
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why DuckDB's regexp_matches (RE2) cannot run the pattern, or None if it can."""
+    # The engine runs regexes in DuckDB, whose RE2 lacks backreferences and lookaround that
+    # Python's re has, so only DuckDB itself can tell whether a job will be able to run one.
+    con = getattr(_regex_check, "con", None)
+    if con is None:
+        con = _regex_check.con = duckdb.connect(":memory:")
+    try:
+        con.execute("SELECT regexp_matches('', ?)", [pattern]).fetchall()
+    except duckdb.Error as exc:
+        return str(exc).removeprefix("Invalid Input Error: ")
+    return None
 
 
 def _is_number(v) -> bool:
@@ -83,9 +110,12 @@ def _is_int(v) -> bool:
 
 def _parse_date(value, fail) -> date:
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except (TypeError, ValueError):
         fail(f"{value!r} is not a date (YYYY-MM-DD)")
+    if not MIN_DATE <= day <= MAX_DATE:
+        fail(f"{value!r} is outside {MIN_DATE} .. {MAX_DATE}")
+    return day
 
 
 class ConditionSchema(Schema):
@@ -130,6 +160,13 @@ class RelativeWindowSchema(Schema):
     offset = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=0, error="must be >= 0"))
     unit = fields.String(load_default="day", validate=validate.OneOf(WINDOW_UNITS))
 
+    @validates_schema
+    def _bounded(self, data, **kwargs):
+        limit = MAX_UNITS[data["unit"]]
+        if data["last"] + data["offset"] > limit:
+            raise ValidationError(f"last + offset reach back at most 100 years: <= {limit} for unit {data['unit']}",
+                                  "last")
+
 
 class AbsoluteWindowSchema(Schema):
     start = fields.String(required=True)
@@ -140,6 +177,9 @@ class AbsoluteWindowSchema(Schema):
         kinds = {_window_bound_kind(data["start"], "start"), _window_bound_kind(data["end"], "end")}
         if len(kinds) != 1:
             raise ValidationError("start and end must both be dates or both be datetimes", "end")
+        for name in ("start", "end"):
+            if not MIN_DATE <= date.fromisoformat(data[name][:10]) <= MAX_DATE:
+                raise ValidationError(f"must be within {MIN_DATE} .. {MAX_DATE}", name)
         if "date" in kinds and date.fromisoformat(data["start"]) > date.fromisoformat(data["end"]):
             raise ValidationError("must not be before start", "end")
         if "datetime" in kinds and datetime.fromisoformat(data["start"]) >= datetime.fromisoformat(data["end"]):
@@ -205,7 +245,7 @@ class SequenceLeafSchema(Schema):
 
 class CohortLeafSchema(Schema):
     type = fields.Constant("cohort", required=True)
-    cohort_id = fields.Integer(strict=True, required=True, validate=validate.Range(min=1))
+    cohort_id = fields.Integer(strict=True, required=True, validate=validate.Range(min=1, max=MAX_COHORT_ID))
 
 
 class IdsLeafSchema(Schema):
@@ -236,7 +276,7 @@ class NodeField(fields.Field):
                 return NotSchema().load(value)
             raise ValidationError({"op": ["must be one of: and, or, not"]})
         kind = value.get("type")
-        if kind not in LEAF_SCHEMAS:
+        if not isinstance(kind, str) or kind not in LEAF_SCHEMAS:
             raise ValidationError({"type": [f"must be one of: {', '.join(LEAF_SCHEMAS)} (or give op)"]})
         return LEAF_SCHEMAS[kind]().load(value)
 
@@ -275,14 +315,23 @@ def flatten_errors(messages, prefix: str = "") -> dict[str, list[str]]:
     return flat
 
 
-def _depth(node, level: int = 0) -> int:
-    if level > MAX_DEPTH:
-        return level
-    if "children" in node:
-        return max((_depth(c, level + 1) for c in node["children"]), default=level)
-    if "child" in node:
-        return _depth(node["child"], level + 1)
-    return level
+def _depth(tree) -> int:
+    """How deep groups nest, rule groups and filter groups alike (checked before loading, which recurses).
+
+    Any JSON value is accepted: malformed nodes are reported by the schemas afterwards.
+    """
+    deepest, stack = 0, [(tree, 0)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH or not isinstance(node, dict):
+            continue
+        for key in ("children", "child", "filter", "steps"):
+            sub = node.get(key)
+            for child in sub if isinstance(sub, list) else [sub]:
+                if isinstance(child, dict):
+                    stack.append((child, level + (key != "steps")))
+    return deepest
 
 
 def parse_definition(tree) -> dict:

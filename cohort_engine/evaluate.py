@@ -286,7 +286,8 @@ class _Evaluator:
                     return False
                 raise ValueError
             return to_utc_naive(parse_local(str(value), self.ctx.tz))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
+            # OverflowError: a time at the edge of the calendar (year 1) moved out of it by the zone.
             raise EngineError("bad_value", f"{value!r} is not a valid {kind} for property {prop!r}") from None
 
 

@@ -8,91 +8,198 @@ from flask import Blueprint, jsonify, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from app import schemas
+from app.input_rules import MAX_PATH_INT
+from cohort_engine.definition import MAX_COHORT_ID
 
 bp = Blueprint("docs", __name__)
 
 BEARER = [{"bearer": []}]
+ERROR_ANSWERS = {
+    "400": "invalid input (body, query parameter, path variable or header; docs/api.md); nothing was written",
+    "401": "missing or invalid token",
+    "403": "the body names another project than the token's",
+    "404": "unknown id (or another project's), or no such route",
+    "409": "conflicts with the current state (see the message)",
+    "413": "request body larger than COHORTS_MAX_BODY_BYTES",
+    "503": "PostgreSQL or Redis unreachable; nothing was written",
+}
 
 
 def _json(schema_name: str) -> dict:
     return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}
 
 
-def _responses(success_code: str, schema_name: str, description: str) -> dict:
-    return {
-        success_code: {"description": description, **_json(schema_name)},
-        "400": {"description": "invalid input; nothing was written", **_json("Errors")},
-        "401": {"description": "missing or invalid token"},
-        "404": {"description": "unknown id (or another project's)"},
-        "503": {"description": "PostgreSQL or Redis unreachable; nothing was written"},
-    }
+def _responses(success_code: str, schema_name: str, description: str, *errors: str,
+               secured: bool = True, body: bool = False) -> dict:
+    """The success answer and every error answer an operation can give (all in the Errors shape)."""
+    codes = ["400", *(["401"] if secured else []), "404", *errors, *(["413"] if body else []), "503"]
+    answers = {success_code: {"description": description, **_json(schema_name)}}
+    for code in sorted(set(codes)):
+        answers[code] = {"description": ERROR_ANSWERS[code], **_json("Errors")}
+    return answers
+
+
+EXAMPLE_BODY = {"name": "paid_last_week", "display_name": "Paid in the last 7 days", "definition": {
+    "type": "event", "event": "pay", "window": {"last": 7}, "cmp": "gte", "values": [1]}}
+
+
+def _operation(summary: str, responses: dict, parameters=(), body: str | None = None, example=None) -> dict:
+    operation = {"summary": summary, "security": BEARER, "responses": responses}
+    if parameters:
+        operation["parameters"] = list(parameters)
+    if body:
+        operation["requestBody"] = {"required": True, **_json(body)}
+        operation["requestBody"]["content"]["application/json"]["example"] = example or EXAMPLE_BODY
+    return operation
+
+
+RESPONSE_SCHEMAS = ("Job", "Cohort", "CohortWithJob", "CohortPage", "JobPage", "MembersPage", "Membership",
+                    "Refresh", "Deleted", "Health", "Errors")
 
 
 def _change_responses() -> dict:
     """PUT and PATCH: 202 with the job when the definition changed, 200 (job null) when it did not."""
-    return {**_responses("202", "CohortWithJob", "updated; the job computes the new definition"),
-            "200": {"description": "updated; the definition is unchanged, so no job (job: null)",
-                    **_json("CohortWithJob")},
-            "403": {"description": "`project` names another project than the token's"},
-            "409": {"description": "another cohort of the project has that name"}}
+    answers = _responses("202", "CohortWithJob", "updated; the job computes the new definition", "403", "409",
+                         body=True)
+    answers["200"] = {"description": "updated; the definition is unchanged, so no job (job: null)",
+                      **_json("CohortWithJob")}
+    return answers
 
 
 def build_spec() -> dict:
     spec = APISpec(title="Cohort service", version="1.0.0", openapi_version="3.0.3",
                    plugins=[MarshmallowPlugin()],
-                   info={"description": "Cohorts computed as asynchronous jobs. Poll GET /api/v1/jobs/{id}."})
-    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    for name in ("Job", "Cohort", "CohortCreate", "CohortUpdate", "CohortPatch", "CohortWithJob", "Errors"):
+                   info={"description": "Cohorts computed as asynchronous jobs. Poll GET /api/v1/jobs/{id}. "
+                                        "Input rules and limits: docs/api.md. Any path also answers 405 "
+                                        "(with Allow) to a method it does not have."})
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
+                                               "description": "the project's token: Authorization: Bearer <token>"})
+    for name in ("CohortCreate", "CohortUpdate", "CohortPatch", *RESPONSE_SCHEMAS):
         spec.components.schema(name, schema=getattr(schemas, name + "Schema"))
-    cohort_id = {"name": "cohort_id", "in": "path", "required": True, "schema": {"type": "integer"}}
-    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    cohort_id = {"name": "cohort_id", "in": "path", "required": True,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_COHORT_ID}}
+    job_id = {"name": "job_id", "in": "path", "required": True,
+              "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PATH_INT}}
+    user_key = {"name": "user_key", "in": "path", "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[^\\x00]+$"}}
     spec.path("/api/v1/cohorts", operations={
-        "post": {"summary": "Create a cohort; its first version is computed by a job", "security": BEARER,
-                 "requestBody": {"required": True, **_json("CohortCreate")},
-                 "responses": _responses("202", "CohortWithJob", "cohort created, job queued")},
-        "get": {"summary": "List cohorts (paged, filter by latest version status)", "security": BEARER,
-                "parameters": [{"in": "query", "schema": schemas.CohortListQuery}],
-                "responses": {"200": {"description": "a page of cohorts"}}},
+        "post": _operation("Create a cohort; its first version is computed by a job",
+                           _responses("202", "CohortWithJob", "cohort created, job queued", "403", "409",
+                                      body=True), body="CohortCreate"),
+        "get": _operation("List cohorts (paged, filter by latest version status)",
+                          _responses("200", "CohortPage", "a page of cohorts"),
+                          [{"in": "query", "schema": schemas.CohortListQuery}]),
     })
     spec.path("/api/v1/cohorts/{cohort_id}", operations={
-        "get": {"summary": "A cohort with its latest version", "security": BEARER, "parameters": [cohort_id],
-                "responses": _responses("200", "Cohort", "the cohort")},
-        "put": {"summary": "Replace the whole cohort (every field required); a changed definition gets a job",
-                "security": BEARER, "parameters": [cohort_id], "requestBody": {"required": True, **_json("CohortUpdate")},
-                "responses": _change_responses()},
-        "patch": {"summary": "Change only the fields given; a changed definition gets a job", "security": BEARER,
-                  "parameters": [cohort_id], "requestBody": {"required": True, **_json("CohortPatch")},
-                  "responses": _change_responses()},
-        "delete": {"summary": "Delete a cohort and its bitmaps", "security": BEARER, "parameters": [cohort_id],
-                   "responses": {"200": {"description": "deleted"}, "409": {"description": "referenced by others"}}},
+        "get": _operation("A cohort with its latest version", _responses("200", "Cohort", "the cohort"),
+                          [cohort_id]),
+        "put": _operation("Replace the whole cohort (every field required); a changed definition gets a job",
+                          _change_responses(), [cohort_id], body="CohortUpdate"),
+        "patch": _operation("Change only the fields given; a changed definition gets a job",
+                            _change_responses(), [cohort_id], body="CohortPatch",
+                            example={"display_name": "Paid in the last 7 days"}),
+        "delete": _operation("Delete a cohort and its bitmaps",
+                             _responses("200", "Deleted", "deleted", "409"), [cohort_id]),
     })
     spec.path("/api/v1/cohorts/{cohort_id}/refresh", operations={
-        "post": {"summary": "Recompute now (coalesced with a running computation)", "security": BEARER,
-                 "parameters": [cohort_id], "responses": {"202": {"description": "{job, coalesced}"}}}})
+        "post": _operation("Recompute now (coalesced with a running computation)",
+                           _responses("202", "Refresh", "job queued, or the running one joined"), [cohort_id])})
+    members = _responses("200", "MembersPage", "members", "409")
+    members["200"]["content"]["text/csv"] = {"schema": {"type": "string", "description": "one user key a line"}}
+    members["200"]["headers"] = {"X-Total-Count": {"description": "number of members (text/csv)",
+                                                   "schema": {"type": "integer"}}}
     spec.path("/api/v1/cohorts/{cohort_id}/members", operations={
-        "get": {"summary": "Members: text/csv stream (one key a line) or JSON pages (format=json)",
-                "security": BEARER, "parameters": [cohort_id, {"in": "query", "schema": schemas.MembersQuery}],
-                "responses": {"200": {"description": "members"}, "409": {"description": "not computed yet"}}}})
+        "get": _operation("Members: text/csv stream (one key a line) or JSON pages (format=json)", members,
+                          [cohort_id, {"in": "query", "schema": schemas.MembersQuery}])})
     spec.path("/api/v1/cohorts/{cohort_id}/members/{user_key}", operations={
-        "get": {"summary": "Is this user a member?", "security": BEARER,
-                "parameters": [cohort_id, {"name": "user_key", "in": "path", "required": True,
-                                           "schema": {"type": "string"}}],
-                "responses": {"200": {"description": '{"member": true|false}'}}}})
+        "get": _operation("Is this user a member?", _responses("200", "Membership", "member or not", "409"),
+                          [cohort_id, user_key])})
     spec.path("/api/v1/jobs", operations={
-        "get": {"summary": "List jobs", "security": BEARER,
-                "parameters": [{"in": "query", "schema": schemas.JobListQuery}],
-                "responses": {"200": {"description": "a page of jobs"}}}})
+        "get": _operation("List jobs", _responses("200", "JobPage", "a page of jobs"),
+                          [{"in": "query", "schema": schemas.JobListQuery}])})
     spec.path("/api/v1/jobs/{job_id}", operations={
-        "get": {"summary": "Job status and progress", "security": BEARER, "parameters": [job_id],
-                "responses": _responses("200", "Job", "the job")}})
+        "get": _operation("Job status and progress", _responses("200", "Job", "the job"), [job_id])})
     spec.path("/api/v1/jobs/{job_id}/cancel", operations={
-        "post": {"summary": "Cancel: a computing job stops at its next leaf and ends failed/cancelled",
-                 "security": BEARER, "parameters": [job_id],
-                 "responses": {"202": {"description": "cancel requested"}, "409": {"description": "already ended"}}}})
-    spec.path("/healthz", operations={
-        "get": {"summary": "PostgreSQL, Redis and workers reachable", "responses": {
-            "200": {"description": "all reachable"}, "503": {"description": "something is down"}}}})
+        "post": _operation("Cancel: a computing job stops at its next leaf and ends failed/cancelled",
+                           _responses("202", "Job", "cancel requested", "409"), [job_id])})
+    _sensors_paths(spec)
+    health = _responses("200", "Health", "all reachable", secured=False)
+    health["503"] = {"description": "something is down", **_json("Health")}
+    spec.path("/healthz", operations={"get": {"summary": "PostgreSQL, Redis and workers reachable",
+                                              "responses": health}})
     return spec.to_dict()
+
+
+def _object(description: str, **properties) -> dict:
+    return {"type": "object", "description": description, **({"properties": properties} if properties else {})}
+
+
+SENSORS_INTEGER_ID = {"type": "integer", "minimum": 1, "maximum": MAX_COHORT_ID}
+SENSORS_RULE = {
+    "type": "object", "required": ["id", "name", "cname", "type"], "additionalProperties": False,
+    "description": "a segmenter rule (docs/dialects/sensors.md); content is the Sensors rule tree",
+    "properties": {
+        "id": {"type": "integer", "minimum": 0, "maximum": MAX_COHORT_ID, "description": "0 creates a rule"},
+        "name": {"type": "string"}, "cname": {"type": "string"}, "type": {"type": "integer", "enum": [0, 1, 5, 6]},
+        "app_push_list": {"type": "array", "items": {"type": "integer"}},
+        "dir_id": {"type": "integer", "nullable": True},
+        "scheduler": {"type": "object", "required": ["running", "cron"], "additionalProperties": False,
+                      "properties": {"running": {"type": "boolean"}, "cron": {"type": "string"},
+                                     "execute_cron": {"type": "string"}}},
+        "content": {"type": "object", "nullable": True},
+        # Fields of a listed rule, ignored when it is posted back.
+        **{name: {"description": "ignored (listing only)"} for name in
+           ("user_name", "create_time", "failed_partition_count", "last_partition")},
+    },
+}
+SENSORS_PARTITIONS = {
+    "type": "array", "minItems": 1, "description": "rules and their base times (project local time)",
+    "items": {"type": "object", "required": ["id", "base_time_list"], "additionalProperties": False,
+              "properties": {"id": SENSORS_INTEGER_ID,
+                             "base_time_list": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {
+                                 "type": "string", "description": "YYYY-MM-DD HH:MM:SS"}}}},
+}
+
+
+def _sensors_paths(spec: APISpec) -> None:
+    """The Sensors segmenter API (v1.13 shapes, docs/dialects/sensors.md); bodies are checked as documented there."""
+    spec.components.schema("SegmenterRule", SENSORS_RULE)
+    spec.components.schema("SegmenterPartitions", SENSORS_PARTITIONS)
+    spec.components.schema("SegmenterSaved", _object("the rule's id and its next (or only) base time",
+                                                     id={"type": "integer"},
+                                                     base_time={"type": "string", "nullable": True}))
+    spec.components.schema("SegmenterEmpty", _object("nothing more to say"))
+    spec.components.schema("SegmenterStatus", {"type": "array", "items": _object(
+        "one rule's partitions", id={"type": "integer"}, result={"type": "array", "items": {"type": "object"}})})
+    spec.components.schema("SegmenterRuleView", _object("a rule as listed"))
+    spec.components.schema("SegmenterRules", _object("every rule of the project", total={"type": "integer"},
+                                                     result={"type": "array", "items": {"type": "object"}}))
+    rule_id = {"name": "cohort_id", "in": "path", "required": True, "schema": SENSORS_INTEGER_ID}
+    spec.path("/segmenter/rule", operations={"post": _operation(
+        "Create (id 0) or update a rule; a run-once rule computes now", _responses(
+            "200", "SegmenterSaved", "saved", body=True), body="SegmenterRule", example=SENSORS_EXAMPLE)})
+    spec.path("/segmenter/execute", operations={"post": _operation(
+        "Compute the rules' partitions at these base times", _responses(
+            "200", "SegmenterEmpty", "jobs queued", "409", body=True), body="SegmenterPartitions",
+        example=[{"id": 1, "base_time_list": ["2024-03-01 03:00:00"]}])})
+    spec.path("/segmenter/status", operations={"post": _operation(
+        "Status and count of the rules' partitions", _responses(
+            "200", "SegmenterStatus", "one entry per rule", body=True), body="SegmenterPartitions",
+        example=[{"id": 1, "base_time_list": ["2024-03-01 03:00:00"]}])})
+    spec.path("/segmenter/rule/all", operations={"get": _operation(
+        "Every rule of the project", _responses("200", "SegmenterRules", "the rules"))})
+    spec.path("/segmenter/rule/{cohort_id}", operations={
+        "get": _operation("One rule", _responses("200", "SegmenterRuleView", "the rule"), [rule_id]),
+        "delete": _operation("Delete a rule, its partitions and bitmaps",
+                             _responses("200", "SegmenterEmpty", "deleted"), [rule_id])})
+
+
+SENSORS_EXAMPLE = {
+    "id": 0, "name": "paid_7d", "cname": "Paid in 7 days", "type": 0,
+    "content": {"type": "rules_relation", "relation": "and", "rules": [
+        {"type": "event_rule", "measure": {"type": "event_measure", "event_name": "pay", "aggregator": "count"},
+         "time_function": "relative_within", "time_params": [7, "day"], "function": "greater", "params": [0],
+         "filters": []}]}}
 
 
 @bp.get("/openapi.json")

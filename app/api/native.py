@@ -21,7 +21,7 @@ from app.schemas import (
     check_schedule,
 )
 from cohort_engine import bitmaps
-from cohort_engine.definition import check_no_cycle
+from cohort_engine.definition import MAX_COHORT_ID, check_no_cycle
 from cohort_engine.project import ProjectEngine
 
 bp = Blueprint("native", __name__, url_prefix="/api/v1")
@@ -55,7 +55,7 @@ def cohort_view(cohort: dict) -> dict:
 
 
 def load_cohort(cohort_id: int, lock: bool = False) -> dict:
-    cohort = cohorts.get(get_db(), g.project["id"], cohort_id, lock=lock)
+    cohort = cohorts.get(get_db(), g.project["id"], cohort_id, lock=lock) if cohort_id <= MAX_COHORT_ID else None
     if cohort is None:
         raise ApiError(404, f"cohort {cohort_id} not found")
     return cohort

@@ -19,7 +19,7 @@ from app.db import check_broker, connection_factory, get_db, get_redis, settings
 from app.dialects.sensors import BASE_TIME_FORMAT, IMPORT_TYPES, ROUTINE, RUN_ONCE, load_partitions, load_rule
 from app.errors import ApiError
 from app.queue import delete_cohort_everywhere, enqueue, submit_cohort_job, time_partition
-from cohort_engine.definition import DefinitionError, check_no_cycle
+from cohort_engine.definition import MAX_COHORT_ID, DefinitionError, check_no_cycle
 
 bp = Blueprint("sensors", __name__, url_prefix="/segmenter")
 
@@ -72,7 +72,7 @@ def rule_type(cohort: dict) -> int | None:
 
 def load_segmenter(cohort_id: int, lock: bool = False, path: str | None = None) -> dict:
     """This project's Sensors cohort, or 404 (cohorts of other dialects are not segmenter rules)."""
-    cohort = cohorts.get(get_db(), g.project["id"], cohort_id, lock=lock)
+    cohort = cohorts.get(get_db(), g.project["id"], cohort_id, lock=lock) if cohort_id <= MAX_COHORT_ID else None
     if cohort is None or cohort["dialect"] != DIALECT:
         extra = {"errors": {path: ["no such segmenter rule"]}} if path else {}
         raise ApiError(404, f"segmenter rule {cohort_id} not found", **extra)

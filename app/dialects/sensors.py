@@ -5,6 +5,7 @@ Semantics of every function, aggregator and time form: docs/dialects/sensors.md.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -13,7 +14,17 @@ from croniter import croniter
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
 from app.crons import check_fires
-from cohort_engine.definition import MAX_DEPTH, DefinitionError, check_values, parse_definition
+from app.fields import StrictBoolean
+from cohort_engine.definition import (
+    MAX_COHORT_ID,
+    MAX_DATE,
+    MAX_DEPTH,
+    MAX_UNITS,
+    MIN_DATE,
+    DefinitionError,
+    check_values,
+    parse_definition,
+)
 
 CohortResolver = Callable[[str], "int | None"]
 
@@ -58,7 +69,8 @@ def _whole_number(value, what: str) -> int:
     """An int given as a JSON number or a digit string (Sensors clients send both)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and re.fullmatch(r"\d+", value.strip()):
+    # At most 18 digits: int() refuses very long strings, and the result must fit in 64 bits.
+    if isinstance(value, str) and re.fullmatch(r"\d{1,18}", value.strip()):
         return int(value)
     raise ValidationError(f"{what} must be a whole number, got {value!r}")
 
@@ -68,12 +80,16 @@ def _number(value):
         return value
     if isinstance(value, str):
         text = value.strip()
-        if re.fullmatch(r"-?\d+", text):
+        if re.fullmatch(r"-?\d{1,18}", text):
             return int(text)
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             pass
+        else:
+            # float() reads "inf", "nan" and "1e400" (inf), which JSON and PostgreSQL cannot store.
+            if math.isfinite(number):
+                return number
     raise ValidationError(f"metric comparisons take numbers, got {value!r}")
 
 
@@ -88,13 +104,20 @@ def _moment(value) -> date | datetime:
     """A date (YYYY-MM-DD) or a local datetime (YYYY-MM-DD HH:MM:SS, 'T' also accepted)."""
     if isinstance(value, str):
         text = value.strip()
+        moment = None
         try:
             if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-                return date.fromisoformat(text)
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2})?", text):
-                return datetime.fromisoformat(text.replace(" ", "T"))
+                moment = date.fromisoformat(text)
+            elif re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2})?", text):
+                moment = datetime.fromisoformat(text.replace(" ", "T"))
         except ValueError:
             pass
+        if moment is not None:
+            # Ends are moved by a second or a day; the canonical bounds leave room for that.
+            day = moment.date() if isinstance(moment, datetime) else moment
+            if not MIN_DATE <= day <= MAX_DATE:
+                raise ValidationError(f"{value!r} is outside {MIN_DATE} .. {MAX_DATE}")
+            return moment
     raise ValidationError(f"{value!r} is not YYYY-MM-DD or YYYY-MM-DD HH:MM:SS")
 
 
@@ -185,7 +208,7 @@ def _load_node(value, schemas: dict[str, type[_DialectSchema]], **context) -> di
     if not isinstance(value, dict):
         raise ValidationError("must be an object")
     kind = value.get("type")
-    if kind not in schemas:
+    if not isinstance(kind, str) or kind not in schemas:
         raise ValidationError({"type": [f"must be one of: {', '.join(schemas)}"]})
     return schemas[kind](**context).load(value)
 
@@ -283,11 +306,19 @@ def _window(time_function: str, params: list) -> dict:
         last = _whole_number(params[0], "N")
         if last < 1:
             raise ValidationError("N must be >= 1")
-        return {"last": last, "offset": 0, "unit": _unit(params[1], WINDOW_UNITS)}
+        return _bounded({"last": last, "offset": 0, "unit": _unit(params[1], WINDOW_UNITS)})
     if len(params) != 3:
         raise ValidationError("relative_between takes [N, M, unit]")
     near, far = sorted((_whole_number(params[0], "N"), _whole_number(params[1], "M")))
-    return {"last": far - near + 1, "offset": near, "unit": _unit(params[2], WINDOW_UNITS)}
+    return _bounded({"last": far - near + 1, "offset": near, "unit": _unit(params[2], WINDOW_UNITS)})
+
+
+def _bounded(window: dict) -> dict:
+    """A relative window, refused here (naming time_params) when it reaches back past the canonical bound."""
+    limit = MAX_UNITS[window["unit"]]
+    if window["last"] + window["offset"] > limit:
+        raise ValidationError(f"reaches back at most 100 years: N, M <= {limit} for unit {window['unit']}")
+    return window
 
 
 def _validate_time_function(value: str) -> None:
@@ -544,7 +575,7 @@ def quartz_to_cron(expression: str) -> str:
 
 
 class SchedulerSchema(Schema):
-    running = fields.Boolean(required=True)
+    running = StrictBoolean(required=True)
     cron = fields.String(required=True)
     execute_cron = fields.String()
 
@@ -560,7 +591,8 @@ def _validate_type(value: int) -> None:
 class SegmenterRuleSchema(_DialectSchema):
     """Body of POST /segmenter/rule; loads to the body plus `definition` (canonical tree, or None for imports)."""
 
-    id = fields.Integer(strict=True, required=True, validate=validate.Range(min=0, error="must be >= 0"))
+    id = fields.Integer(strict=True, required=True,
+                        validate=validate.Range(min=0, max=MAX_COHORT_ID, error="must be 0 .. {max}"))
     name = fields.String(required=True, validate=validate.Regexp(
         rf"^{NAME_PATTERN}$", error="must start with a letter and hold only letters, digits and _ (at most 100)"))
     cname = fields.String(required=True, validate=validate.Length(min=1, max=200))
@@ -618,9 +650,14 @@ def _base_time(value) -> str:
     if isinstance(value, str):
         text = value.strip().replace("T", " ")
         try:
-            return datetime.strptime(text, BASE_TIME_FORMAT).strftime(BASE_TIME_FORMAT)
+            moment = datetime.strptime(text, BASE_TIME_FORMAT)
         except ValueError:
             pass
+        else:
+            # strftime writes years below 1000 without padding, and windows reach up to 100 years back.
+            if not MIN_DATE <= moment.date() <= MAX_DATE:
+                raise ValidationError(f"must be within {MIN_DATE} .. {MAX_DATE}, got {value!r}")
+            return moment.strftime(BASE_TIME_FORMAT)
     raise ValidationError(f"must be a base time like 2018-08-28 10:00:00, got {value!r}")
 
 
@@ -634,7 +671,8 @@ class BaseTimeField(fields.Field):
 class PartitionsSchema(Schema):
     """One item of POST /segmenter/execute or /segmenter/status: a cohort id and its base times."""
 
-    id = fields.Integer(strict=True, required=True, validate=validate.Range(min=1, error="must be >= 1"))
+    id = fields.Integer(strict=True, required=True,
+                        validate=validate.Range(min=1, max=MAX_COHORT_ID, error="must be 1 .. {max}"))
     base_time_list = fields.List(BaseTimeField(), required=True,
                                  validate=validate.Length(min=1, max=1000, error="must hold 1 to 1000 base times"))
 

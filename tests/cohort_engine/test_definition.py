@@ -163,3 +163,75 @@ def test_shared_references_are_not_cycles():
     check_no_cycle(1, refers(2, 3), stored(definitions))
     check_no_cycle(None, refers(2, 3), stored(definitions))
     check_no_cycle(1, {"type": "ids", "keys": []}, stored({}))
+
+
+# -- input a client can send that must be refused at save, never fail in a job (issue 8) ----------
+
+
+@pytest.mark.parametrize(("tree", "path"), [
+    ({"op": "and", "children": [5]}, "children[0]"),
+    ({"op": "and", "children": 5}, "children"),
+    ({"op": "or", "children": [None, "x"]}, "children[0]"),
+    ({"op": "not", "child": 5}, "child"),
+    ({"op": "not", "child": [pays()]}, "child"),
+    (pays(filter={"op": "and", "children": [5]}), "filter.children[0]"),
+    ({"type": {"a": 1}}, "type"),
+    ({"type": ["event"]}, "type"),
+])
+def test_non_object_nodes_are_errors_not_type_errors(tree, path):
+    assert path in errors_of(tree)
+
+
+def nested_not(levels: int) -> dict:
+    tree = pays()
+    for _ in range(levels):
+        tree = {"op": "not", "child": tree}
+    return tree
+
+
+def test_depth_limit_counts_not_chains_and_filter_groups():
+    parse_definition(nested_not(31))
+    assert "nested deeper than 32 levels" in errors_of(nested_not(40))["_root"][0]
+    # Far deeper than Python's recursion limit: refused by the iterative depth check, not a RecursionError.
+    assert "nested deeper than 32 levels" in errors_of(nested_not(5000))["_root"][0]
+    deep_filter = {"property": "amount", "cmp": "gt", "values": [1]}
+    for _ in range(40):
+        deep_filter = {"op": "and", "children": [deep_filter]}
+    assert "nested deeper" in errors_of(pays(filter=deep_filter))["_root"][0]
+
+
+@pytest.mark.parametrize(("tree", "path", "fragment"), [
+    (pays(window={"last": 10**12}), "window.last", "100 years"),
+    (pays(window={"last": 1, "offset": 10**9}), "window.last", "100 years"),
+    (pays(window={"last": 1300, "unit": "month"}), "window.last", "<= 1200"),
+    (profile("within_last", [10**15, "day"]), "values", "100 years"),
+    (profile("before_last", [10**8, "minute"]), "values", "100 years"),
+    (pays(window={"start": "0001-01-01", "end": "9999-12-31"}), "window.start", "1000-01-01"),
+    (pays(window={"start": "2024-01-01", "end": "9999-12-31"}), "window.end", "9998-12-31"),
+    (pays(window={"start": "0001-01-01T00:00:00", "end": "2024-01-01T00:00:00"}), "window.start", "1000-01-01"),
+    (profile("date_between", ["0001-01-01", "2024-01-01"]), "values", "outside"),
+    (profile("eq", [2**64]), "values", "2^63"),
+    (profile("gt", [1e20]), "values", "2^63"),
+    (pays(values=[-1e300]), "values", "2^63"),
+    ({"type": "cohort", "cohort_id": 2**31}, "cohort_id", "less than or equal"),
+])
+def test_windows_durations_and_numbers_are_bounded(tree, path, fragment):
+    errors = errors_of(tree)
+    assert path in errors and any(fragment in m for m in errors[path]), errors
+
+
+def test_bounds_at_their_limits_are_accepted():
+    parse_definition(pays(window={"last": 36600}))
+    parse_definition(pays(window={"start": "1000-01-01", "end": "9998-12-31"}))
+    parse_definition(profile("within_last", [100 * 12, "month"]))
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", "(?=a)b", "(?<!a)b", r"a\Z", "a{1001}", "["])
+def test_regex_is_checked_with_the_engines_re2_dialect(pattern):
+    errors = errors_of(profile("regex", [pattern]))
+    assert "RE2" in errors["values"][0], errors
+
+
+def test_regex_features_re2_has_are_accepted():
+    for pattern in (r"^\d+$", "(?i)vip", "(?P<name>a)b", "[[:alpha:]]+"):
+        parse_definition(profile("regex", [pattern]))

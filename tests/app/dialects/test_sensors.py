@@ -640,3 +640,49 @@ def test_e2e_absolute_ranges_edges_and_users_without_events(loaded):
                       params=[1])
     seen = {e["distinct_id"] for e in events if e["event"] == "view" and _in(e["time"], _day(1), _day(3))}
     assert seen and _members(engine, [rule]) == everyone - seen
+
+
+# -- input that must be refused at save, never a 500 or a failing job (issue 8) --------------------
+
+
+@pytest.mark.parametrize(("rule", "path"), [
+    ({"type": {"x": 1}}, "content.rules[0].type"),
+    ({"type": ["profile_rule"]}, "content.rules[0].type"),
+    (event_rule(filters=[{"type": {"x": 1}}]), "content.rules[0].filters[0].type"),
+])
+def test_unhashable_node_types_are_errors(rule, path):
+    assert path in errors_of(load_rule, {**SEED_RULE_BODY, "content": content(rule)})
+
+
+@pytest.mark.parametrize(("rule", "path"), [
+    (event_rule(time=("relative_within", [10**12, "day"])), "content.rules[0].time_params"),
+    (event_rule(time=("relative_within", ["9" * 5000, "day"])), "content.rules[0].time_params"),
+    (event_rule(time=("relative_between", [0, 10**15, "day"])), "content.rules[0].time_params"),
+    (event_rule(time=("absolute_between", ["0001-01-01", "9999-12-31"])), "content.rules[0].time_params"),
+    (event_rule(time=("absolute_between", ["2024-01-01 00:00:00", "9999-12-31 23:59:59"])),
+     "content.rules[0].time_params"),
+    (event_rule(params=["1e400"]), "content.rules[0].params"),
+    (event_rule(params=["nan"]), "content.rules[0].params"),
+    (event_rule(params=["9" * 5000]), "content.rules[0].params"),
+    (profile_rule("user.birthday", "relative_within", [10**15, "day"]), "content.rules[0].params"),
+])
+def test_out_of_range_values_are_refused_at_save(rule, path):
+    errors = errors_of(load_rule, {**SEED_RULE_BODY, "content": content(rule)})
+    assert any(p.startswith(path) for p in errors), errors
+
+
+@pytest.mark.parametrize("text", ["0001-01-01 00:00:00", "0999-12-31 23:59:59", "9999-12-31 23:00:00"])
+def test_base_times_outside_the_calendar_bounds_are_refused(text):
+    errors = errors_of(load_partitions, [{"id": 1, "base_time_list": [text]}])
+    assert "1000-01-01" in errors["[0].base_time_list[0]"][0], errors
+
+
+@pytest.mark.parametrize("running", ["yes", "true", 1, None])
+def test_scheduler_running_must_be_a_json_boolean(running):
+    body = {**SEED_RULE_BODY, "scheduler": {"running": running, "cron": "0 0 3 * * ?"}}
+    assert "scheduler.running" in errors_of(load_rule, body)
+
+
+def test_ids_beyond_postgres_integers_are_refused():
+    assert "id" in errors_of(load_rule, {**SEED_RULE_BODY, "id": 2**31})
+    assert "[0].id" in errors_of(load_partitions, [{"id": 2**63, "base_time_list": ["2024-01-01 00:00:00"]}])

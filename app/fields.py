@@ -1,0 +1,27 @@
+"""Marshmallow fields shared by the native API and the dialects (no Flask import)."""
+
+from __future__ import annotations
+
+from marshmallow import fields
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON boolean, or one of the spellings a vendor documents; marshmallow's Boolean reads "yes" as true."""
+
+    default_error_messages = {
+        "invalid": "must be true or false (a JSON boolean)",
+        "invalid_spelling": "must be true or false (a JSON boolean, or one of {accepted})",
+    }
+
+    def __init__(self, *, spellings: dict[str, bool] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.spellings = dict(spellings or {})
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value in self.spellings:
+            return self.spellings[value]
+        if self.spellings:
+            raise self.make_error("invalid_spelling", accepted=", ".join(repr(s) for s in self.spellings))
+        raise self.make_error("invalid")
