@@ -23,7 +23,7 @@ from .. import db
 from ..bitmaps import to_bitmap
 from ..dictionary import UserKeyDictionary
 from ..store import Snapshot, quote
-from .errors import BadQuery, DruidQueryError, UnknownType, Unsupported, require
+from .errors import BadQuery, DruidQueryError, UnknownType, Unsupported, require, type_id
 from .filters import (
     DOUBLE,
     LONG,
@@ -356,7 +356,7 @@ class _Plan:
         if isinstance(spec, str):
             return spec
         if isinstance(spec, dict):
-            kind = spec.get("type")
+            kind = type_id(spec, "dataSource")
             if kind == "table":
                 return require(spec, "name", "dataSource", str)
             if kind in DATASOURCE_TYPES:
@@ -476,7 +476,7 @@ class _Plan:
             spec = {"type": "default", "dimension": spec}
         if not isinstance(spec, dict):
             raise BadQuery(f"{path} must be a dimension name or a dimension spec")
-        kind = spec.get("type", "default")
+        kind = type_id(spec, path, "default")
         if kind not in DIMENSION_SPEC_TYPES:
             raise UnknownType(f"{path}.type", kind, "DimensionSpec", DIMENSION_SPEC_TYPES)
         if kind != "default" or spec.get("extractionFn") is not None:
@@ -636,7 +636,7 @@ class _Plan:
         spec = self.query.get("limitSpec") or {}
         if not isinstance(spec, dict):
             raise BadQuery("limitSpec must be an object")
-        if spec.get("type", "default") != "default":
+        if type_id(spec, "limitSpec", "default") != "default":
             raise UnknownType("limitSpec.type", spec.get("type"), "LimitSpec", {"default"})
         by_name = {o.name: o for o in dims + aggs}
         agg_names = {a.name for a in aggs}
@@ -678,7 +678,8 @@ class _Plan:
         zero_fill = not _truthy(self.context.get("skipEmptyBuckets"))
         buckets = self._data_buckets() if zero_fill and not self.granularity.is_all else []
         if self.granularity.is_all:
-            select = ", ".join(f"{a.sql} AS {quote(a.name)}" for a in aggs) or "1"
+            # count(*) stands in for no aggregator, so that exactly one row comes back.
+            select = ", ".join(f"{a.sql} AS {quote(a.name)}" for a in aggs) or "count(*)"
             rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
                                  + f"SELECT CAST(0 AS BIGINT), {select} FROM src WHERE {filter_sql}")
             results = [{"timestamp": self.granularity.format(self._all_timestamp()),
@@ -699,7 +700,7 @@ class _Plan:
         if limit is not None:
             results = results[:limit]
         if _truthy(self.context.get("grandTotal")):
-            select = ", ".join(f"{a.sql} AS {quote(a.name)}" for a in aggs) or "1"
+            select = ", ".join(f"{a.sql} AS {quote(a.name)}" for a in aggs) or "count(*)"
             total = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
                                   + f"SELECT {select} FROM src WHERE {filter_sql}")[0]
             results.append({"timestamp": None, "result": dict(zip(names, total if aggs else (), strict=True))})
@@ -722,7 +723,7 @@ class _Plan:
         expected = sum(gran.bucket_count(lo, hi) for lo, hi in spans)
         limit = self.limits.max_buckets
         if limit is not None and expected > limit:
-            raise exceeded(f"granularity {self.query.get('granularity')!r} over the data in the intervals makes"
+            raise exceeded(f"granularity {json.dumps(self.query.get('granularity'))} over the data in the intervals makes"
                            f" {expected} time buckets", limit, "max_buckets, COHORTS_DRUID_MAX_BUCKETS",
                            "use a coarser granularity, narrower intervals or context.skipEmptyBuckets")
         buckets: list[int] = []
@@ -774,7 +775,7 @@ class _Plan:
             spec = {"type": "numeric", "metric": spec}
         if not isinstance(spec, dict):
             raise BadQuery(f"{path} is required (an aggregator name or a metric spec)")
-        kind = spec.get("type")
+        kind = type_id(spec, path)
         if kind not in TOPN_METRIC_TYPES:
             raise UnknownType(f"{path}.type", kind, "TopNMetricSpec", TOPN_METRIC_TYPES)
         if kind == "numeric":
@@ -808,7 +809,7 @@ class _Plan:
         if self.query.get("legacy"):
             raise Unsupported("legacy scan results are not supported")
         result_format = self.query.get("resultFormat", "list")
-        if result_format not in SCAN_FORMATS:
+        if not isinstance(result_format, str) or result_format not in SCAN_FORMATS:
             raise BadQuery(f"resultFormat {result_format!r} is not a scan result format ({', '.join(sorted(SCAN_FORMATS))})")
         if result_format not in ("list", "compactedList"):
             raise Unsupported(f"resultFormat {result_format!r} is not supported (list, compactedList)")

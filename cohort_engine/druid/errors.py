@@ -72,5 +72,13 @@ def require(spec: dict, field: str, path: str, kinds=None):
     return value
 
 
+def type_id(spec: dict, path: str, default=None):
+    """spec["type"] as a type id string (default when absent); any other JSON type is a 400."""
+    kind = spec.get("type", default)
+    if kind is None or isinstance(kind, str):
+        return kind
+    raise BadQuery(f"{path}.type must be a string, not {type(kind).__name__}")
+
+
 def _tuple(kinds):
     return kinds if isinstance(kinds, tuple) else (kinds,)

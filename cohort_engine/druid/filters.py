@@ -40,9 +40,11 @@ def ordering_of(spec, path: str) -> str:
     ordering = spec.get("ordering", "lexicographic")
     if isinstance(ordering, dict):
         ordering = ordering.get("type")
-    if ordering in ("lexicographic", "numeric"):
-        return ordering
-    if isinstance(ordering, str) and ordering.lower() in ORDERINGS:
+    # Druid reads comparator names case-insensitively.
+    name = ordering.lower() if isinstance(ordering, str) else ordering
+    if name in ("lexicographic", "numeric"):
+        return name
+    if isinstance(name, str) and name in ORDERINGS:
         raise Unsupported(f"{path}.ordering {ordering!r} is not supported (lexicographic, numeric)")
     raise UnknownType(f"{path}.ordering", ordering, "StringComparator", ORDERINGS)
 
