@@ -194,12 +194,13 @@ def encode(body, limits: QueryLimits = UNLIMITED, pretty: bool = False) -> bytes
         _check_bytes(len(data), limits)
         return data
     # Element by element (each with the C encoder), so an oversized answer stops early.
-    parts, size = [], 2
+    separator = 4 if pretty else 2  # ",\n  " or ", "
+    parts, size = [], (6 if pretty else 2) - separator  # "[\n  " "\n]" or "[" "]"
     for item in body:
         text = json.dumps(item, ensure_ascii=False, indent=indent)
         chunk = (text.replace("\n", "\n  ") if pretty else text).encode("utf-8", "backslashreplace")
         parts.append(chunk)
-        size += len(chunk) + (4 if pretty else 2)
+        size += len(chunk) + separator
         _check_bytes(size, limits)
     if pretty:
         return b"[\n  " + b",\n  ".join(parts) + b"\n]"
