@@ -55,6 +55,7 @@ class Settings:
     @property
     def druid_limits(self):
         """The QueryLimits of the embedded broker's HTTP endpoint."""
+        # Imported here: cohort_engine.druid loads DuckDB, which beat and the CLI never need.
         from cohort_engine.druid import QueryLimits
 
         return QueryLimits(max_buckets=self.druid_max_buckets, max_rows=self.druid_max_rows,

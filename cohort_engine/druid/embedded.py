@@ -246,7 +246,7 @@ def _user_group_uids(query: dict, datasources: DataSources, limits: QueryLimits)
     plan = _Plan(query, datasources, limits)
     if plan.query_type != "user_group":
         raise BadQuery("queryType must be user_group")
-    if plan.query["dimension"] != plan.spec.key_dimension:
+    if require(plan.query, "dimension", "query") != plan.spec.key_dimension:
         raise BadQuery(f"dimension must be the key dimension {plan.spec.key_dimension!r} to answer uids")
     return plan.run(uids=True)
 
@@ -655,7 +655,7 @@ class _Plan:
             direction = str(column.get("direction", "ascending")).lower()
             if direction not in ("ascending", "descending", "asc", "desc"):
                 raise BadQuery(f"{path}.direction must be ascending or descending")
-            order = ordering_of({"ordering": column.get("dimensionOrder", "lexicographic")}, path)
+            order = ordering_of(column, path, "dimensionOrder")
             numeric = name in agg_names or order == "numeric" or (by_name[name].kind in NUMERIC and
                                                                  "dimensionOrder" not in column)
             terms.append(_order_term(quote(name), by_name[name].kind, numeric, direction.startswith("desc")))

@@ -35,9 +35,9 @@ def column_type(value, path) -> str:
     raise BadQuery(f"{path}: {value!r} is not a Druid column type (STRING, LONG, DOUBLE, FLOAT, ARRAY<..>, COMPLEX<..>)")
 
 
-def ordering_of(spec, path: str) -> str:
+def ordering_of(spec, path: str, field: str = "ordering") -> str:
     """An implemented ordering name; 501 for Druid's other comparators, 400 for names Druid lacks."""
-    ordering = spec.get("ordering", "lexicographic")
+    ordering = spec.get(field, "lexicographic")
     if isinstance(ordering, dict):
         ordering = ordering.get("type")
     # Druid reads comparator names case-insensitively.
@@ -45,8 +45,8 @@ def ordering_of(spec, path: str) -> str:
     if name in ("lexicographic", "numeric"):
         return name
     if isinstance(name, str) and name in ORDERINGS:
-        raise Unsupported(f"{path}.ordering {ordering!r} is not supported (lexicographic, numeric)")
-    raise UnknownType(f"{path}.ordering", ordering, "StringComparator", ORDERINGS)
+        raise Unsupported(f"{path}.{field} {ordering!r} is not supported (lexicographic, numeric)")
+    raise UnknownType(f"{path}.{field}", ordering, "StringComparator", ORDERINGS)
 
 
 def to_number(value):

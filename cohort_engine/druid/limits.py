@@ -46,7 +46,8 @@ def check_shape(value, max_depth: int) -> None:
         if not isinstance(item, (dict, list)):
             continue
         if depth > max_depth:
-            raise exceeded(f"{path}: the query nests deeper than {max_depth} levels", max_depth,
+            where = path if len(path) <= 120 else f"{path[:60]}...{path[-40:]}"
+            raise exceeded(f"{where}: the query nests deeper than {max_depth} levels", max_depth,
                            "max_depth, COHORTS_DRUID_MAX_DEPTH", "flatten nested and/or/not filters")
         if isinstance(item, dict):
             for key, child in item.items():

@@ -110,7 +110,8 @@ def parse_period(text: str, path: str) -> Period:
         raise BadQuery(f"{path}: {text!r} is not an ISO-8601 period")
     g = {k: (v or "0") for k, v in m.groupdict().items()}
     if any(float(digits) > JAVA_INT_MAX for digits in g.values()):
-        raise BadQuery(f"{path}: {text!r} has a field above {JAVA_INT_MAX} (Joda periods hold ints)")
+        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-8:]}"
+        raise BadQuery(f"{path}: period {shown!r} has a field above {JAVA_INT_MAX} (Joda periods hold ints)")
     millis = (int(g["h"]) * 3600 + int(g["m"]) * 60) * 1000 + round(float(g["s"]) * 1000)
     return Period(int(g["Y"]), int(g["M"]), int(g["W"]), int(g["D"]), millis)
 
