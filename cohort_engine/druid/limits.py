@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import BadQuery, QueryTimeout, ResourceLimitExceeded
+from .times import JAVA_LONG_MAX
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,9 @@ def context_timeout_ms(context: dict, limits: QueryLimits) -> float | None:
                 raw = float(raw.strip())
             except ValueError:
                 raise BadQuery(f"context.timeout {raw!r} is not a number of milliseconds") from None
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw < 0:
-            raise BadQuery("context.timeout must be a non-negative number of milliseconds")
+        if (isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= JAVA_LONG_MAX
+                or isinstance(raw, float) and not math.isfinite(raw)):
+            raise BadQuery(f"context.timeout must be a number of milliseconds from 0 to {JAVA_LONG_MAX} (a long)")
         asked = raw or None
     cap = limits.timeout_ms
     if cap is None:
