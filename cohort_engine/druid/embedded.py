@@ -406,10 +406,7 @@ class _Plan:
                 f" FROM base b LEFT JOIN keymap k ON k.uid = b.{quote(UID)}) ")
 
     def _execute(self, build: Callable[[duckdb.DuckDBPyConnection], str], capped: bool = False):
-        """Run the SQL that build(con) returns, interrupting it at the query's deadline.
-
-        capped: the SQL ends in LIMIT row_cap; more rows than max_rows is a resource limit.
-        """
+        """Rows of the SQL build(con) returns, interrupted at the deadline; capped: SQL ends in LIMIT row_cap."""
         self.deadline.check()
         con = self.snapshot.connect()
         remaining = self.deadline.remaining()
@@ -708,11 +705,7 @@ class _Plan:
         return results
 
     def _data_buckets(self) -> list[int]:
-        """Bucket starts within the query intervals and the datasource's data span (Druid's zero-fill range).
-
-        Their number is known from the span and the granularity before any is made: past
-        max_buckets the query is refused here, before the aggregation runs.
-        """
+        """Bucket starts within the query intervals and the datasource's data span (Druid's zero-fill range)."""
         rows = self._execute(lambda con: "SELECT epoch_ms(min(time)), epoch_ms(max(time)) FROM events"
                              if self.columns.is_events else "SELECT 0, 0")
         low, high = rows[0]
@@ -721,6 +714,8 @@ class _Plan:
         gran: Granularity = self.granularity
         spans = [(max(start, low), min(end, high + 1)) for start, end in self.intervals]
         spans = [(lo, hi) for lo, hi in spans if lo < hi]
+        # Their number follows from the span and the granularity: past max_buckets the query is
+        # refused here, before any bucket is made or the aggregation runs.
         expected = sum(gran.bucket_count(lo, hi) for lo, hi in spans)
         limit = self.limits.max_buckets
         if limit is not None and expected > limit:

@@ -25,7 +25,7 @@ import pytest
 from tests.cohort_engine.druid.test_seed_queries import PROVINCE_GROUP, RISK_GROUP, TAG_QUERY
 from tests.services import create_sample_project
 
-CASES = int(os.environ.get("COHORTS_DRUID_FUZZ_CASES", "800"))
+CASES = int(os.environ.get("COHORTS_DRUID_FUZZ_CASES", "600"))
 SEED = int(os.environ.get("COHORTS_DRUID_FUZZ_SEED", "20261201"))
 ALL = "1000/3000"
 ESCAPED_VALIDATION = "java.lang.IllegalArgumentException"
