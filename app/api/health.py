@@ -65,9 +65,12 @@ def metrics():
 
 def _is_loopback(address: str | None) -> bool:
     try:
-        return ipaddress.ip_address((address or "").split("%", 1)[0]).is_loopback
+        ip = ipaddress.ip_address((address or "").split("%", 1)[0])
     except ValueError:
         return False
+    # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d.
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 def check_metrics_access() -> None:

@@ -100,7 +100,7 @@ def _metrics(client, remote="127.0.0.1", **headers):
     return client.get("/metrics", environ_base={"REMOTE_ADDR": remote}, headers=headers)
 
 
-@pytest.mark.parametrize("remote", ["127.0.0.1", "127.0.0.2", "::1"])
+@pytest.mark.parametrize("remote", ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"])
 def test_metrics_answer_loopback_scrapes(service_settings, celery_app, broker_project, remote):
     response = _metrics(_client(service_settings, celery_app, broker_project), remote)
     assert response.status_code == 200 and "cohorts_jobs" in response.get_data(as_text=True)
@@ -109,6 +109,7 @@ def test_metrics_answer_loopback_scrapes(service_settings, celery_app, broker_pr
 def test_metrics_refuse_remote_and_forwarded_clients_without_a_token(service_settings, celery_app, broker_project):
     client = _client(service_settings, celery_app, broker_project)
     for response in (_metrics(client, "10.1.2.3"), _metrics(client, "192.168.0.9", Authorization="Bearer x"),
+                     _metrics(client, "::ffff:10.1.2.3"), _metrics(client, "not-an-address"),
                      _metrics(client, "127.0.0.1", **{"X-Forwarded-For": "203.0.113.7"})):
         assert response.status_code == 403
         assert "COHORTS_METRICS_TOKEN" in response.get_json()["error"]
