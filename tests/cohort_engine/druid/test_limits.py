@@ -325,3 +325,16 @@ def test_an_error_that_escapes_validation_is_a_400_and_logged(druid_store, monke
     _refused(status, body, "a hole in validation")
     assert body["errorClass"] == "java.lang.IllegalArgumentException"
     assert "escaped validation" in caplog.text
+
+
+def test_a_slow_statement_is_interrupted_at_the_capped_timeout(druid_store, monkeypatch):
+    def slow(self, spec, path):
+        # An uncorrelated scalar subquery over billions of rows: seconds of DuckDB work.
+        return "((SELECT sum(i % 7) FROM range(5000000000) r(i)) >= 0)"
+
+    monkeypatch.setattr(FilterTranslator, "_true", slow)
+    query = {**_hourly("all"), "filter": {"type": "true"}, "context": {"timeout": 180000}}
+    started = time.monotonic()
+    status, body = execute(query, druid_store.datasources, QueryLimits(timeout_ms=300))
+    assert status == 504 and body["error"] == "Query timeout"
+    assert time.monotonic() - started < 2
