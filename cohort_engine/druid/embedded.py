@@ -55,6 +55,7 @@ TS = "__embedded_ts"
 BUCKET = "__embedded_bucket"
 DECODE_BATCH = 50_000
 DEFAULT_SCAN_BATCH = 20_480
+ENCODE_SLICE = 512  # result rows encoded at once between byte-limit checks
 LUCENE_PREFIX = "lucene_"
 _PARAM = re.compile(r"\$(p\d+)\b")
 QUERY_TYPES = {"groupBy", "timeseries", "topN", "scan", "user_group"}
@@ -193,18 +194,18 @@ def encode(body, limits: QueryLimits = UNLIMITED, pretty: bool = False) -> bytes
         data = json.dumps(body, ensure_ascii=False, indent=indent).encode("utf-8", "backslashreplace")
         _check_bytes(len(data), limits)
         return data
-    # Element by element (each with the C encoder), so an oversized answer stops early.
-    separator = 4 if pretty else 2  # ",\n  " or ", "
-    parts, size = [], (6 if pretty else 2) - separator  # "[\n  " "\n]" or "[" "]"
-    for item in body:
-        text = json.dumps(item, ensure_ascii=False, indent=indent)
-        chunk = (text.replace("\n", "\n  ") if pretty else text).encode("utf-8", "backslashreplace")
+    # In slices (each with the C encoder), so an oversized answer stops early at little cost.
+    separator = ",\n" if pretty else ", "
+    parts, size = [], 4 if pretty else 2
+    for start in range(0, len(body), ENCODE_SLICE):
+        text = json.dumps(body[start:start + ENCODE_SLICE], ensure_ascii=False, indent=indent)
+        # Without its brackets: "[\n  a,\n  b\n]" -> "  a,\n  b", "[a, b]" -> "a, b".
+        chunk = (text[2:-2] if pretty else text[1:-1]).encode("utf-8", "backslashreplace")
         parts.append(chunk)
-        size += len(chunk) + separator
+        size += len(chunk) + (len(separator) if len(parts) > 1 else 0)
         _check_bytes(size, limits)
-    if pretty:
-        return b"[\n  " + b",\n  ".join(parts) + b"\n]"
-    return b"[" + b", ".join(parts) + b"]"
+    inner = separator.encode().join(parts)
+    return b"[\n" + inner + b"\n]" if pretty else b"[" + inner + b"]"
 
 
 def _check_bytes(size: int, limits: QueryLimits) -> None:

@@ -137,10 +137,11 @@ def test_a_query_limit_under_the_row_limit_is_answered(druid_store):
 # -- response bytes ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("rows", [1, 50, 512, 1300])
 @pytest.mark.parametrize("pretty", [False, True])
-def test_encode_matches_json_dumps_and_stops_at_the_byte_limit(pretty):
+def test_encode_matches_json_dumps_and_stops_at_the_byte_limit(pretty, rows):
     body = [{"timestamp": "2024-03-01T00:00:00.000Z", "result": {"n": i, "省": "广东", "x": [1, None]}}
-            for i in range(50)]
+            for i in range(rows)]
     expected = json.dumps(body, ensure_ascii=False, indent=2 if pretty else None).encode()
     assert encode(body, pretty=pretty) == expected
     assert encode([], pretty=pretty) == json.dumps([], indent=2 if pretty else None).encode()
