@@ -23,6 +23,14 @@ say() { echo "ensure-services: $*"; }
 die() { echo "ensure-services: $*" >&2; exit 1; }
 probe() { "$PY" "$ROOT/scripts/probe_services.py" "$@"; }
 shown() { case $1 in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; *) echo "$1" ;; esac; }
+# hostport URL DEFAULT_PORT: "host port" of a URL (127.0.0.1 and DEFAULT_PORT when absent)
+hostport() {
+  local rest=${1#*://} host port
+  rest=${rest%%/*}; rest=${rest%%\?*}; rest=${rest##*@}
+  if [ "${rest#[}" != "$rest" ]; then host=${rest%%]*}]; else host=${rest%%:*}; fi
+  port=${rest#"$host"}; port=${port#:}
+  echo "${host:-127.0.0.1} ${port:-$2}"
+}
 is_local() { case $1 in 127.*|localhost|::1|\[::1\]) return 0 ;; *) return 1 ;; esac; }
 # wait_for KIND URL SECONDS: poll until the server logs us in; its probe's exit code otherwise
 wait_for() {
@@ -130,7 +138,7 @@ start_private_redis() {
 ensure_pg() {
   local why rc host port alt
   why=$(probe pg "$DB_URL"); rc=$?
-  read -r host port < <(probe hostport "$DB_URL" 5432)
+  read -r host port < <(hostport "$DB_URL" 5432)
   if [ "$rc" = 1 ]; then
     is_local "$host" || die "PostgreSQL at $host:$port does not answer (COHORTS_DATABASE_URL=$DB_URL)"
     if start_system_pg "$port" || { maybe_install postgresql && start_system_pg "$port"; }; then
@@ -154,18 +162,18 @@ ensure_pg() {
       start_private_pg "$PRIVATE_PG_PORT"
       wait_for pg "$alt" 30 || die "the private PostgreSQL on port $PRIVATE_PG_PORT does not log us in: see $(shown "$VAR/postgres.log")"
     fi
-    DB_URL=$alt
+    DB_URL=$alt; port=$PRIVATE_PG_PORT
   elif [ "$rc" != 0 ]; then
     die "PostgreSQL at $host:$port does not answer after starting: see its log"
   fi
-  PG_WHERE="$(probe hostport "$DB_URL" 5432 | tr ' ' :)"
+  PG_WHERE=$host:$port
 }
 
 # ensure_redis: sets REDIS_URL to a Redis URL that answers PING.
 ensure_redis() {
   local why rc host port alt
   why=$(probe redis "$REDIS_URL"); rc=$?
-  read -r host port < <(probe hostport "$REDIS_URL" 6379)
+  read -r host port < <(hostport "$REDIS_URL" 6379)
   if [ "$rc" = 1 ]; then
     is_local "$host" || die "Redis at $host:$port does not answer (COHORTS_REDIS_URL=$REDIS_URL)"
     command -v redis-server >/dev/null || maybe_install redis-server
@@ -181,9 +189,9 @@ ensure_redis() {
       start_private_redis "$PRIVATE_REDIS_PORT"
       wait_for redis "$alt" 30 || die "the private Redis on port $PRIVATE_REDIS_PORT does not answer: see $(shown "$REDIS_DIR/redis.log")"
     fi
-    REDIS_URL=$alt
+    REDIS_URL=$alt; port=$PRIVATE_REDIS_PORT
   fi
-  REDIS_WHERE="$(probe hostport "$REDIS_URL" 6379 | tr ' ' :)"
+  REDIS_WHERE=$host:$port
 }
 
 stop_private() {
@@ -197,7 +205,8 @@ stop_private() {
   pid=$(cat "$REDIS_DIR/redis.pid" 2>/dev/null)
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # It removes its pid file on the way out (a daemon's zombie may linger for its reaper).
+    for i in $(seq 1 100); do [ -f "$REDIS_DIR/redis.pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     say "stopped the private Redis (data kept in $(shown "$REDIS_DIR"))"; stopped=1
   fi
   [ -n "$stopped" ] || say "no private server runs under $(shown "$VAR")"
@@ -213,7 +222,7 @@ DB_URL=${COHORTS_DATABASE_URL:-postgresql://postgres@127.0.0.1:${PGPORT:-5432}/c
 REDIS_URL=${COHORTS_REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}/0}
 ensure_pg
 ensure_redis
-if [ -n "${COHORTS_BROKER_URL:-}" ] && [ "$(probe hostport "$COHORTS_BROKER_URL" 6379)" != "$(probe hostport "$REDIS_URL" 6379)" ]; then
+if [ -n "${COHORTS_BROKER_URL:-}" ] && [ "$(hostport "$COHORTS_BROKER_URL" 6379)" != "$(hostport "$REDIS_URL" 6379)" ]; then
   probe redis "$COHORTS_BROKER_URL" >/dev/null || die "the Redis of COHORTS_BROKER_URL ($COHORTS_BROKER_URL) does not answer"
 fi
 probe env "$DB_URL" "$REDIS_URL" >"$VAR/services.env.tmp" && mv "$VAR/services.env.tmp" "$VAR/services.env" \

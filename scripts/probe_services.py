@@ -108,16 +108,13 @@ def env_lines(database_url: str, redis_url: str, environ: dict[str, str]) -> lis
 
 
 def main(argv: list[str]) -> int:
-    """Dispatch `pg URL`, `redis URL`, `hostport URL PORT`, `with-port URL PORT`, `bin PKG REL`, `env DB REDIS`."""
+    """Dispatch `pg URL`, `redis URL`, `with-port URL PORT`, `bin PKG REL`, `env DATABASE_URL REDIS_URL`."""
     command, *args = argv
     if command == "pg":
         return probe_pg(args[0])
     if command == "redis":
         return probe_redis(args[0])
-    if command == "hostport":
-        host, port = host_port(args[0], int(args[1]))
-        print(host, port)
-    elif command == "env":
+    if command == "env":
         print("\n".join(env_lines(args[0], args[1], dict(os.environ))))
     elif command == "with-port":
         print(with_port(args[0], int(args[1])))
