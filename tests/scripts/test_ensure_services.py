@@ -203,3 +203,18 @@ def test_servers_that_answer_are_used_in_one_line_and_set_urls_pass_through(tmp_
     assert urls["COHORTS_REDIS_URL"] == TEST_REDIS_URL
     assert urls["COHORTS_TEST_BROKER_URL"] == "redis://127.0.0.1:6379/13"
     assert not (tmp_path / "var" / "postgres").exists() and not (tmp_path / "var" / "redis").exists()
+
+
+def test_a_set_url_where_nothing_listens_gets_a_private_server_for_its_user(bare_machine):
+    env, var = bare_machine
+    database_url = f"postgresql://app@127.0.0.1:{free_port()}/app"
+    redis_url = f"redis://127.0.0.1:{free_port()}/4"
+    result = run({**env, "COHORTS_DATABASE_URL": database_url, "COHORTS_REDIS_URL": redis_url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    urls = services_env(var)
+    assert (urls["COHORTS_DATABASE_URL"], urls["COHORTS_REDIS_URL"]) == (database_url, redis_url)
+    assert urls["COHORTS_TEST_DATABASE_URL"] == with_database(database_url, "cohorts_test")
+    with psycopg2.connect(with_database(database_url, "postgres")) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_user")
+        assert cur.fetchone() == ("app",)
+    assert redis.Redis.from_url(redis_url).ping()
