@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # yours where you set them, else those of the servers scripts/ensure-services.sh found or started
 # (postgresql://postgres@127.0.0.1:5432/cohorts, redis://127.0.0.1:6379/0 and /1 by default), which it writes to
 # var/services.env; every recipe that talks to them reads that file first (docs/setup.md).
-SERVICES_ENV = . ./var/services.env &&
+SERVICES_ENV = . "$(or $(COHORTS_VAR_DIR),$(CURDIR)/var)/services.env" &&
 export COHORTS_STORE_DIR ?= $(CURDIR)/var/store
 export COHORTS_DEFAULT_TOKEN ?= dev-token
 export FLOWER_BASIC_AUTH ?= admin:admin
