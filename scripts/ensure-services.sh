@@ -167,8 +167,8 @@ ensure_pg() {
     alt=$(probe with-port "$DB_URL" "$PRIVATE_PG_PORT")
     probe pg "$alt" >/dev/null; rc=$?
     [ "$rc" = 2 ] && die "127.0.0.1:$PRIVATE_PG_PORT answers but is not our private PostgreSQL: set COHORTS_PRIVATE_PG_PORT to a free port"
-    say "PostgreSQL on $host:$port refuses the passwordless postgres login (Debian's default authentication); its configuration is left as it is"
     if [ "$rc" = 1 ]; then
+      say "PostgreSQL on $host:$port refuses the passwordless postgres login ($why), as Debian's default authentication does; it is left as it is"
       start_private_pg "$PRIVATE_PG_PORT" postgres
       wait_for pg "$alt" 30 || die "the private PostgreSQL on port $PRIVATE_PG_PORT does not log us in: see $(shown "$VAR/postgres.log")"
     fi
@@ -200,8 +200,8 @@ ensure_redis() {
     alt=$(probe with-port "$REDIS_URL" "$PRIVATE_REDIS_PORT")
     probe redis "$alt" >/dev/null; rc=$?
     [ "$rc" = 2 ] && die "127.0.0.1:$PRIVATE_REDIS_PORT answers but is not our private Redis: set COHORTS_PRIVATE_REDIS_PORT to a free port"
-    say "Redis on $host:$port refuses us ($why); it is left as it is"
     if [ "$rc" = 1 ]; then
+      say "Redis on $host:$port refuses us ($why); it is left as it is"
       start_private_redis "$PRIVATE_REDIS_PORT"
       wait_for redis "$alt" 30 || die "the private Redis on port $PRIVATE_REDIS_PORT does not answer: see $(shown "$REDIS_DIR/redis.log")"
     fi

@@ -200,6 +200,10 @@ def test_servers_that_refuse_us_are_left_alone_and_urls_follow_private_ones(bare
         assert urls["COHORTS_TEST_BROKER_URL"] == f"redis://127.0.0.1:{private_redis}/14"
         psycopg2.connect(with_database(urls["COHORTS_DATABASE_URL"], "postgres")).close()
         assert redis.Redis.from_url(urls["COHORTS_BROKER_URL"]).ping()
+        again = run(env)  # the private servers answer now: one line again
+        assert again.returncode == 0 and again.stdout.splitlines() == [
+            f"ensure-services: PostgreSQL at 127.0.0.1:{private_pg} and Redis at 127.0.0.1:{private_redis} answer "
+            f"(URLs in {var / 'services.env'})"]
 
         # A URL the user set is never replaced: the script says why it cannot log in, and stops there.
         explicit = f"postgresql://postgres@127.0.0.1:{debian_port}/cohorts"
