@@ -89,8 +89,9 @@ start_system_pg() {
   command -v pg_lsclusters >/dev/null && command -v pg_ctlcluster >/dev/null || return 1
   local ver name port status owner data rest
   while read -r ver name port status owner data rest; do
-    [ "$port" = "$1" ] && [ "$status" = down ] || continue
-    pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start >/dev/null 2>&1 || return 1
+    [ "$port" = "$1" ] && [ "${status%%,*}" = down ] || continue
+    pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start >/dev/null 2>&1 \
+      || { say "could not start the installed PostgreSQL cluster $ver/$name (pg_ctlcluster failed)"; return 1; }
     say "started the installed PostgreSQL cluster $ver/$name on port $port (its data: $data)"
     return 0
   done < <(pg_lsclusters -h 2>/dev/null)

@@ -237,10 +237,23 @@ def test_servers_that_answer_are_used_in_one_line_and_set_urls_pass_through(tmp_
 
 def test_a_set_url_where_nothing_listens_gets_a_private_server_for_its_user(bare_machine):
     env, var = bare_machine
-    database_url = f"postgresql://app@127.0.0.1:{free_port()}/app"
+    pg_port = free_port()
+    database_url = f"postgresql://app@127.0.0.1:{pg_port}/app"
     redis_url = f"redis://127.0.0.1:{free_port()}/4"
+    # An installed Debian cluster on that port that is down and will not start: tried, then the private one.
+    shadow = Path(env["PATH"])
+    calls = shadow.parent / "pg_ctlcluster.calls"
+    for fake in ("pg_lsclusters", "pg_ctlcluster"):
+        (shadow / fake).unlink(missing_ok=True)  # never write through a link to the machine's own
+    (shadow / "pg_lsclusters").write_text(
+        f"#!/bin/sh\necho '15 main {pg_port} down postgres /var/lib/postgresql/15/main /var/log/pg.log'\n")
+    (shadow / "pg_ctlcluster").write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit 1\n')
+    for fake in ("pg_lsclusters", "pg_ctlcluster"):
+        (shadow / fake).chmod(0o755)
     result = run({**env, "COHORTS_DATABASE_URL": database_url, "COHORTS_REDIS_URL": redis_url})
     assert result.returncode == 0, result.stdout + result.stderr
+    assert calls.read_text() == "--skip-systemctl-redirect 15 main start\n"
+    assert "could not start the installed PostgreSQL cluster 15/main" in result.stdout
     urls = services_env(var)
     assert (urls["COHORTS_DATABASE_URL"], urls["COHORTS_REDIS_URL"]) == (database_url, redis_url)
     assert urls["COHORTS_TEST_DATABASE_URL"] == with_database(database_url, "cohorts_test")
