@@ -212,7 +212,7 @@ ensure_redis() {
 }
 
 stop_private() {
-  local stopped= bindir pid i
+  local stopped='' bindir pid i
   if [ -f "$PGDATA_DIR/postmaster.pid" ] && bindir=$(pg_bindir); then
     pg_runas
     if as_pg "$bindir/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
