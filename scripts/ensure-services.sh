@@ -239,6 +239,13 @@ USER_DB_URL=${COHORTS_DATABASE_URL:-}
 USER_REDIS_URL=${COHORTS_REDIS_URL:-}
 DB_URL=${COHORTS_DATABASE_URL:-postgresql://postgres@127.0.0.1:${PGPORT:-5432}/cohorts}
 REDIS_URL=${COHORTS_REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}/0}
+# The usual case, in one Python call: both answer as they are.
+if probe fast "$DB_URL" "$REDIS_URL" >"$VAR/services.env.tmp" 2>/dev/null && mv "$VAR/services.env.tmp" "$VAR/services.env"; then
+  read -r PG_WHERE < <(hostport "$DB_URL" 5432 | tr ' ' :)
+  read -r REDIS_WHERE < <(hostport "$REDIS_URL" 6379 | tr ' ' :)
+  say "PostgreSQL at $PG_WHERE and Redis at $REDIS_WHERE answer (URLs in $(shown "$VAR/services.env"))"
+  exit 0
+fi
 ensure_pg
 ensure_redis
 if [ -n "${COHORTS_BROKER_URL:-}" ] && [ "$(hostport "$COHORTS_BROKER_URL" 6379)" != "$(hostport "$REDIS_URL" 6379)" ]; then

@@ -107,14 +107,26 @@ def env_lines(database_url: str, redis_url: str, environ: dict[str, str]) -> lis
             *(f"export {name}={shlex.quote(value)}" for name, value in values.items())]
 
 
+def answer_both(database_url: str, redis_url: str, environ: dict[str, str]) -> bool:
+    """Whether PostgreSQL, Redis and a broker set on another server all answer: the one-call fast path."""
+    if probe_pg(database_url) != UP or probe_redis(redis_url) != UP:
+        return False
+    broker = environ.get("COHORTS_BROKER_URL")
+    return not broker or host_port(broker, 6379) == host_port(redis_url, 6379) or probe_redis(broker) == UP
+
+
 def main(argv: list[str]) -> int:
-    """Dispatch `pg URL`, `redis URL`, `with-port URL PORT`, `bin PKG REL`, `env DATABASE_URL REDIS_URL`."""
+    """Dispatch `pg URL`, `redis URL`, `with-port URL PORT`, `bin PKG REL`, `env|fast DATABASE_URL REDIS_URL`."""
     command, *args = argv
     if command == "pg":
         return probe_pg(args[0])
     if command == "redis":
         return probe_redis(args[0])
-    if command == "env":
+    if command == "fast":  # both answer: print the env lines; else exit DOWN and print nothing
+        if not answer_both(args[0], args[1], dict(os.environ)):
+            return DOWN
+        print("\n".join(env_lines(args[0], args[1], dict(os.environ))))
+    elif command == "env":
         print("\n".join(env_lines(args[0], args[1], dict(os.environ))))
     elif command == "with-port":
         print(with_port(args[0], int(args[1])))
