@@ -34,14 +34,31 @@ def healthz():
     except Exception as exc:
         checks["redis"] = {"ok": False, "error": str(exc)}
     try:
-        replies = current_app.extensions["celery"].control.ping(timeout=1.0) or []
-        workers = sorted(name for reply in replies for name in reply)
-        checks["workers"] = {"ok": bool(workers), "live": workers}
+        checks["workers"] = workers_check()
     except Exception as exc:
         checks["workers"] = {"ok": False, "error": str(exc), "live": []}
     checks["queue"] = queue_check()
     healthy = all(c["ok"] for c in checks.values())
     return jsonify({"ok": healthy, "checks": checks}), 200 if healthy else 503
+
+
+def workers_check() -> dict:
+    """Live workers, and whether the compute and the maintenance queue each have one consuming them.
+
+    Without a maintenance worker no job is reaped and no cron fires, while every compute worker
+    still answers a ping: so the check asks which queues each worker consumes (one broadcast).
+    """
+    replies = current_app.extensions["celery"].control.inspect(timeout=1.0).active_queues() or {}
+    consumed: dict[str, list[str]] = {}
+    for worker, queues in sorted(replies.items()):
+        for queue in queues or []:
+            consumed.setdefault(queue["name"], []).append(worker)
+    needed = (settings().queue, settings().maintenance_queue)
+    missing = [queue for queue in needed if not consumed.get(queue)]
+    check = {"ok": bool(replies) and not missing, "live": sorted(replies), "queues": consumed}
+    if missing:
+        check["error"] = "no worker consumes " + ", ".join(missing) + " (the Procfile's worker and maintenance)"
+    return check
 
 
 def queue_check() -> dict:

@@ -154,10 +154,25 @@ def test_a_job_past_its_soft_time_limit_ends_failed_timeout(short_limit_worker, 
     assert "COHORTS_SOFT_TIME_LIMIT" in job["error_message"]
 
 
-def test_healthz_sees_live_workers(client, worker):
+def test_healthz_sees_live_workers(client, worker, maintenance_worker):
     health = client.get("/healthz")
     assert health.status_code == 200
     assert any(name.startswith("main@") for name in health.get_json()["checks"]["workers"]["live"])
+
+
+def test_healthz_fails_without_a_maintenance_worker(client, worker, service_settings):
+    # A client whose maintenance queue no worker consumes: what a dead maintenance process looks like.
+    from dataclasses import replace
+
+    from app import create_app
+
+    settings = replace(service_settings, maintenance_queue="cohorts.maintenance.nobody")
+    lonely = create_app({"TESTING": True, "SETTINGS": settings, "CELERY": client.application.extensions["celery"]})
+    health = lonely.test_client().get("/healthz")
+    workers = health.get_json()["checks"]["workers"]
+    assert health.status_code == 503 and workers["ok"] is False
+    assert "cohorts.maintenance.nobody" in workers["error"]
+    assert any(name.startswith("main@") for name in workers["live"])
 
 
 def test_job_listing_filters(client, worker, sample_project):
