@@ -143,7 +143,7 @@ def druid_query():
 
 @bp.delete("/druid/v2/<query_id>")
 def druid_cancel(query_id):
-    """Accepted, as Druid does; embedded queries are bounded by their context.timeout instead."""
+    """Accepted, as Druid does; embedded queries are bounded by context.timeout capped by COHORTS_DRUID_TIMEOUT_MS."""
     current_project()
     return Response(status=202)
 
