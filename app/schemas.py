@@ -53,7 +53,7 @@ def check_schedule(dynamic: bool, cron: str | None) -> None:
     if dynamic and not cron:
         raise ValidationError({"cron": ["a dynamic cohort needs a cron expression"]})
     if cron and not dynamic:
-        raise ValidationError({"cron": ["cron is only for dynamic cohorts: set dynamic: true, or cron: null to stop scheduling"]})
+        raise ValidationError({"cron": ["cron is only for dynamic cohorts: set dynamic: true, or send dynamic: false with cron: null to stop scheduling"]})
 
 
 class CohortCreateSchema(Schema):

@@ -181,6 +181,8 @@ def main(argv=None) -> int:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
     except json.JSONDecodeError as exc:
         print(f"error: not valid JSON: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
     return 2
 
 

@@ -71,7 +71,9 @@ def build_spec() -> dict:
                    plugins=[MarshmallowPlugin()],
                    info={"description": "Cohorts computed as asynchronous jobs. Poll GET /api/v1/jobs/{id}. "
                                         "Input rules and limits: docs/api.md. Any path also answers 405 "
-                                        "(with Allow) to a method it does not have."})
+                                        "(with Allow) to a method it does not have. The vendor dialects' own APIs keep their "
+                                        "vendors' shapes and are documented with them: Sugo /ant and the embedded "
+                                        "/druid/v2 broker in docs/dialects/sugo.md and docs/druid.md."})
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
                                                "description": "the project's token: Authorization: Bearer <token>"})
     for name in ("CohortCreate", "CohortUpdate", "CohortPatch", *RESPONSE_SCHEMAS):

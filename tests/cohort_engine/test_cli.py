@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,18 @@ def test_clear_errors_for_bad_arguments(cli, project_name, tmp_path):
     (tmp_path / "broken.json").write_text("{")
     done = cli("--project", project_name, "compute", str(tmp_path / "broken.json"))
     assert done.returncode == 2 and "not valid JSON" in done.stderr
+    done = cli("--project", project_name, "compute", str(tmp_path / "missing.json"))
+    assert done.returncode == 2 and "No such file or directory" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_readme_example_definition_computes(cli, project_name, tmp_path):
+    loaded = cli("--project", project_name, "sample", "--users", "300", "--events", "4000", "--seed", "3",
+                 "--end", "2026-11-21", "--out", str(tmp_path / "sample"), "--ingest")
+    assert loaded.returncode == 0, loaded.stderr
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "three-leaf.json"
+    done = cli("--project", project_name, "compute", str(example), "--base-time", "2026-11-22T00:00:00")
+    assert done.returncode == 0, done.stderr
+    assert "users" in done.stdout
 
 
 def test_sample_loads_once_into_an_empty_store(cli, project_name, tmp_path):
