@@ -37,10 +37,10 @@ demo: sample
 	$(BIN)/cohorts demo
 
 token: migrate
-	$(BIN)/python -m app.manage set-token default $(COHORTS_DEFAULT_TOKEN)
+	$(BIN)/python -m core.manage set-token default $(COHORTS_DEFAULT_TOKEN)
 
 sugo-demo: migrate
-	$(BIN)/python -m app.manage sugo-allow default --redis $(SUGO_DEMO_REDIS) --hproxy $(SUGO_DEMO_HPROXY)
+	$(BIN)/python -m core.manage sugo-allow default --redis $(SUGO_DEMO_REDIS) --hproxy $(SUGO_DEMO_HPROXY)
 
 run: sample token sugo-demo
 	bash scripts/run.sh

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from app.settings import Settings
+from core.settings import Settings
 
 
 def create_app(config: dict | None = None):

@@ -7,7 +7,7 @@ from functools import wraps
 
 from flask import current_app, g, request
 
-from app.data import projects
+from core.data import projects
 from app.db import get_db
 from app.errors import ApiError
 

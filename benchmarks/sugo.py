@@ -12,7 +12,7 @@ import numpy as np
 import redis as redis_lib
 import requests
 
-from app.data import projects, sugo_targets
+from core.data import projects, sugo_targets
 from cohort_engine import db, sugo_groups
 from cohort_engine.bitmaps import to_bitmap
 from cohort_engine.config import EngineConfig

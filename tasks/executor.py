@@ -8,7 +8,7 @@ import socket
 import threading
 import uuid
 
-from app.data import cohorts, jobs, projects, versions
+from core.data import cohorts, jobs, projects, versions
 from cohort_engine import bitmaps, db
 from cohort_engine.definition import DefinitionError, parse_definition
 from cohort_engine.evaluate import EngineError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from tasks.cohorts import run_job
-from tasks.sugo_executor import SugoJobExecutor
+from dialects.sugo.jobs import SugoJobExecutor
 
 
 @shared_task(name="sugo.usergroup", bind=True, max_retries=20, ignore_result=True)

@@ -6,9 +6,9 @@ import time
 
 from flask import Blueprint, current_app, jsonify
 
-from app.data import jobs
+from core.data import jobs
 from app.db import get_broker_redis, get_db, get_redis, settings
-from app.queue import broker_job_ids, urgent_queue
+from core.queue import broker_job_ids, urgent_queue
 
 bp = Blueprint("health", __name__)
 

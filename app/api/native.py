@@ -6,10 +6,10 @@ import psycopg2
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
 from app.auth import require_project
-from app.data import cohorts, jobs, versions
+from core.data import cohorts, jobs, versions
 from app.db import check_broker, connection_factory, get_db, get_redis, settings
 from app.errors import ApiError
-from app.queue import delete_cohort_everywhere, enqueue, submit_cohort_job
+from core.queue import delete_cohort_everywhere, enqueue, submit_cohort_job
 from app.schemas import (
     EDITABLE,
     CohortCreateSchema,

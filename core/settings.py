@@ -64,7 +64,7 @@ class Settings:
         if env.get("COHORTS_SUGO_ALLOWED_HOSTS"):
             # Replaced by per-project targets; saying so beats silently allowing less than before.
             log.warning("setting=COHORTS_SUGO_ALLOWED_HOSTS is no longer read: allow Sugo targets per project with "
-                        "`python -m app.manage sugo-allow` (docs/dialects/sugo.md)")
+                        "`python -m core.manage sugo-allow` (docs/dialects/sugo.md)")
         values = {"engine": EngineConfig.from_env(env),
                   "broker_url": env.get("COHORTS_BROKER_URL", cls.broker_url),
                   "queue": env.get("COHORTS_QUEUE", cls.queue),

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from cohort_engine import sugo_groups
-from cohort_engine.sugo_groups import CHUNK_BYTES, SugoGroupFormatError
+from dialects.sugo.groups import CHUNK_BYTES, SugoGroupFormatError
 
 
 def java_style_chunks(ids: list[str]) -> list[bytes]:

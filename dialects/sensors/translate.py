@@ -13,8 +13,8 @@ from datetime import date, datetime, timedelta
 from croniter import croniter
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
-from app.crons import check_fires
-from app.fields import StrictBoolean
+from core.crons import check_fires
+from core.fields import StrictBoolean
 from cohort_engine.definition import (
     MAX_COHORT_ID,
     MAX_DATE,
