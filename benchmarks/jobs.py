@@ -13,8 +13,8 @@ import uuid
 import redis as redis_lib
 import requests
 
-from core.data.projects import set_token
 from cohort_engine import db
+from core.data.projects import set_token
 
 from . import REPO, BenchContext, Row, section
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.data import projects, sugo_targets
-from dialects.sugo import schemas as dialect
-from core.settings import Settings
 from cohort_engine import db
+from core.data import projects, sugo_targets
+from core.settings import Settings
+from dialects.sugo import schemas as dialect
 from dialects.sugo.redis_targets import format_address
 
 

@@ -21,6 +21,8 @@ class Settings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     broker_url: str = "redis://127.0.0.1:6379/1"
     queue: str = "cohorts"
+    # Dialect packages served (comma-separated, docs/architecture.md); empty: dialects.INSTALLED.
+    dialects: str = ""
     # sweep and schedule run here, on a worker of their own, so long compute jobs never delay them.
     maintenance_queue: str = "cohorts.maintenance"
     # Redis bitmaps kept per cohort (newest versions, plus the published one); older rows keep no bitmap.
@@ -52,6 +54,25 @@ class Settings:
     sugo_hproxy_backoff: float = 0.5
     # Largest request body read (docs/api.md); larger ones are answered 413 before they are read.
     max_body_bytes: int = 2 * 1024 * 1024
+    # /metrics: loopback clients only, unless a scraper sends this as a Bearer token (docs/jobs.md).
+    metrics_token: str = ""
+    # The embedded broker /druid/v2 (docs/druid.md "Limits"): time buckets, result rows and bytes,
+    # the query timeout (context.timeout is honoured up to it) and the JSON nesting depth.
+    druid_max_buckets: int = 50_000
+    druid_max_rows: int = 500_000
+    druid_max_response_bytes: int = 32 * 1024 * 1024
+    druid_timeout_ms: int = 10_000
+    druid_max_depth: int = 64
+
+    @property
+    def druid_limits(self):
+        """The QueryLimits of the embedded broker's HTTP endpoint."""
+        # Imported here: cohort_engine.druid loads DuckDB, which beat and the CLI never need.
+        from cohort_engine.druid import QueryLimits
+
+        return QueryLimits(max_buckets=self.druid_max_buckets, max_rows=self.druid_max_rows,
+                           max_response_bytes=self.druid_max_response_bytes, timeout_ms=self.druid_timeout_ms,
+                           max_depth=self.druid_max_depth)
 
     @property
     def visibility_timeout(self) -> int:

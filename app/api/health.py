@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import logging
 import time
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
-from core.data import jobs
 from app.db import get_broker_redis, get_db, get_redis, settings
+from app.errors import ApiError
+from core.data import jobs
 from core.queue import broker_job_ids, urgent_queue
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__)
 
@@ -79,6 +85,7 @@ def ping():
 @bp.get("/metrics")
 def metrics():
     """Prometheus text format: jobs by kind and status, queue wait and heartbeat lag."""
+    check_metrics_access()
     conn = get_db()
     lines = ["# HELP cohorts_jobs Jobs by kind and status.", "# TYPE cohorts_jobs gauge"]
     for kind, status, count in jobs.status_counts(conn):
@@ -89,3 +96,30 @@ def metrics():
               "# HELP cohorts_max_heartbeat_lag_seconds Largest heartbeat age of a computing job.",
               "# TYPE cohorts_max_heartbeat_lag_seconds gauge", f"cohorts_max_heartbeat_lag_seconds {lag:.3f}"]
     return "\n".join(lines) + "\n", 200, {"Content-Type": "text/plain; version=0.0.4"}
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address((address or "").split("%", 1)[0])
+    except ValueError:
+        return False
+    # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d.
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def check_metrics_access() -> None:
+    """Loopback scrapes pass; others need COHORTS_METRICS_TOKEN as a Bearer token (docs/jobs.md)."""
+    # A forwarded request reaches us from a local proxy's address but comes from elsewhere.
+    forwarded = any(h in request.headers for h in ("X-Forwarded-For", "Forwarded", "X-Real-Ip"))
+    if _is_loopback(request.remote_addr) and not forwarded:
+        return
+    token = settings().metrics_token
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    if token and scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.encode()):
+        return
+    log.info("metrics refused remote=%s forwarded=%s token_sent=%s", request.remote_addr, forwarded, bool(sent))
+    if not token:
+        raise ApiError(403, "/metrics answers loopback clients only (set COHORTS_METRICS_TOKEN to scrape remotely)")
+    raise ApiError(401 if not sent else 403, "/metrics needs the metrics token (Authorization: Bearer, "
+                                            "COHORTS_METRICS_TOKEN) from a non-loopback address")

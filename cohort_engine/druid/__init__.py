@@ -1,7 +1,19 @@
 """Druid: a native-query executor over the embedded store, and a broker client for real clusters."""
 
-from .embedded import DEFAULT_DATASOURCES, DataSources, DataSourceSpec, execute, run, user_group_uids
-from .errors import BadQuery, DruidQueryError, QueryTimeout, Unsupported
+from .embedded import (
+           DEFAULT_DATASOURCES,
+           DataSources,
+           DataSourceSpec,
+           encode,
+           execute,
+           respond,
+           respond_query,
+           run,
+           user_group_uids,
+)
+from .errors import BadQuery, DruidQueryError, QueryTimeout, ResourceLimitExceeded, UnknownType, Unsupported
+from .limits import UNLIMITED, QueryLimits
 
-__all__ = ["DEFAULT_DATASOURCES", "BadQuery", "DataSourceSpec", "DataSources", "DruidQueryError", "QueryTimeout",
-           "Unsupported", "execute", "run", "user_group_uids"]
+__all__ = ["DEFAULT_DATASOURCES", "UNLIMITED", "BadQuery", "DataSourceSpec", "DataSources", "DruidQueryError",
+           "QueryLimits", "QueryTimeout", "ResourceLimitExceeded", "UnknownType", "Unsupported", "encode", "execute",
+           "respond", "respond_query", "run", "user_group_uids"]

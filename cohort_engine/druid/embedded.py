@@ -7,6 +7,7 @@ malformed query answers 400 naming the offending field.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -22,7 +23,7 @@ from .. import db
 from ..bitmaps import to_bitmap
 from ..dictionary import UserKeyDictionary
 from ..store import Snapshot, quote
-from .errors import BadQuery, DruidQueryError, QueryTimeout, Unsupported, require
+from .errors import BadQuery, DruidQueryError, UnknownType, Unsupported, require, type_id
 from .filters import (
     DOUBLE,
     LONG,
@@ -32,9 +33,20 @@ from .filters import (
     FilterTranslator,
     HavingTranslator,
     SqlParams,
+    column_type,
+    ordering_of,
     to_number,
 )
-from .times import DAY_MS, Granularity, clamp_datetime, parse_granularity, parse_intervals
+from .limits import UNLIMITED, Deadline, QueryLimits, check_shape, context_timeout_ms, exceeded
+from .times import (
+    DAY_MS,
+    JAVA_INT_MAX,
+    JAVA_LONG_MAX,
+    Granularity,
+    clamp_datetime,
+    parse_granularity,
+    parse_intervals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +55,29 @@ TS = "__embedded_ts"
 BUCKET = "__embedded_bucket"
 DECODE_BATCH = 50_000
 DEFAULT_SCAN_BATCH = 20_480
+ENCODE_SLICE = 512  # result rows encoded at once between byte-limit checks
 LUCENE_PREFIX = "lucene_"
 _PARAM = re.compile(r"\$(p\d+)\b")
+QUERY_TYPES = {"groupBy", "timeseries", "topN", "scan", "user_group"}
+# Type ids Druid (core and bundled extensions) knows but the embedded engine does not implement:
+# they answer 501; any other type id is unknown to Druid too and answers 400, as Druid does.
+UNSUPPORTED_QUERY_TYPES = {"search", "timeBoundary", "segmentMetadata", "dataSourceMetadata", "select",
+                           "windowOperator", "movingAverage"}
+AGGREGATOR_TYPES = {"count", "cardinality", "filtered", "longSum", "doubleSum", "floatSum", "longMin", "longMax",
+                    "doubleMin", "doubleMax", "floatMin", "floatMax"}
+UNSUPPORTED_AGGREGATORS = {
+    "javascript", "histogram", "hyperUnique", "longFirst", "longLast", "doubleFirst", "doubleLast", "floatFirst",
+    "floatLast", "stringFirst", "stringLast", "stringFirstFold", "stringLastFold", "longAny", "doubleAny",
+    "floatAny", "stringAny", "grouping", "expression", "singleValue", "thetaSketch", "HLLSketchBuild",
+    "HLLSketchMerge", "quantilesDoublesSketch", "arrayOfDoublesSketch", "approxHistogram", "approxHistogramFold",
+    "fixedBucketsHistogram", "tDigestSketch", "momentSketch", "momentSketchMerge", "variance", "varianceFold",
+    "bloom", "KllFloatsSketch", "KllDoublesSketch", "spectatorHistogram", "doubleMean", "nativeDoubleMean"}
+DIMENSION_SPEC_TYPES = {"default", "extraction", "regexFiltered", "listFiltered", "prefixFiltered", "lookup"}
+DATASOURCE_TYPES = {"table", "query", "join", "union", "inline", "lookup", "unnest", "filter", "globalTable"}
+TOPN_METRIC_TYPES = {"numeric", "inverted", "dimension", "lexicographic", "alphaNumeric"}
+SCAN_FORMATS = {"list", "compactedList", "valueVector"}
+# Python errors that only client input can cause in the translation; never a 500 (see execute).
+_INPUT_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -130,27 +163,100 @@ def _spec(name, value) -> DataSourceSpec:
     raise ValueError(f"datasource {name!r}: expected DataSourceSpec, dict or (project, table), got {value!r}")
 
 
-def execute(query: dict, datasources: DataSources) -> tuple[int, object]:
+def execute(query: dict, datasources: DataSources, limits: QueryLimits = UNLIMITED) -> tuple[int, object]:
     """(HTTP status, JSON body) for a native Druid query, as a Druid broker would answer it."""
     try:
-        return 200, run(query, datasources)
+        return 200, run(query, datasources, limits)
     except DruidQueryError as exc:
         log.info("druid embedded query refused status=%d error=%r message=%r", exc.status, exc.error, exc.message)
         return exc.status, exc.body()
 
 
-def run(query: dict, datasources: DataSources):
+def respond(raw: bytes | str, datasources: DataSources, limits: QueryLimits = UNLIMITED,
+            pretty: bool = False) -> tuple[int, bytes]:
+    """(HTTP status, UTF-8 JSON) for a request body, the response bytes bounded by limits."""
+    try:
+        query = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return _refused(BadQuery(f"the request body is not valid JSON: {str(exc)[:200]}"), pretty)
+    return respond_query(query, datasources, limits, pretty)
+
+
+def respond_query(query, datasources: DataSources, limits: QueryLimits = UNLIMITED,
+                  pretty: bool = False) -> tuple[int, bytes]:
+    """(HTTP status, UTF-8 JSON) for a parsed query, the response bytes bounded by limits."""
+    try:
+        return 200, encode(run(query, datasources, limits), limits, pretty)
+    except DruidQueryError as exc:
+        return _refused(exc, pretty)
+
+
+def _refused(exc: DruidQueryError, pretty: bool) -> tuple[int, bytes]:
+    log.info("druid embedded query refused status=%d error=%r message=%r", exc.status, exc.error, exc.message)
+    return exc.status, encode(exc.body(), UNLIMITED, pretty)
+
+
+def encode(body, limits: QueryLimits = UNLIMITED, pretty: bool = False) -> bytes:
+    """body as UTF-8 JSON (indented when pretty), refused once it passes limits.max_response_bytes."""
+    indent = 2 if pretty else None
+    if not isinstance(body, list) or not body:
+        data = json.dumps(body, ensure_ascii=False, indent=indent).encode("utf-8", "backslashreplace")
+        _check_bytes(len(data), limits)
+        return data
+    # In slices (each with the C encoder), so an oversized answer stops early at little cost.
+    separator = ",\n" if pretty else ", "
+    parts, size = [], 4 if pretty else 2
+    for start in range(0, len(body), ENCODE_SLICE):
+        text = json.dumps(body[start:start + ENCODE_SLICE], ensure_ascii=False, indent=indent)
+        # Without its brackets: "[\n  a,\n  b\n]" -> "  a,\n  b", "[a, b]" -> "a, b".
+        chunk = (text[2:-2] if pretty else text[1:-1]).encode("utf-8", "backslashreplace")
+        parts.append(chunk)
+        size += len(chunk) + (len(separator) if len(parts) > 1 else 0)
+        _check_bytes(size, limits)
+    inner = separator.encode().join(parts)
+    return b"[\n" + inner + b"\n]" if pretty else b"[" + inner + b"]"
+
+
+def _check_bytes(size: int, limits: QueryLimits) -> None:
+    if limits.max_response_bytes is not None and size > limits.max_response_bytes:
+        raise exceeded("the response passes the byte limit", limits.max_response_bytes,
+                       "max_response_bytes, COHORTS_DRUID_MAX_RESPONSE_BYTES",
+                       "add a limit, fewer columns or narrower intervals")
+
+
+def run(query: dict, datasources: DataSources, limits: QueryLimits = UNLIMITED):
     """The Druid response body for query; raises DruidQueryError (400/501/504) when it cannot."""
-    plan = _Plan(query, datasources)
-    return plan.run()
+    return _guarded(lambda: _Plan(query, datasources, limits).run())
 
 
-def user_group_uids(query: dict, datasources: DataSources) -> BitMap:
+def user_group_uids(query: dict, datasources: DataSources, limits: QueryLimits = UNLIMITED) -> BitMap:
     """The uids of a Sugo `user_group` query whose dimension is the datasource's key dimension."""
-    plan = _Plan(query, datasources)
+    return _guarded(lambda: _user_group_uids(query, datasources, limits))
+
+
+def _guarded(work):
+    """work(), with a Python error that escaped validation answered as a malformed query (400)."""
+    try:
+        return work()
+    except DruidQueryError:
+        raise
+    except _INPUT_ERRORS as exc:
+        # Validation should have named the field; this keeps a gap in it from becoming a 500.
+        log.exception("druid embedded query escaped validation error=%s", type(exc).__name__)
+        raise MalformedQuery(f"the query cannot be read ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+class MalformedQuery(BadQuery):
+    """A query that tripped an unexpected Python error in translation (HTTP 400; logged as a bug)."""
+
+    error_class = "java.lang.IllegalArgumentException"
+
+
+def _user_group_uids(query: dict, datasources: DataSources, limits: QueryLimits) -> BitMap:
+    plan = _Plan(query, datasources, limits)
     if plan.query_type != "user_group":
         raise BadQuery("queryType must be user_group")
-    if plan.query["dimension"] != plan.spec.key_dimension:
+    if require(plan.query, "dimension", "query") != plan.spec.key_dimension:
         raise BadQuery(f"dimension must be the key dimension {plan.spec.key_dimension!r} to answer uids")
     return plan.run(uids=True)
 
@@ -223,20 +329,27 @@ class _Output:
 class _Plan:
     """One query: validated, translated to SQL, executed, shaped as Druid's response."""
 
-    def __init__(self, query, datasources: DataSources):
+    def __init__(self, query, datasources: DataSources, limits: QueryLimits = UNLIMITED):
         if not isinstance(query, dict):
             raise BadQuery("the query must be a JSON object")
+        check_shape(query, limits.max_depth)
         self.query = query
+        self.limits = limits
         raw_type = require(query, "queryType", "query", str)
         self.lucene = raw_type.startswith(LUCENE_PREFIX)
         self.query_type = raw_type[len(LUCENE_PREFIX):] if self.lucene else raw_type
-        if self.query_type not in ("groupBy", "timeseries", "topN", "scan", "user_group"):
-            if self.query_type in ("search", "timeBoundary", "segmentMetadata", "dataSourceMetadata", "select"):
+        if self.query_type not in QUERY_TYPES:
+            if self.query_type in UNSUPPORTED_QUERY_TYPES:
                 raise Unsupported(f"queryType {raw_type!r} is not supported by the embedded engine")
-            raise BadQuery(f"unknown queryType {raw_type!r}")
-        self.context = query.get("context") or {}
+            raise UnknownType("queryType", raw_type, "Query", QUERY_TYPES | UNSUPPORTED_QUERY_TYPES)
+        self.context = query.get("context")
+        if self.context is None:
+            self.context = {}
         if not isinstance(self.context, dict):
             raise BadQuery("context must be an object")
+        self.deadline = Deadline(context_timeout_ms(self.context, limits), self.context.get("queryId", ""))
+        # One more row than allowed is fetched, so that "too many" is seen without reading them all.
+        self.row_cap = None if limits.max_rows is None else limits.max_rows + 1
         self.datasource = self._datasource_name(query.get("dataSource"))
         self.spec, self.access = datasources.resolve(self.datasource)
         self.snapshot = self.access.snapshot()
@@ -254,9 +367,12 @@ class _Plan:
         if isinstance(spec, str):
             return spec
         if isinstance(spec, dict):
-            if spec.get("type") == "table" and isinstance(spec.get("name"), str):
-                return spec["name"]
-            raise Unsupported(f"dataSource type {spec.get('type')!r} is not supported (table names only)")
+            kind = type_id(spec, "dataSource")
+            if kind == "table":
+                return require(spec, "name", "dataSource", str)
+            if kind in DATASOURCE_TYPES:
+                raise Unsupported(f"dataSource type {kind!r} is not supported (table names only)")
+            raise UnknownType("dataSource.type", kind, "DataSource", DATASOURCE_TYPES)
         raise BadQuery("dataSource is required")
 
     # -- the shared pieces -------------------------------------------------------------------
@@ -291,6 +407,7 @@ class _Plan:
         uids = con.execute(sql, _bind(sql, self.params.values)).fetchnumpy()["uid"].tolist()
         keys: list[str | None] = []
         for start in range(0, len(uids), DECODE_BATCH):
+            self.deadline.check()
             keys.extend(self.access.decode(uids[start:start + DECODE_BATCH]))
         con.register("keymap_arrow", pa.table({"uid": pa.array(uids, pa.uint32()), "key": pa.array(keys, pa.string())}))
         con.execute("CREATE TEMP TABLE keymap AS SELECT uid, key FROM keymap_arrow")
@@ -298,20 +415,22 @@ class _Plan:
         return (f"WITH base AS ({base}), src AS (SELECT b.*, k.key AS {quote(self.spec.key_dimension)}"
                 f" FROM base b LEFT JOIN keymap k ON k.uid = b.{quote(UID)}) ")
 
-    def _execute(self, build: Callable[[duckdb.DuckDBPyConnection], str]):
-        """Run the SQL that build(con) returns, interrupting it at context.timeout."""
+    def _execute(self, build: Callable[[duckdb.DuckDBPyConnection], str], capped: bool = False):
+        """Rows of the SQL build(con) returns, interrupted at the deadline; capped: SQL ends in LIMIT row_cap."""
+        self.deadline.check()
         con = self.snapshot.connect()
-        timeout = self.context.get("timeout")
+        remaining = self.deadline.remaining()
         timer = None
-        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
-            timer = threading.Timer(timeout / 1000.0, con.interrupt)
+        if remaining is not None:
+            timer = threading.Timer(remaining, con.interrupt)
             timer.daemon = True
             timer.start()
         try:
             sql = build(con)
-            return con.execute(sql, _bind(sql, self.params.values)).fetchall()
+            self.deadline.check()
+            rows = con.execute(sql, _bind(sql, self.params.values)).fetchall()
         except duckdb.InterruptException:
-            raise QueryTimeout(f"Query [{self.context.get('queryId', '')}] timed out.") from None
+            raise self.deadline.timeout() from None
         except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.BinderException,
                 duckdb.OutOfRangeException) as exc:
             raise BadQuery(f"query cannot be evaluated: {str(exc).splitlines()[0]}") from None
@@ -322,6 +441,17 @@ class _Plan:
             if timer is not None:
                 timer.cancel()
             con.close()
+        if capped and self.row_cap is not None and len(rows) >= self.row_cap:
+            raise exceeded(f"the {self.query_type} query produces more than {self.limits.max_rows} rows",
+                           self.limits.max_rows, "max_rows, COHORTS_DRUID_MAX_ROWS",
+                           "add a limit or threshold, or narrow the intervals or the filter")
+        return rows
+
+    def _cap_sql(self, limit: int | None = None, offset: int | None = None) -> str:
+        """LIMIT/OFFSET text: the query's own limit, lowered to row_cap (one past max_rows)."""
+        caps = [c for c in (limit, self.row_cap) if c is not None]
+        text = f" LIMIT {min(caps)}" if caps else ""
+        return text + (f" OFFSET {offset}" if offset else "")
 
     def _all_timestamp(self) -> int:
         """Granularity `all` rows carry the query start, moved up to the first day holding data."""
@@ -354,12 +484,15 @@ class _Plan:
             spec = {"type": "default", "dimension": spec}
         if not isinstance(spec, dict):
             raise BadQuery(f"{path} must be a dimension name or a dimension spec")
-        kind = spec.get("type", "default")
+        kind = type_id(spec, path, "default")
+        if kind not in DIMENSION_SPEC_TYPES:
+            raise UnknownType(f"{path}.type", kind, "DimensionSpec", DIMENSION_SPEC_TYPES)
         if kind != "default" or spec.get("extractionFn") is not None:
             raise Unsupported(f"{path}: dimension spec type {kind!r} is not supported (default only)")
-        name = require(spec, "dimension", path, str)
-        output = spec.get("outputName") or name
-        out_type = str(spec.get("outputType") or "STRING").upper()
+        name = _name(require(spec, "dimension", path), f"{path}.dimension")
+        output = name if spec.get("outputName") is None else _name(spec["outputName"], f"{path}.outputName")
+        out_type = "STRING" if spec.get("outputType") is None else column_type(spec["outputType"],
+                                                                                 f"{path}.outputType")
         column, kind = self.columns.sql(name), self.columns.type_of(name)
         if out_type == "STRING":
             return _Output(output, column if kind in (STRING, None) else f"CAST({column} AS VARCHAR)", STRING)
@@ -376,13 +509,18 @@ class _Plan:
         kind = require(spec, "type", path, str)
         if kind.startswith(LUCENE_PREFIX):
             kind = kind[len(LUCENE_PREFIX):]
+        if kind not in AGGREGATOR_TYPES:
+            if kind in UNSUPPORTED_AGGREGATORS:
+                raise Unsupported(f"{path}: aggregator type {spec['type']!r} is not supported by the embedded engine")
+            raise UnknownType(f"{path}.type", spec["type"], "AggregatorFactory", AGGREGATOR_TYPES | UNSUPPORTED_AGGREGATORS)
         if kind == "filtered":
             inner = require(spec, "aggregator", path, dict)
             test = self.filters.filter(require(spec, "filter", path, dict), f"{path}.filter")
             result = self._aggregator(inner, f"{path}.aggregator",
                                       test if condition is None else f"({condition}) AND {test}")
-            return _Output(spec.get("name") or result.name, result.sql, result.kind, result.empty)
-        name = require(spec, "name", path, str)
+            name = result.name if spec.get("name") is None else _name(spec["name"], f"{path}.name")
+            return _Output(name, result.sql, result.kind, result.empty)
+        name = _name(require(spec, "name", path), f"{path}.name")
         where = "" if condition is None else f" FILTER (WHERE {condition})"
         if kind == "count":
             return _Output(name, f"count(*){where}", LONG, 0)
@@ -393,7 +531,7 @@ class _Plan:
             if kind.startswith(prefix) and kind[len(prefix):] in family:
                 if spec.get("expression") is not None:
                     raise Unsupported(f"{path}.expression is not supported")
-                field = require(spec, "fieldName", path, str)
+                field = _name(require(spec, "fieldName", path), f"{path}.fieldName")
                 column, col_kind = self.columns.sql(field), self.columns.type_of(field)
                 if out == LONG:
                     # Druid reads a non-long column into a long aggregator by truncating.
@@ -456,18 +594,19 @@ class _Plan:
         return getattr(self, "_run_" + self.query_type)()
 
     def _run_user_group(self, uids: bool):
-        dimension = require(self.query, "dimension", "query", str)
+        dimension = _name(require(self.query, "dimension", "query"), "dimension")
         filter_sql = self._filter_sql()
         filter_uses_key = self.spec.key_dimension in self.columns.used
         if uids:
             rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
-                                 + f"SELECT DISTINCT {quote(UID)} FROM src WHERE {filter_sql}")
+                                 + f"SELECT DISTINCT {quote(UID)} FROM src WHERE {filter_sql}{self._cap_sql()}",
+                                 capped=True)
             return to_bitmap([r[0] for r in rows])
         column, kind = self.columns.sql(dimension), self.columns.type_of(dimension)
         value = column if kind in (STRING, None) else f"CAST({column} AS VARCHAR)"
         rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
                              + f"SELECT DISTINCT {value} AS v FROM src WHERE {filter_sql} AND {value} IS NOT NULL"
-                             " ORDER BY v")
+                             f" ORDER BY v{self._cap_sql()}", capped=True)
         return [r[0] for r in rows]
 
     def _grouped(self, dims: list[_Output], aggs: list[_Output], filter_sql: str) -> str:
@@ -494,7 +633,7 @@ class _Plan:
         order_sql, limit_sql = self._limit_spec(dims, aggs)
         rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
                              + f"SELECT * FROM ({self._grouped(dims, aggs, filter_sql)}) g"
-                             f" WHERE {having_sql} ORDER BY {order_sql}{limit_sql}")
+                             f" WHERE {having_sql} ORDER BY {order_sql}{limit_sql}", capped=True)
         all_ts = self._all_timestamp() if self.granularity.is_all and rows else None
         version_key = "v" if self.lucene else "version"
         names = [o.name for o in dims + aggs]
@@ -505,12 +644,15 @@ class _Plan:
         spec = self.query.get("limitSpec") or {}
         if not isinstance(spec, dict):
             raise BadQuery("limitSpec must be an object")
-        if spec.get("type", "default") != "default":
-            raise Unsupported(f"limitSpec.type {spec.get('type')!r} is not supported (default only)")
+        if type_id(spec, "limitSpec", "default") != "default":
+            raise UnknownType("limitSpec.type", spec.get("type"), "LimitSpec", {"default"})
         by_name = {o.name: o for o in dims + aggs}
         agg_names = {a.name for a in aggs}
         terms, ordered = [], set()
-        for i, column in enumerate(spec.get("columns") or []):
+        columns = spec.get("columns")
+        if columns is not None and not isinstance(columns, list):
+            raise BadQuery("limitSpec.columns must be a list")
+        for i, column in enumerate(columns or []):
             path = f"limitSpec.columns[{i}]"
             if isinstance(column, str):
                 column = {"dimension": column}
@@ -520,11 +662,7 @@ class _Plan:
             direction = str(column.get("direction", "ascending")).lower()
             if direction not in ("ascending", "descending", "asc", "desc"):
                 raise BadQuery(f"{path}.direction must be ascending or descending")
-            order = column.get("dimensionOrder", "lexicographic")
-            if isinstance(order, dict):
-                order = order.get("type")
-            if order not in ("lexicographic", "numeric"):
-                raise Unsupported(f"{path}.dimensionOrder {order!r} is not supported (lexicographic, numeric)")
+            order = ordering_of(column, path, "dimensionOrder")
             numeric = name in agg_names or order == "numeric" or (by_name[name].kind in NUMERIC and
                                                                  "dimensionOrder" not in column)
             terms.append(_order_term(quote(name), by_name[name].kind, numeric, direction.startswith("desc")))
@@ -533,16 +671,9 @@ class _Plan:
         by_dims_first = bool(self.context.get("sortByDimsFirst"))
         bucket = [] if self.granularity.is_all else [f"{quote(BUCKET)} ASC"]
         order = (terms + tie_break + bucket) if by_dims_first else (bucket + terms + tie_break)
-        limit_sql = ""
-        limit, offset = spec.get("limit"), spec.get("offset")
-        for value, field in ((limit, "limit"), (offset, "offset")):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise BadQuery(f"limitSpec.{field} must be a non-negative integer")
-        if limit is not None:
-            limit_sql += f" LIMIT {int(limit)}"
-        if offset:
-            limit_sql += f" OFFSET {int(offset)}"
-        return ", ".join(order) or "1", limit_sql
+        limit = _count(spec.get("limit"), "limitSpec.limit")
+        offset = _count(spec.get("offset"), "limitSpec.offset")
+        return ", ".join(order) or "1", self._cap_sql(limit, offset)
 
     def _run_timeseries(self):
         filter_sql = self._filter_sql()
@@ -551,30 +682,33 @@ class _Plan:
         self._check_names(aggs)
         names = [a.name for a in aggs]
         descending = bool(self.query.get("descending"))
+        limit = _count(self.query.get("limit"), "limit")
+        zero_fill = not _truthy(self.context.get("skipEmptyBuckets"))
+        buckets = self._data_buckets() if zero_fill and not self.granularity.is_all else []
         if self.granularity.is_all:
-            select = ", ".join(f"{a.sql} AS {quote(a.name)}" for a in aggs) or "1"
+            # count(*) stands in for no aggregator, so that exactly one row comes back.
+            select = ", ".join(f"{a.sql} AS {quote(a.name)}" for a in aggs) or "count(*)"
             rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
                                  + f"SELECT CAST(0 AS BIGINT), {select} FROM src WHERE {filter_sql}")
             results = [{"timestamp": self.granularity.format(self._all_timestamp()),
                         "result": dict(zip(names, rows[0][1:] if aggs else (), strict=True))}]
         else:
             rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
-                                 + f"SELECT * FROM ({self._grouped([], aggs, filter_sql)}) g ORDER BY 1")
+                                 + f"SELECT * FROM ({self._grouped([], aggs, filter_sql)}) g ORDER BY 1"
+                                 + self._cap_sql(), capped=True)
             by_bucket = {r[0]: dict(zip(names, r[1:], strict=True)) for r in rows}
-            if not _truthy(self.context.get("skipEmptyBuckets")):
-                empty = {a.name: a.empty for a in aggs}
-                for bucket in self._data_buckets():
-                    by_bucket.setdefault(bucket, dict(empty))
+            empty = {a.name: a.empty for a in aggs}
+            for bucket in buckets:
+                by_bucket.setdefault(bucket, dict(empty))
+            self._check_rows(len(by_bucket))
+            self.deadline.check()
             results = [{"timestamp": self.granularity.format(b), "result": by_bucket[b]} for b in sorted(by_bucket)]
             if descending:
                 results.reverse()
-        limit = self.query.get("limit")
         if limit is not None:
-            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-                raise BadQuery("limit must be a non-negative integer")
             results = results[:limit]
         if _truthy(self.context.get("grandTotal")):
-            select = ", ".join(f"{a.sql} AS {quote(a.name)}" for a in aggs) or "1"
+            select = ", ".join(f"{a.sql} AS {quote(a.name)}" for a in aggs) or "count(*)"
             total = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
                                   + f"SELECT {select} FROM src WHERE {filter_sql}")[0]
             results.append({"timestamp": None, "result": dict(zip(names, total if aggs else (), strict=True))})
@@ -587,21 +721,35 @@ class _Plan:
         low, high = rows[0]
         if low is None:
             return []
-        buckets = []
         gran: Granularity = self.granularity
-        for start, end in self.intervals:
-            lo, hi = max(start, low), min(end, high + 1)
-            if lo >= hi:
-                continue
+        spans = [(max(start, low), min(end, high + 1)) for start, end in self.intervals]
+        spans = [(lo, hi) for lo, hi in spans if lo < hi]
+        # Their number follows from the span and the granularity: past max_buckets the query is
+        # refused here, before any bucket is made or the aggregation runs.
+        expected = sum(gran.bucket_count(lo, hi) for lo, hi in spans)
+        limit = self.limits.max_buckets
+        if limit is not None and expected > limit:
+            raise exceeded(f"granularity {json.dumps(self.query.get('granularity'))} over the data in the intervals makes"
+                           f" {expected} time buckets", limit, "max_buckets, COHORTS_DRUID_MAX_BUCKETS",
+                           "use a coarser granularity, narrower intervals or context.skipEmptyBuckets")
+        buckets: list[int] = []
+        for lo, hi in spans:
             con = self.snapshot.connect()
             try:
                 (bucket,) = con.execute(f"SELECT {gran.bucket_sql('$t')}", {"t": clamp_datetime(lo)}).fetchone()
             finally:
                 con.close()
-            while bucket < hi and len(buckets) < 1_000_000:
+            while bucket < hi:
                 buckets.append(bucket)
                 bucket = gran.next_bucket(bucket)
+                if len(buckets) % 10_000 == 0:
+                    self.deadline.check()
         return buckets
+
+    def _check_rows(self, count: int) -> None:
+        if self.limits.max_rows is not None and count > self.limits.max_rows:
+            raise exceeded(f"the {self.query_type} query produces {count} rows", self.limits.max_rows,
+                           "max_rows, COHORTS_DRUID_MAX_ROWS", "narrow the intervals or coarsen the granularity")
 
     def _run_topN(self):
         filter_sql = self._filter_sql()
@@ -609,15 +757,13 @@ class _Plan:
         dim = self._dimension(require(self.query, "dimension", "query"), "dimension")
         aggs = self._aggregators()
         self._check_names([dim, *aggs])
-        threshold = require(self.query, "threshold", "query", int)
-        if threshold < 1:
-            raise BadQuery("threshold must be positive")
+        threshold = _count(require(self.query, "threshold", "query"), "threshold", minimum=1)
         order, condition = self._topn_order(self.query.get("metric"), dim, {a.name for a in aggs}, "metric")
         tie = _order_term(quote(dim.name), dim.kind, dim.kind in NUMERIC, False)
         rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
                              + f"SELECT * FROM ({self._grouped([dim], aggs, filter_sql)}) g WHERE {condition}"
                              f" QUALIFY row_number() OVER (PARTITION BY {quote(BUCKET)} ORDER BY {order}, {tie})"
-                             f" <= {threshold} ORDER BY {quote(BUCKET)}, {order}, {tie}")
+                             f" <= {threshold} ORDER BY {quote(BUCKET)}, {order}, {tie}{self._cap_sql()}", capped=True)
         all_ts = self._all_timestamp() if self.granularity.is_all and rows else None
         names = [dim.name] + [a.name for a in aggs]
         results: list[dict] = []
@@ -635,7 +781,9 @@ class _Plan:
             spec = {"type": "numeric", "metric": spec}
         if not isinstance(spec, dict):
             raise BadQuery(f"{path} is required (an aggregator name or a metric spec)")
-        kind = spec.get("type")
+        kind = type_id(spec, path)
+        if kind not in TOPN_METRIC_TYPES:
+            raise UnknownType(f"{path}.type", kind, "TopNMetricSpec", TOPN_METRIC_TYPES)
         if kind == "numeric":
             name = require(spec, "metric", path, str)
             if name not in agg_names:
@@ -646,17 +794,16 @@ class _Plan:
             flipped = inner.replace(" DESC NULLS LAST", " \0").replace(" ASC NULLS FIRST", " DESC NULLS LAST")
             return flipped.replace(" \0", " ASC NULLS FIRST"), condition
         if kind in ("dimension", "lexicographic", "alphaNumeric"):
-            ordering = spec.get("ordering", "lexicographic") if kind == "dimension" else kind
-            if isinstance(ordering, dict):
-                ordering = ordering.get("type")
-            if ordering not in ("lexicographic", "numeric"):
-                raise Unsupported(f"{path}.ordering {ordering!r} is not supported (lexicographic, numeric)")
+            ordering = ordering_of({"ordering": spec.get("ordering", "lexicographic") if kind == "dimension"
+                                    else kind}, path)
             numeric = ordering == "numeric"
             column = quote(dim.name)
             key = f"TRY_CAST({column} AS DOUBLE)" if numeric and dim.kind not in NUMERIC else (
                 f"CAST({column} AS VARCHAR)" if not numeric and dim.kind in NUMERIC else column)
             condition = "TRUE"
             if spec.get("previousStop") is not None:
+                if isinstance(spec["previousStop"], (dict, list)):
+                    raise BadQuery(f"{path}.previousStop must be a string or a number")
                 stop = to_number(spec["previousStop"]) if numeric else str(spec["previousStop"])
                 if stop is None:
                     raise BadQuery(f"{path}.previousStop must be a number for numeric ordering")
@@ -668,6 +815,8 @@ class _Plan:
         if self.query.get("legacy"):
             raise Unsupported("legacy scan results are not supported")
         result_format = self.query.get("resultFormat", "list")
+        if not isinstance(result_format, str) or result_format not in SCAN_FORMATS:
+            raise BadQuery(f"resultFormat {result_format!r} is not a scan result format ({', '.join(sorted(SCAN_FORMATS))})")
         if result_format not in ("list", "compactedList"):
             raise Unsupported(f"resultFormat {result_format!r} is not supported (list, compactedList)")
         filter_sql = self._filter_sql()
@@ -675,18 +824,14 @@ class _Plan:
         names = self.query.get("columns") or self.columns.all_names()
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise BadQuery("columns must be a list of column names")
-        names = list(dict.fromkeys(names))
+        names = list(dict.fromkeys(_name(n, f"columns[{i}]") for i, n in enumerate(names)))
         selected = [self.columns.sql(n) for n in names]
         order = str(self.query.get("order") or "none").lower()
         if order not in ("none", "ascending", "descending"):
             raise BadQuery("order must be none, ascending or descending")
-        limit, offset = self.query.get("limit"), self.query.get("offset")
-        for value, field in ((limit, "limit"), (offset, "offset")):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise BadQuery(f"{field} must be a non-negative integer")
-        batch = self.query.get("batchSize") or DEFAULT_SCAN_BATCH
-        if not isinstance(batch, int) or batch < 1:
-            raise BadQuery("batchSize must be a positive integer")
+        limit = _count(self.query.get("limit"), "limit", maximum=JAVA_LONG_MAX)
+        offset = _count(self.query.get("offset"), "offset", maximum=JAVA_LONG_MAX)
+        batch = _count(self.query.get("batchSize"), "batchSize", minimum=1) or DEFAULT_SCAN_BATCH
         terms = [_order_term(sql, self.columns.type_of(n), self.columns.type_of(n) in NUMERIC, False)
                  for n, sql in zip(names, selected, strict=True)]
         if order != "none":
@@ -694,10 +839,10 @@ class _Plan:
             terms.insert(0, f"{time_col} {'DESC' if order == 'descending' else 'ASC'}")
         # An order over every selected column makes limit/offset pages consistent across requests.
         order_sql = f" ORDER BY {', '.join(terms)}" if (order != "none" or limit is not None or offset) else ""
-        tail = (f" LIMIT {int(limit)}" if limit is not None else "") + (f" OFFSET {int(offset)}" if offset else "")
+        tail = self._cap_sql(limit, offset)
         projection = ", ".join(f"{sql} AS c{i}" for i, sql in enumerate(selected))
         rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
-                             + f"SELECT {projection} FROM src WHERE {filter_sql}{order_sql}{tail}")
+                             + f"SELECT {projection} FROM src WHERE {filter_sql}{order_sql}{tail}", capped=True)
         segment = f"{self.datasource}_embedded_v{self.snapshot.manifest.version}"
         batches = []
         for start in range(0, len(rows), batch):
@@ -727,3 +872,21 @@ def _bind(sql: str, values: dict) -> dict:
 
 def _truthy(value) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def _name(value, path: str) -> str:
+    """A column or output name: a non-empty JSON string (DuckDB has no empty identifier)."""
+    if not isinstance(value, str):
+        raise BadQuery(f"{path} must be a string, not {type(value).__name__}")
+    if not value:
+        raise BadQuery(f"{path} must not be empty")
+    return value
+
+
+def _count(value, path: str, minimum: int = 0, maximum: int = JAVA_INT_MAX) -> int | None:
+    """An optional integer field within [minimum, maximum] (Druid holds these in Java ints/longs)."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise BadQuery(f"{path} must be an integer from {minimum} to {maximum}")
+    return value

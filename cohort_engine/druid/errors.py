@@ -34,12 +34,30 @@ class Unsupported(DruidQueryError):
     error_class = "java.lang.UnsupportedOperationException"
 
 
+class UnknownType(BadQuery):
+    """A type id Druid itself does not know (HTTP 400, as Jackson's polymorphic parse answers it)."""
+
+    error_class = "com.fasterxml.jackson.databind.exc.InvalidTypeIdException"
+
+    def __init__(self, path: str, kind, family: str, known):
+        super().__init__(f"{path}: Could not resolve type id {kind!r} as a subtype of {family}:"
+                         f" known type ids = [{', '.join(sorted(known))}]")
+
+
+class ResourceLimitExceeded(DruidQueryError):
+    """The query would exceed a configured limit (HTTP 400, Druid's ResourceLimitExceededException)."""
+
+    status = 400
+    error = "Resource limit exceeded"
+    error_class = "org.apache.druid.query.ResourceLimitExceededException"
+
+
 class QueryTimeout(DruidQueryError):
-    """The query ran past context.timeout (HTTP 504)."""
+    """The query ran past its timeout (HTTP 504)."""
 
     status = 504
     error = "Query timeout"
-    error_class = "java.util.concurrent.TimeoutException"
+    error_class = "org.apache.druid.query.QueryTimeoutException"
 
 
 def require(spec: dict, field: str, path: str, kinds=None):
@@ -52,6 +70,14 @@ def require(spec: dict, field: str, path: str, kinds=None):
     if kinds is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in _tuple(kinds)):
         raise BadQuery(f"{path}.{field} has the wrong type ({type(value).__name__})")
     return value
+
+
+def type_id(spec: dict, path: str, default=None):
+    """spec["type"] as a type id string (default when absent); any other JSON type is a 400."""
+    kind = spec.get("type", default)
+    if kind is None or isinstance(kind, str):
+        return kind
+    raise BadQuery(f"{path}.type must be a string, not {type(kind).__name__}")
 
 
 def _tuple(kinds):

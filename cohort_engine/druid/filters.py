@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import re
 
-from .errors import BadQuery, Unsupported, require
-from .times import clamp_datetime, parse_interval
+from .errors import BadQuery, UnknownType, Unsupported, require
+from .times import JAVA_LONG_MAX, clamp_datetime, clamp_long, parse_interval
 
 STRING, LONG, DOUBLE = "STRING", "LONG", "DOUBLE"
 NUMERIC = (LONG, DOUBLE)
@@ -19,14 +19,49 @@ _NUMERIC_MATCH_TYPES = {"LONG": LONG, "DOUBLE": DOUBLE, "FLOAT": DOUBLE}
 # RE2 (DuckDB's regex engine) lacks these Java regex constructs; refuse rather than misread them.
 _JAVA_ONLY_REGEX = re.compile(r"\(\?[=!>]|\(\?<[=!]|\\[1-9]|[*+?}]\+")
 UNSUPPORTED_FILTERS = {"columnComparison", "expression", "javascript", "extraction", "spatial", "bloom",
-                       "arrayContainsElement"}
+                       "arrayContainsElement", "istrue", "isfalse"}
+FILTER_TYPES = {"selector", "equals", "null", "in", "bound", "range", "like", "regex", "search", "interval",
+                "and", "or", "not", "true", "false"}
+# Druid's string comparators; only the first two are implemented.
+ORDERINGS = {"lexicographic", "numeric", "alphanumeric", "strlen", "version", "natural"}
+SEARCH_QUERY_TYPES = {"contains", "insensitive_contains", "fragment", "regex", "all"}
+
+
+def column_type(value, path) -> str:
+    """A Druid ColumnType name (STRING, LONG, DOUBLE, FLOAT, ARRAY<..>, COMPLEX<..>), upper-cased."""
+    text = require({"t": value}, "t", path, str).upper()
+    if text in ("STRING", "LONG", "DOUBLE", "FLOAT") or re.fullmatch(r"(ARRAY|COMPLEX)<.+>", text):
+        return text
+    raise BadQuery(f"{path}: {value!r} is not a Druid column type (STRING, LONG, DOUBLE, FLOAT, ARRAY<..>, COMPLEX<..>)")
+
+
+def ordering_of(spec, path: str, field: str = "ordering") -> str:
+    """An implemented ordering name; 501 for Druid's other comparators, 400 for names Druid lacks."""
+    ordering = spec.get(field, "lexicographic")
+    if isinstance(ordering, dict):
+        ordering = ordering.get("type")
+    # Druid reads comparator names case-insensitively.
+    name = ordering.lower() if isinstance(ordering, str) else ordering
+    if name in ("lexicographic", "numeric"):
+        return name
+    if isinstance(name, str) and name in ORDERINGS:
+        raise Unsupported(f"{path}.{field} {ordering!r} is not supported (lexicographic, numeric)")
+    raise UnknownType(f"{path}.{field}", ordering, "StringComparator", ORDERINGS)
 
 
 def to_number(value):
     """A JSON value as int or float the way Druid parses a numeric match value; None if it is not one."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        # Beyond a long, Druid reads the number as a double; beyond a double it is not a number.
+        if abs(value) <= JAVA_LONG_MAX:
+            return value
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    if isinstance(value, float):
         return value
     if isinstance(value, str):
         text = value.strip()
@@ -103,10 +138,9 @@ class FilterTranslator:
             raise Unsupported(f"{path}.extractionFn is not supported by the embedded engine")
         if kind in UNSUPPORTED_FILTERS:
             raise Unsupported(f"{path}: filter type {kind!r} is not supported by the embedded engine")
-        method = getattr(self, "_" + kind, None)
-        if method is None:
-            raise BadQuery(f"{path}: unknown filter type {kind!r}")
-        return method(spec, path)
+        if kind not in FILTER_TYPES:
+            raise UnknownType(f"{path}.type", kind, "DimFilter", FILTER_TYPES | UNSUPPORTED_FILTERS)
+        return getattr(self, "_" + kind)(spec, path)
 
     def _column(self, spec, path, field="dimension"):
         name = spec.get(field)
@@ -142,8 +176,10 @@ class FilterTranslator:
 
     def _equals(self, spec, path):
         column, kind = self._column(spec, path, "column")
-        match_type = str(require(spec, "matchValueType", path, str)).upper()
+        match_type = column_type(require(spec, "matchValueType", path), f"{path}.matchValueType")
         value = require(spec, "matchValue", path)
+        if isinstance(value, (dict, list)):
+            raise BadQuery(f"{path}.matchValue must be a string, number or boolean")
         if match_type.startswith("ARRAY") or match_type.startswith("COMPLEX"):
             raise Unsupported(f"{path}.matchValueType {match_type} is not supported")
         if kind == STRING and match_type in _NUMERIC_MATCH_TYPES:
@@ -173,12 +209,7 @@ class FilterTranslator:
         return f"({test} OR {column} IS NULL)" if has_null else f"({test})"
 
     def _ordering(self, spec, path) -> str:
-        ordering = spec.get("ordering", "lexicographic")
-        if isinstance(ordering, dict):
-            ordering = ordering.get("type")
-        if ordering not in ("lexicographic", "numeric"):
-            raise Unsupported(f"{path}.ordering {ordering!r} is not supported (lexicographic, numeric)")
-        return ordering
+        return ordering_of(spec, path)
 
     def _bounds(self, column, lower, upper, lower_open, upper_open, numeric, path, bound_type="numeric"):
         parts = []
@@ -186,6 +217,8 @@ class FilterTranslator:
                 (lower, "lower", ">", ">=", lower_open), (upper, "upper", "<", "<=", upper_open)):
             if value is None:
                 continue
+            if isinstance(value, (dict, list)):
+                raise BadQuery(f"{path}.{field} must be a string or a number")
             if numeric:
                 number = to_number(value)
                 if number is None:
@@ -207,7 +240,7 @@ class FilterTranslator:
 
     def _range(self, spec, path):
         column, kind = self._column(spec, path, "column")
-        match_type = str(require(spec, "matchValueType", path, str)).upper()
+        match_type = column_type(require(spec, "matchValueType", path), f"{path}.matchValueType")
         if match_type == "STRING":
             numeric = False
         elif match_type in _NUMERIC_MATCH_TYPES:
@@ -250,8 +283,10 @@ class FilterTranslator:
             if not values or not all(isinstance(v, str) for v in values):
                 raise BadQuery(f"{path}.query.values must be a non-empty list of strings")
             sensitive = bool(query.get("caseSensitive", False))
-        else:
+        elif qtype in SEARCH_QUERY_TYPES:
             raise Unsupported(f"{path}.query.type {qtype!r} is not supported (contains, insensitive_contains, fragment)")
+        else:
+            raise UnknownType(f"{path}.query.type", qtype, "SearchQuerySpec", SEARCH_QUERY_TYPES)
         if sensitive:
             tests = [f"contains({text}, {self.p(v)})" for v in values]
         else:
@@ -272,7 +307,8 @@ class FilterTranslator:
         else:
             column, kind = self.columns.sql(name), self.columns.type_of(name)
             number = column if kind == LONG else f"TRY_CAST({_as_number(column, kind)} AS BIGINT)"
-            tests = [f"({number} >= {self.p(s)} AND {number} < {self.p(e)})" for s, e in ranges]
+            tests = [f"({number} >= {self.p(clamp_long(s))} AND {number} < {self.p(clamp_long(e))})"
+                     for s, e in ranges]
         if not tests:
             return "FALSE"
         return "(" + " OR ".join(tests) + ")"
@@ -300,6 +336,9 @@ def _text_of(value) -> str:
     if isinstance(value, (int, float, str)):
         return str(value)
     raise BadQuery(f"match value {value!r} must be a string or a number")
+
+
+HAVING_TYPES = {"greaterThan", "lessThan", "equalTo", "dimSelector", "filter", "and", "or", "not", "always", "never"}
 
 
 class HavingTranslator:
@@ -338,4 +377,4 @@ class HavingTranslator:
             return "TRUE"
         if kind == "never":
             return "FALSE"
-        raise BadQuery(f"{path}: unknown having type {kind!r}")
+        raise UnknownType(f"{path}.type", kind, "HavingSpec", HAVING_TYPES)

@@ -13,11 +13,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil.relativedelta import relativedelta
 
-from .errors import BadQuery, Unsupported
+from .errors import BadQuery, UnknownType, Unsupported
 
 DAY_MS = 86_400_000
 MIN_DATETIME_MS = -62135596800000  # 0001-01-01T00:00:00Z
 MAX_DATETIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+JAVA_INT_MAX = 2**31 - 1  # Joda keeps each period field in an int
+JAVA_LONG_MAX = 2**63 - 1
 
 _INSTANT = re.compile(
     r"^(?P<y>[+-]?\d{1,9})(?:-(?P<mo>\d\d)(?:-(?P<d>\d\d))?)?"
@@ -107,6 +109,9 @@ def parse_period(text: str, path: str) -> Period:
     if not m or text in ("P", "PT"):
         raise BadQuery(f"{path}: {text!r} is not an ISO-8601 period")
     g = {k: (v or "0") for k, v in m.groupdict().items()}
+    if any(float(digits) > JAVA_INT_MAX for digits in g.values()):
+        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-8:]}"
+        raise BadQuery(f"{path}: period {shown!r} has a field above {JAVA_INT_MAX} (Joda periods hold ints)")
     millis = (int(g["h"]) * 3600 + int(g["m"]) * 60) * 1000 + round(float(g["s"]) * 1000)
     return Period(int(g["Y"]), int(g["M"]), int(g["W"]), int(g["D"]), millis)
 
@@ -134,8 +139,11 @@ def parse_intervals(spec, path: str = "intervals") -> list[tuple[int, int]]:
     if spec is None:
         raise BadQuery(f"{path} is required")
     if isinstance(spec, dict):
-        if spec.get("type") not in ("intervals", None):
-            raise Unsupported(f"{path}.type {spec.get('type')!r} is not supported (use a list of intervals)")
+        kind = spec.get("type")
+        if kind == "segments":
+            raise Unsupported(f"{path}.type 'segments' is not supported (use a list of intervals)")
+        if kind not in ("intervals", None):
+            raise UnknownType(f"{path}.type", kind, "QuerySegmentSpec", {"intervals", "segments"})
         spec = spec.get("intervals")
         path = f"{path}.intervals"
     if isinstance(spec, str):
@@ -143,6 +151,11 @@ def parse_intervals(spec, path: str = "intervals") -> list[tuple[int, int]]:
     if not isinstance(spec, list) or not spec:
         raise BadQuery(f"{path} must be an interval string or a non-empty list of them")
     return [parse_interval(s, f"{path}[{i}]") for i, s in enumerate(spec)]
+
+
+def clamp_long(ms: int) -> int:
+    """ms within a signed 64-bit integer, as SQL parameters need (a 9-digit year overflows it)."""
+    return min(max(ms, -JAVA_LONG_MAX - 1), JAVA_LONG_MAX)
 
 
 def clamp_datetime(ms: int) -> datetime:
@@ -183,6 +196,15 @@ _CALENDAR_PERIODS = {
 }
 _STEPS = {"year": relativedelta(years=1), "quarter": relativedelta(months=3), "month": relativedelta(months=1),
           "week": relativedelta(weeks=1), "day": relativedelta(days=1)}
+
+
+_UNIT_MS = {"second": 1000, "minute": 60_000, "hour": 3_600_000, "day": DAY_MS, "week": 7 * DAY_MS}
+_MONTHS_PER_UNIT = {"month": 1, "quarter": 3, "year": 12}
+
+
+def _month_index(ms: int) -> int:
+    y, m, _ = civil_from_days(ms // DAY_MS)
+    return y * 12 + m - 1
 
 
 @dataclass(frozen=True)
@@ -226,6 +248,26 @@ class Granularity:
     def format(self, ms: int) -> str:
         return format_ms(ms, self.zone)
 
+    def bucket_count(self, lo: int, hi: int) -> int:
+        """Buckets meeting [lo, hi): exact for UTC sub-day units, at most 2 over for calendar ones."""
+        if hi <= lo or self.is_all:
+            return 1 if hi > lo else 0
+        if self.kind == "none":
+            return hi - lo
+        if self.kind == "fixed":
+            d = int(self.fixed_ms)
+            return (hi - 1) // d - lo // d + 1
+        if self.unit in _MONTHS_PER_UNIT:
+            # Months counted in UTC over the span widened by the largest zone offset (14 h).
+            n = _MONTHS_PER_UNIT[self.unit]
+            first, last = _month_index(lo - 14 * 3_600_000), _month_index(hi - 1 + 14 * 3_600_000)
+            return (last - first) // n + 2
+        length = _UNIT_MS[self.unit]
+        if self.zone is None and self.unit in ("second", "minute", "hour", "day"):
+            return (hi - 1) // length - lo // length + 1
+        # Zone offsets and DST moves shift boundaries by hours; they do not add up over a span.
+        return (hi - lo) // length + 2
+
 
 def parse_granularity(spec, path: str = "granularity") -> Granularity:
     if spec is None:
@@ -249,8 +291,8 @@ def parse_granularity(spec, path: str = "granularity") -> Granularity:
         if spec.get("origin") not in (None, "1970-01-01T00:00:00.000Z", "1970-01-01T00:00:00Z"):
             raise Unsupported(f"{path}.origin is not supported")
         duration = spec.get("duration")
-        if not isinstance(duration, int) or isinstance(duration, bool) or duration <= 0:
-            raise BadQuery(f"{path}.duration must be a positive number of ms")
+        if not isinstance(duration, int) or isinstance(duration, bool) or not 0 < duration <= JAVA_LONG_MAX:
+            raise BadQuery(f"{path}.duration must be a positive number of ms (a Java long)")
         return Granularity("fixed", fixed_ms=duration)
     if kind != "period":
         raise BadQuery(f"{path}.type {kind!r} is not a granularity type")

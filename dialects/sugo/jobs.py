@@ -15,14 +15,14 @@ import redis as redis_lib
 from pyroaring import BitMap
 from redis.exceptions import RedisClusterException
 
-from core.data import jobs, sugo_targets
-from dialects.sugo import schemas as dialect
 from cohort_engine import db, sugo_groups
 from cohort_engine.bitmaps import to_bitmap
 from cohort_engine.druid import DataSources, DruidQueryError, run, user_group_uids
 from cohort_engine.druid.client import DruidClient, DruidError
-from dialects.sugo.hproxy import HproxyClient
 from cohort_engine.project import ProjectEngine
+from core.data import jobs, sugo_targets
+from dialects.sugo import schemas as dialect
+from dialects.sugo.hproxy import HproxyClient
 from dialects.sugo.redis_targets import SugoRedisConfigError, connect, normalise
 from tasks.executor import JobExecutor, JobStopped
 

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dialects.sensors.translate import LISTING_ONLY_FIELDS
 from cohort_engine.project import ProjectEngine
+from dialects.sensors.translate import LISTING_ONLY_FIELDS
 from tests.dialects.sensors.test_translate import (
     PROPERTY_CASES,
     SEED_RULE_BODY,
@@ -363,9 +363,6 @@ def test_native_and_sensors_examples_mutated_get_no_5xx_and_no_internal_error(
     assert not disagreeing, disagreeing[:10]
 
 
-# Sugo (/ant) and Druid (/druid/v2) are being hardened separately (issue 8, part 1 and part 2):
-# until that lands this may fail, and it then reports the cases it found.
-@pytest.mark.xfail(reason="Sugo/Druid hardening is in progress on its own branch", strict=False)
 def test_sugo_and_druid_examples_mutated_get_no_5xx_and_no_internal_error(
         fuzz_client, fuzz_project, worker, pg, capsys):
     project_id, token = fuzz_project
@@ -389,4 +386,7 @@ def test_sugo_and_druid_examples_mutated_get_no_5xx_and_no_internal_error(
         # 501 (unsupported) last: a plain 500 is the more telling.
         for line in sorted(tally.server_errors, key=lambda e: " 501 " in e)[:10] + [str(r) for r in internal[:10]]:
             print("  ", line[:600])
-    assert not tally.server_errors and not internal
+    # Druid's own 501 for a Druid feature the embedded broker lacks is its contract (docs/druid.md).
+    server_errors = [e for e in tally.server_errors
+                     if not (e.startswith("POST /druid/v2 501 ") and '"error": "Unsupported operation"' in e)]
+    assert not server_errors and not internal

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app import manage
-from core.data import sugo_targets
 from cohort_engine import db
+from core.data import sugo_targets
 
 
 @pytest.fixture

@@ -521,8 +521,8 @@ def test_accepted_mutations_of_the_seed_bodies_never_crash_the_worker_code(sugo_
 
     from core.data import sugo_targets
     from dialects.sugo import schemas as dialect
-    from tasks.executor import JobStopped
     from dialects.sugo.jobs import SugoRunner
+    from tasks.executor import JobStopped
 
     hproxy_url = f"http://127.0.0.1:{hproxy.port}/druid/proxy/batchupdate/ssss"
     seeds = {"single": local(SEED_SINGLE), "multi": local(SEED_MULTI),
