@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from cohort_engine import sugo_groups
+from dialects.sugo import groups as sugo_groups
 from dialects.sugo.groups import CHUNK_BYTES, SugoGroupFormatError
 
 

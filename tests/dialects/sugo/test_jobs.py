@@ -24,7 +24,8 @@ import redis as redis_lib
 from marshmallow import ValidationError
 from werkzeug.serving import make_server
 
-from cohort_engine import db, sugo_groups
+from cohort_engine import db
+from dialects.sugo import groups as sugo_groups
 from tests.redis_topologies import free_port, redis_cluster, redis_sentinel, redis_standalone  # noqa: F401
 from tests.services import (
     SUGO_REDIS_URL,
