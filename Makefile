@@ -43,10 +43,10 @@ demo: sample
 	$(SERVICES_ENV) $(BIN)/cohorts demo
 
 token: migrate
-	$(SERVICES_ENV) $(BIN)/python -m app.manage set-token default $(COHORTS_DEFAULT_TOKEN)
+	$(SERVICES_ENV) $(BIN)/python -m core.manage set-token default $(COHORTS_DEFAULT_TOKEN)
 
 sugo-demo: migrate
-	$(SERVICES_ENV) $(BIN)/python -m app.manage sugo-allow default --redis $(SUGO_DEMO_REDIS) --hproxy $(SUGO_DEMO_HPROXY)
+	$(SERVICES_ENV) $(BIN)/python -m core.manage sugo-allow default --redis $(SUGO_DEMO_REDIS) --hproxy $(SUGO_DEMO_HPROXY)
 
 run: sample token sugo-demo
 	$(SERVICES_ENV) bash scripts/run.sh

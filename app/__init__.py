@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from app.settings import Settings
+from core.settings import Settings
 
 
 def create_app(config: dict | None = None):
@@ -23,7 +23,8 @@ def create_app(config: dict | None = None):
     app.extensions["celery"] = app.config["CELERY"]
 
     from app import db, errors, input_rules
-    from app.api import docs, health, native, sensors, sugo
+    from app.api import docs, health, native
+    from core import dialects
 
     db.init_app(app)
     errors.init_app(app)
@@ -31,7 +32,8 @@ def create_app(config: dict | None = None):
     app.register_blueprint(native.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
-    app.register_blueprint(sensors.bp)
-    app.register_blueprint(sugo.bp)
+    for dialect in dialects.enabled(settings):
+        if dialect.blueprint:
+            app.register_blueprint(dialects.load(dialect.blueprint))
     logging.getLogger(__name__).info("app created broker=%s", settings.broker_url)
     return app

@@ -7,9 +7,9 @@ from functools import wraps
 
 from flask import current_app, g, request
 
-from app.data import projects
 from app.db import get_db
 from app.errors import ApiError
+from core.data import projects
 
 TOKEN_CACHE_SECONDS = 10.0
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from croniter import croniter
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from app.crons import check_fires
-from app.fields import StrictBoolean
 from cohort_engine.definition import MAX_COHORT_ID, DefinitionError, parse_definition
+from core.crons import check_fires
+from core.fields import StrictBoolean
 
 STATUSES = ("new", "computing", "succeed", "failed")
 # Keeps page offsets far inside bigint (docs/api.md).

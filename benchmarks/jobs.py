@@ -13,8 +13,8 @@ import uuid
 import redis as redis_lib
 import requests
 
-from app.data.projects import set_token
 from cohort_engine import db
+from core.data.projects import set_token
 
 from . import REPO, BenchContext, Row, section
 
@@ -71,7 +71,7 @@ def _project(ctx: BenchContext) -> tuple[int, dict]:
 
 def _raw_celery_rate(count: int) -> float:
     """cohorts.ping tasks per second through the same broker and worker (sent from SUBMITTERS threads)."""
-    from app.settings import Settings
+    from core.settings import Settings
     from workers.celery_app import create_celery
 
     celery = create_celery(Settings.from_env(_env_for_client()))

@@ -12,11 +12,12 @@ import numpy as np
 import redis as redis_lib
 import requests
 
-from app.data import projects, sugo_targets
-from cohort_engine import db, sugo_groups
+from cohort_engine import db
 from cohort_engine.bitmaps import to_bitmap
 from cohort_engine.config import EngineConfig
 from cohort_engine.project import ProjectEngine
+from core.data import projects, sugo_targets
+from dialects.sugo import groups as sugo_groups
 
 from . import BenchContext, Row, section
 from .jobs import _start, _stop, _wait

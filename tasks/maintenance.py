@@ -11,9 +11,9 @@ import redis as redis_lib
 from celery import shared_task
 from croniter import croniter
 
-from app.data import cohorts, jobs, projects
-from app.queue import broker_job_ids, cron_partition, enqueue, submit_cohort_job, urgent_queue
 from cohort_engine import db
+from core.data import cohorts, jobs, projects
+from core.queue import broker_job_ids, cron_partition, enqueue, submit_cohort_job, urgent_queue
 from tasks.executor import end_failed
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def ping(counter_key: str | None = None) -> None:
     if counter_key:
         import redis as redis_lib
 
-        from app.settings import Settings
+        from core.settings import Settings
 
         client = redis_lib.Redis.from_url(Settings.from_env().engine.redis_url)
         try:

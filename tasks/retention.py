@@ -6,7 +6,7 @@ import logging
 
 import redis as redis_lib
 
-from app.data import versions
+from core.data import versions
 
 log = logging.getLogger(__name__)
 

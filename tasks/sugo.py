@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from dialects.sugo.jobs import SugoJobExecutor
 from tasks.cohorts import run_job
-from tasks.sugo_executor import SugoJobExecutor
 
 
 @shared_task(name="sugo.usergroup", bind=True, max_retries=20, ignore_result=True)

@@ -114,7 +114,7 @@ def service_env(database_url, redis_url, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def service_settings(service_env):
-    from app.settings import Settings
+    from core.settings import Settings
 
     return Settings.from_env(service_env)
 
@@ -169,7 +169,7 @@ def client(app):
 @pytest.fixture
 def api_project(project, database_url):
     """A project with an API token: (name, id, headers)."""
-    from app.data.projects import set_token
+    from core.data.projects import set_token
 
     name, project_id = project
     token = "tok-" + uuid.uuid4().hex

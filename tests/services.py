@@ -76,8 +76,8 @@ def create_token_project(database_url: str, prefix: str = "t") -> tuple[str, int
     """A new project with an API token: (name, id, token)."""
     import uuid
 
-    from app.data.projects import set_token
     from cohort_engine import db
+    from core.data.projects import set_token
 
     name = prefix + uuid.uuid4().hex[:10]
     token = "tok-" + uuid.uuid4().hex
@@ -117,10 +117,10 @@ def sugo_redis_target() -> tuple[str, int]:
 
 
 def allow_sugo_targets(database_url: str, project_id: int, redis=(), hproxy=(), broker=()) -> None:
-    """Allow Sugo targets for a project as `python -m app.manage sugo-allow` does ("host:port[/db]" strings)."""
-    from app.data import sugo_targets
-    from app.dialects.sugo import parse_target
+    """Allow Sugo targets for a project as `python -m core.manage sugo-allow` does ("host:port[/db]" strings)."""
     from cohort_engine import db
+    from core.data import sugo_targets
+    from dialects.sugo.schemas import parse_target
 
     with db.connection(database_url) as conn:
         for kind, values in (("redis", redis), ("hproxy", hproxy), ("broker", broker)):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import Celery, signals
 
-from app.queue import urgent_queue
-from app.settings import Settings
+from core.queue import urgent_queue
+from core.settings import Settings
 
 MAINTENANCE_TASKS = ("cohorts.sweep", "cohorts.schedule")
 

@@ -9,10 +9,10 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app.data import jobs
 from app.db import get_broker_redis, get_db, get_redis, settings
 from app.errors import ApiError
-from app.queue import broker_job_ids, urgent_queue
+from core.data import jobs
+from core.queue import broker_job_ids, urgent_queue
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,8 @@ import psycopg2
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
 from app.auth import require_project
-from app.data import cohorts, jobs, versions
 from app.db import check_broker, connection_factory, get_db, get_redis, settings
 from app.errors import ApiError
-from app.queue import delete_cohort_everywhere, enqueue, submit_cohort_job
 from app.schemas import (
     EDITABLE,
     CohortCreateSchema,
@@ -23,6 +21,8 @@ from app.schemas import (
 from cohort_engine import bitmaps
 from cohort_engine.definition import MAX_COHORT_ID, check_no_cycle
 from cohort_engine.project import ProjectEngine
+from core.data import cohorts, jobs, versions
+from core.queue import delete_cohort_everywhere, enqueue, submit_cohort_job
 
 bp = Blueprint("native", __name__, url_prefix="/api/v1")
 

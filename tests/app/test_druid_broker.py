@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from app.settings import Settings
+from core.settings import Settings
 from tests.services import create_sample_project
 
 RESOURCE = ("Resource limit exceeded", "org.apache.druid.query.ResourceLimitExceededException")

@@ -9,7 +9,7 @@ import pytest
 
 from app import create_app
 from app.input_rules import MAX_JSON_DEPTH
-from app.settings import Settings
+from core.settings import Settings
 from tests.app.test_api_errors import GOOD, table_counts
 
 JSON_ENDPOINTS = [

@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app.dialects.sensors import LISTING_ONLY_FIELDS
 from cohort_engine.project import ProjectEngine
-from tests.app.dialects.test_sensors import (
+from dialects.sensors.translate import LISTING_ONLY_FIELDS
+from tests.dialects.sensors.test_translate import (
     PROPERTY_CASES,
     SEED_RULE_BODY,
     content,

@@ -13,7 +13,7 @@ import time
 import psycopg2
 import pytest
 
-from app.queue import broker_job_ids
+from core.queue import broker_job_ids
 from tests.servers import postgres_server, restart_redis, standalone_server
 from tests.services import CELERY, ROOT, start_worker, stop, wait_for_worker, wait_until
 from tests.tasks.conftest import ended, slow_definition, wait_for_job
@@ -75,8 +75,8 @@ class Services:
 @pytest.fixture(scope="module")
 def services(service_env, tmp_path_factory):
     from app import create_app
-    from app.settings import Settings
     from cohort_engine import db
+    from core.settings import Settings
     from tests.services import create_sample_project
     from workers.celery_app import create_celery
 
@@ -186,8 +186,8 @@ def test_jobs_lost_with_a_redis_restart_run_within_a_minute(services, sweeper):
 
 
 def test_healthz_reports_jobs_new_without_a_broker_message(services):
-    from app.data import jobs
     from cohort_engine import db
+    from core.data import jobs
 
     # A job marked enqueued a minute ago whose message no broker holds: what a Redis restart leaves
     # when no sweeper runs (none does in this test).

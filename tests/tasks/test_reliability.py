@@ -131,9 +131,9 @@ def test_concurrent_refreshes_compute_once(app, worker, sample_project, pg):
 def test_sweeper_enqueues_a_job_left_new(client, worker, beat, sample_project, database_url, service_settings):
     from dataclasses import replace
 
-    from app.data import cohorts
-    from app.queue import enqueue, submit_cohort_job
     from cohort_engine import db
+    from core.data import cohorts
+    from core.queue import enqueue, submit_cohort_job
     from workers.celery_app import create_celery
 
     _, project_id, headers, _ = sample_project

@@ -9,9 +9,9 @@ import pytest
 from psycopg2.extras import Json
 
 from app import create_app
-from app.data import cohorts
-from app.queue import enqueue, submit_cohort_job
 from cohort_engine import bitmaps, db
+from core.data import cohorts
+from core.queue import enqueue, submit_cohort_job
 from tests.services import start_beat, start_worker, stop, wait_for_worker, wait_until
 from tests.tasks.conftest import ended, slow_definition, wait_for_job
 

@@ -1,8 +1,8 @@
-"""Service administration: `python -m app.manage set-token PROJECT TOKEN`, and each project's Sugo targets.
+"""Service administration: `python -m core.manage set-token PROJECT TOKEN`, and each project's Sugo targets.
 
-    python -m app.manage sugo-allow PROJECT --redis host:port/db --hproxy host:port --broker host:port
-    python -m app.manage sugo-deny PROJECT --redis host:port/db ...   (or --all)
-    python -m app.manage sugo-targets PROJECT
+    python -m core.manage sugo-allow PROJECT --redis host:port/db --hproxy host:port --broker host:port
+    python -m core.manage sugo-deny PROJECT --redis host:port/db ...   (or --all)
+    python -m core.manage sugo-targets PROJECT
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.data import projects, sugo_targets
-from app.dialects import sugo as dialect
-from app.settings import Settings
 from cohort_engine import db
-from cohort_engine.sugo_redis import format_address
+from core.data import projects, sugo_targets
+from core.settings import Settings
+from dialects.sugo import schemas as dialect
+from dialects.sugo.redis_targets import format_address
 
 
 def _target_flags(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def _describe(kind: str, host: str, port: int, redis_db: int) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.manage")
+    parser = argparse.ArgumentParser(prog="python -m core.manage")
     sub = parser.add_subparsers(dest="command", required=True)
     token = sub.add_parser("set-token", help="set (replace) the API token of a project")
     token.add_argument("project")

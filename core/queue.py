@@ -8,7 +8,7 @@ import logging
 import re
 from datetime import timezone
 
-from app.data import jobs
+from core.data import jobs
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,9 @@ def delete_cohort_everywhere(conn, redis, key_prefix: str, project_id: int, coho
 
     Raises ApiError 409 when other cohorts of the project refer to it.
     """
-    from app.data import cohorts, versions
     from app.errors import ApiError
     from cohort_engine import bitmaps
+    from core.data import cohorts, versions
 
     users = cohorts.referencing(conn, project_id, cohort_id)
     if users:

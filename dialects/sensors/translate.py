@@ -13,8 +13,6 @@ from datetime import date, datetime, timedelta
 from croniter import croniter
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
-from app.crons import check_fires
-from app.fields import StrictBoolean
 from cohort_engine.definition import (
     MAX_COHORT_ID,
     MAX_DATE,
@@ -25,6 +23,8 @@ from cohort_engine.definition import (
     check_values,
     parse_definition,
 )
+from core.crons import check_fires
+from core.fields import StrictBoolean
 
 CohortResolver = Callable[[str], "int | None"]
 

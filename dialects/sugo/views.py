@@ -12,12 +12,12 @@ import time
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from app.auth import sugo_project
-from app.data import jobs, sugo_targets
 from app.db import check_broker, connection_factory, get_db, settings
-from app.dialects import sugo as dialect
 from app.errors import ApiError
-from app.queue import KIND_TASKS, enqueue
 from cohort_engine.druid import DataSources, respond_query
+from core.data import jobs, sugo_targets
+from core.queue import KIND_TASKS, enqueue
+from dialects.sugo import schemas as dialect
 
 log = logging.getLogger(__name__)
 

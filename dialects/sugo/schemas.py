@@ -14,8 +14,8 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, vali
 
 from cohort_engine.druid import DataSourceSpec
 from cohort_engine.druid.client import broker_endpoints
-from cohort_engine.hproxy import cell, hproxy_endpoints, is_multi_value
-from cohort_engine.sugo_redis import SugoRedisConfigError, format_address, normalise, parse_hosts
+from dialects.sugo.hproxy import cell, hproxy_endpoints, is_multi_value
+from dialects.sugo.redis_targets import SugoRedisConfigError, format_address, normalise, parse_hosts
 
 SOURCE_TYPES = ("tindex", "uindex", "usergroup")
 TEMPORARY_TYPES = ("tindex", "uindex")
@@ -458,7 +458,7 @@ class Targets:
 
 
 def targets_for(settings, rows: Iterable[Mapping]) -> Targets:
-    """A project's Targets from its sugo_targets rows (app/data/sugo_targets.py) and the settings."""
+    """A project's Targets from its sugo_targets rows (core/data/sugo_targets.py) and the settings."""
     by_kind: dict[str, set] = {"redis": set(), "hproxy": set(), "broker": set()}
     for row in rows:
         address = (row["host"], row["port"], row["db"]) if row["kind"] == "redis" else (row["host"], row["port"])
@@ -468,7 +468,7 @@ def targets_for(settings, rows: Iterable[Mapping]) -> Targets:
                    embedded, own_redis_targets(settings))
 
 
-NOT_ALLOWED = "is not a {what} target allowed for this project (python -m app.manage sugo-allow); nothing was contacted"
+NOT_ALLOWED = "is not a {what} target allowed for this project (python -m core.manage sugo-allow); nothing was contacted"
 
 
 def _check_addresses(path: str, addresses: Iterable[tuple[str, int]], allowed, what: str, errors: dict) -> None:

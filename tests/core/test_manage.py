@@ -1,12 +1,12 @@
-"""`python -m app.manage`: project tokens and each project's Sugo targets, against the test database."""
+"""`python -m core.manage`: project tokens and each project's Sugo targets, against the test database."""
 
 from __future__ import annotations
 
 import pytest
 
 from app import manage
-from app.data import sugo_targets
 from cohort_engine import db
+from core.data import sugo_targets
 
 
 @pytest.fixture
@@ -78,8 +78,8 @@ def test_a_redis_target_names_one_host(env, project, capsys):
 
 
 def test_the_retired_operator_wide_allowlist_is_reported_when_set(caplog):
-    from app.settings import Settings
+    from core.settings import Settings
 
-    with caplog.at_level("WARNING", logger="app.settings"):
+    with caplog.at_level("WARNING", logger="core.settings"):
         Settings.from_env({"COHORTS_SUGO_ALLOWED_HOSTS": "10.0.0.1:6379"})
     assert "COHORTS_SUGO_ALLOWED_HOSTS is no longer read" in caplog.text

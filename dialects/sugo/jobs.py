@@ -15,15 +15,16 @@ import redis as redis_lib
 from pyroaring import BitMap
 from redis.exceptions import RedisClusterException
 
-from app.data import jobs, sugo_targets
-from app.dialects import sugo as dialect
-from cohort_engine import db, sugo_groups
+from cohort_engine import db
 from cohort_engine.bitmaps import to_bitmap
 from cohort_engine.druid import DataSources, DruidQueryError, run, user_group_uids
 from cohort_engine.druid.client import DruidClient, DruidError
-from cohort_engine.hproxy import HproxyClient
 from cohort_engine.project import ProjectEngine
-from cohort_engine.sugo_redis import SugoRedisConfigError, connect, normalise
+from core.data import jobs, sugo_targets
+from dialects.sugo import groups as sugo_groups
+from dialects.sugo import schemas as dialect
+from dialects.sugo.hproxy import HproxyClient
+from dialects.sugo.redis_targets import SugoRedisConfigError, connect, normalise
 from tasks.executor import JobExecutor, JobStopped
 
 log = logging.getLogger(__name__)

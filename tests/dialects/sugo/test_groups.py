@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from cohort_engine import sugo_groups
-from cohort_engine.sugo_groups import CHUNK_BYTES, SugoGroupFormatError
+from dialects.sugo import groups as sugo_groups
+from dialects.sugo.groups import CHUNK_BYTES, SugoGroupFormatError
 
 
 def java_style_chunks(ids: list[str]) -> list[bytes]:

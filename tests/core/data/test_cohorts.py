@@ -6,7 +6,7 @@ import random
 
 from psycopg2.extras import Json
 
-from app.data import cohorts
+from core.data import cohorts
 
 
 def test_referencing_matches_whole_cohort_ids_only(pg, project):

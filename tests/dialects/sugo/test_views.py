@@ -146,8 +146,8 @@ def test_hproxy_and_broker_lists_outside_allowlist_are_refused(sugo_client, sugo
 
 
 def test_project_targets_admit_exactly_the_configured_addresses(service_settings, database_url, listener):
-    from app.data import sugo_targets
-    from app.dialects.sugo import targets_for
+    from core.data import sugo_targets
+    from dialects.sugo.schemas import targets_for
 
     settings = replace(service_settings, sugo_embedded_brokers="127.0.0.1:6061,localhost:6061")
     with db.connection(database_url) as conn, conn.cursor() as cur:
@@ -173,7 +173,7 @@ def test_project_targets_admit_exactly_the_configured_addresses(service_settings
 def strict_client(service_settings, celery_app):
     """The app as deployed by default: COHORTS_SUGO_PROJECT unset."""
     from app import create_app
-    from app.settings import Settings
+    from core.settings import Settings
 
     assert Settings().sugo_project == ""
     settings = replace(service_settings, sugo_project=Settings().sugo_project, queue="unused-" + uuid.uuid4().hex[:8])
@@ -203,7 +203,7 @@ def test_a_token_opens_its_own_project_only_through_the_shared_token_cache(stric
     cache = strict_client.application.extensions["token_cache"]
     assert cache[sugo_project[2]][0]["id"] == sugo_project[1]
     # A Sugo job of another project is not found with this token.
-    from app.data import jobs
+    from core.data import jobs
     from tests.services import create_token_project
 
     other = create_token_project(database_url, "so")

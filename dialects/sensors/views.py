@@ -14,12 +14,19 @@ from croniter import croniter
 from flask import Blueprint, current_app, g, jsonify, request
 from marshmallow import ValidationError
 
-from app.data import cohorts, jobs, projects
 from app.db import check_broker, connection_factory, get_db, get_redis, settings
-from app.dialects.sensors import BASE_TIME_FORMAT, IMPORT_TYPES, ROUTINE, RUN_ONCE, load_partitions, load_rule
 from app.errors import ApiError
-from app.queue import delete_cohort_everywhere, enqueue, submit_cohort_job, time_partition
 from cohort_engine.definition import MAX_COHORT_ID, DefinitionError, check_no_cycle
+from core.data import cohorts, jobs, projects
+from core.queue import delete_cohort_everywhere, enqueue, submit_cohort_job, time_partition
+from dialects.sensors.translate import (
+    BASE_TIME_FORMAT,
+    IMPORT_TYPES,
+    ROUTINE,
+    RUN_ONCE,
+    load_partitions,
+    load_rule,
+)
 
 bp = Blueprint("sensors", __name__, url_prefix="/segmenter")
 

@@ -21,6 +21,8 @@ class Settings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     broker_url: str = "redis://127.0.0.1:6379/1"
     queue: str = "cohorts"
+    # Dialect packages served (comma-separated, docs/architecture.md); empty: dialects.INSTALLED.
+    dialects: str = ""
     # sweep and schedule run here, on a worker of their own, so long compute jobs never delay them.
     maintenance_queue: str = "cohorts.maintenance"
     # Redis bitmaps kept per cohort (newest versions, plus the published one); older rows keep no bitmap.
@@ -83,7 +85,7 @@ class Settings:
         if env.get("COHORTS_SUGO_ALLOWED_HOSTS"):
             # Replaced by per-project targets; saying so beats silently allowing less than before.
             log.warning("setting=COHORTS_SUGO_ALLOWED_HOSTS is no longer read: allow Sugo targets per project with "
-                        "`python -m app.manage sugo-allow` (docs/dialects/sugo.md)")
+                        "`python -m core.manage sugo-allow` (docs/dialects/sugo.md)")
         values = {"engine": EngineConfig.from_env(env),
                   "broker_url": env.get("COHORTS_BROKER_URL", cls.broker_url),
                   "queue": env.get("COHORTS_QUEUE", cls.queue),

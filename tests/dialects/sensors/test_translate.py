@@ -9,9 +9,9 @@ from croniter import croniter
 from marshmallow import ValidationError
 from pyroaring import BitMap
 
-from app.dialects.sensors import load_partitions, load_rule, quartz_to_cron, to_canonical
 from cohort_engine.definition import flatten_errors, parse_definition
 from cohort_engine.project import ProjectEngine
+from dialects.sensors.translate import load_partitions, load_rule, quartz_to_cron, to_canonical
 
 COHORTS = {"vip": 7, "churned": 8}
 

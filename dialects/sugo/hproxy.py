@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from .http import EndpointsClient
+from cohort_engine.http import EndpointsClient
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ import redis as redis_lib
 from marshmallow import ValidationError
 from werkzeug.serving import make_server
 
-from cohort_engine import db, sugo_groups
+from cohort_engine import db
+from dialects.sugo import groups as sugo_groups
 from tests.redis_topologies import free_port, redis_cluster, redis_sentinel, redis_standalone  # noqa: F401
 from tests.services import (
     SUGO_REDIS_URL,
@@ -192,7 +193,7 @@ def ports():
 
 @pytest.fixture(scope="module")
 def sugo_settings(service_settings, database_url, sample, hproxy, ports, redis_cluster, redis_sentinel):  # noqa: F811
-    """The sample project's Sugo targets (as `app.manage sugo-allow` sets them) and settings naming it."""
+    """The sample project's Sugo targets (as `core.manage sugo-allow` sets them) and settings naming it."""
     allow_sugo_targets(
         database_url, sample[1], hproxy=[f"127.0.0.1:{hproxy.port}"],
         broker=[f"127.0.0.1:{p}" for p in (ports["broker"], ports["dead"], ports["slow"])],
@@ -519,10 +520,10 @@ def test_accepted_mutations_of_the_seed_bodies_never_crash_the_worker_code(sugo_
     """
     import random
 
-    from app.data import sugo_targets
-    from app.dialects import sugo as dialect
+    from core.data import sugo_targets
+    from dialects.sugo import schemas as dialect
+    from dialects.sugo.jobs import SugoRunner
     from tasks.executor import JobStopped
-    from tasks.sugo_executor import SugoRunner
 
     hproxy_url = f"http://127.0.0.1:{hproxy.port}/druid/proxy/batchupdate/ssss"
     seeds = {"single": local(SEED_SINGLE), "multi": local(SEED_MULTI),
@@ -549,7 +550,7 @@ def test_accepted_mutations_of_the_seed_bodies_never_crash_the_worker_code(sugo_
 
 
 def _load(endpoint, body):
-    from app.dialects import sugo as dialect
+    from dialects.sugo import schemas as dialect
 
     return {"single": dialect.load_single, "multi": dialect.load_multi, "tag_user_group": dialect.load_tag_user_group,
             "tag_query": dialect.load_tag_query}[endpoint](body)
@@ -764,8 +765,8 @@ def test_past_the_wait_limit_the_answer_is_202(sugo_settings, sugo_celery, sugo_
 
 def test_a_job_left_new_is_resent_to_its_sugo_task(client, groups, brute, sample, sugo_celery, database_url):
     """What the sweeper does for a job whose first enqueue was lost: enqueue by id picks the task by kind."""
-    from app.data import jobs
-    from app.queue import enqueue
+    from core.data import jobs
+    from core.queue import enqueue
     from tests.tasks.conftest import ended
 
     sugo_groups.write_group(groups, "resent-src", brute["all"][:20])

@@ -13,9 +13,10 @@ from redis.cluster import RedisCluster
 from redis.exceptions import ClusterCrossSlotError
 from redis.sentinel import MasterNotFoundError
 
-from cohort_engine import sugo_groups, sugo_redis
-from cohort_engine.sugo_groups import CHUNK_BYTES
-from cohort_engine.sugo_redis import HostNotAllowed, SugoRedisConfigError, connect, parse_hosts
+from dialects.sugo import groups as sugo_groups
+from dialects.sugo import redis_targets as sugo_redis
+from dialects.sugo.groups import CHUNK_BYTES
+from dialects.sugo.redis_targets import HostNotAllowed, SugoRedisConfigError, connect, parse_hosts
 from tests import redis_topologies
 from tests.redis_topologies import HOST, free_port, standalone_server
 

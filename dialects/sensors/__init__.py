@@ -1,0 +1,5 @@
+"""Sensors Analytics `/segmenter` cohorts (docs/dialects/sensors.md)."""
+
+from core.dialects import Dialect
+
+DIALECT = Dialect(name="sensors", blueprint="dialects.sensors.views:bp")
