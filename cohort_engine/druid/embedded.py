@@ -20,9 +20,9 @@ import pyarrow as pa
 from pyroaring import BitMap
 
 from .. import db
+from ..backends.embedded.store import Snapshot, quote
 from ..bitmaps import to_bitmap
 from ..dictionary import UserKeyDictionary
-from ..store import Snapshot, quote
 from .errors import BadQuery, DruidQueryError, UnknownType, Unsupported, require, type_id
 from .filters import (
     DOUBLE,
