@@ -35,7 +35,7 @@ def bad_request(errors: dict[str, list[str]]):
 
 
 def _druid_shape(body: dict) -> dict:
-    from cohort_engine.druid.errors import BadQuery
+    from cohort_engine.broker.errors import BadQuery
 
     detail = "; ".join(f"{path}: {', '.join(msgs)}" for path, msgs in body.get("errors", {}).items())
     return BadQuery(detail or body["error"]).body()

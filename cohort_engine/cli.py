@@ -12,12 +12,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import db
+from .backends.embedded.store import IngestError
 from .config import EngineConfig
 from .definition import DefinitionError, check_no_cycle, parse_definition
 from .evaluate import EngineError
 from .project import ProjectEngine, UnknownProject
 from .sample import write_sample
-from .store import IngestError
 
 DEMO_COHORTS = {
     "paid more than once in the last 30 days": {

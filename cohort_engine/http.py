@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
+
 import requests
 from requests.adapters import HTTPAdapter
+
+
+def endpoint_urls(value: str, name: str, path: Callable[[str], str]) -> list[str]:
+    """URLs from a URL or a comma-separated host:port list (http:// by default), each path set by path(given path)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a URL or a comma-separated host:port list")
+    endpoints = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        parts = urlsplit(item if "://" in item else "http://" + item)
+        if not parts.hostname:
+            raise ValueError(f"{name} {item!r} has no host")
+        endpoints.append(urlunsplit((parts.scheme, parts.netloc, path(parts.path), parts.query, "")))
+    if not endpoints:
+        raise ValueError(f"{name} must name at least one host")
+    return endpoints
 
 
 class EndpointsClient:

@@ -1,4 +1,4 @@
-"""One project's engine: its time zone, event store, user-key dictionary and stored cohorts."""
+"""One project's engine: its time zone, rule backend, user-key dictionary and stored cohorts."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from zoneinfo import ZoneInfo
 from pyroaring import BitMap
 
 from . import bitmaps, db
+from .backends import Backend, ProjectInfo, Session, open_backend
 from .config import EngineConfig
 from .dictionary import MISSING, UserKeyDictionary
+from .errors import EngineError
 from .evaluate import EvalContext, Result, evaluate
-from .store import EventStore
 from .timewin import parse_base_time
 
 
@@ -24,20 +25,41 @@ class ProjectEngine:
     """Everything the engine does for one project; each call borrows a pooled connection and gives it back."""
 
     def __init__(self, config: EngineConfig, project: str, *, project_id: int | None = None,
-                 timezone: str | None = None):
-        """The engine of the named project; give project_id and timezone when the caller has them."""
+                 timezone: str | None = None, backend: dict | str | None = None):
+        """The engine of the named project; give project_id, timezone (and backend) when the caller has them."""
         self.config = config
         if project_id is None or timezone is None:
             with db.connection(config.database_url) as conn, conn.cursor() as cur:
-                cur.execute("SELECT id, timezone FROM projects WHERE name = %s", (project,))
+                cur.execute("SELECT id, timezone, backend FROM projects WHERE name = %s", (project,))
                 row = cur.fetchone()
             if row is None:
                 raise UnknownProject(f"project {project!r} does not exist")
-            project_id, timezone = row
+            project_id, timezone, backend = row
+        elif backend is None:
+            with db.connection(config.database_url) as conn, conn.cursor() as cur:
+                cur.execute("SELECT backend FROM projects WHERE id = %s", (project_id,))
+                row = cur.fetchone()
+            backend = row[0] if row else None
+        if isinstance(backend, str):
+            backend = {"kind": backend}
         self.name = project
         self.project_id, tzname = project_id, timezone
         self.tz = ZoneInfo(tzname)
-        self.store = EventStore(config.store_dir, project, threads=config.threads)
+        self.info = ProjectInfo(project_id, project, tzname, dict(backend or {"kind": "embedded"}))
+        self.backend: Backend = open_backend(self.info, config)
+
+    @property
+    def store(self):
+        """The embedded event store (ingest, snapshots); EngineError `unsupported` for other backends."""
+        store = getattr(self.backend, "store", None)
+        if store is None:
+            raise EngineError("unsupported", f"project {self.name!r} uses backend {self.info.kind!r}, "
+                                             "which has no embedded event store")
+        return store
+
+    def open_session(self) -> Session:
+        """A backend Session over the data as it is now; close it when done."""
+        return self.backend.open()
 
     def encode(self, keys: list[str], create: bool = True):
         """uint32 ids for keys (new ids for unseen keys unless create is False)."""
@@ -65,15 +87,19 @@ class ProjectEngine:
 
     def compute(self, tree: dict, base_time=None, load_cohort=None, progress=None) -> Result:
         """Evaluate a validated canonical tree at base_time (default: now)."""
-        ctx = EvalContext(
-            snapshot=self.store.snapshot(),
-            tz=self.tz,
-            base_time=parse_base_time(base_time, self.tz),
-            encode_keys=self.encode,
-            load_cohort=load_cohort,
-            progress=progress,
-        )
-        return evaluate(tree, ctx)
+        session = self.open_session()
+        try:
+            ctx = EvalContext(
+                session=session,
+                tz=self.tz,
+                base_time=parse_base_time(base_time, self.tz),
+                encode_keys=self.encode,
+                load_cohort=load_cohort,
+                progress=progress,
+            )
+            return evaluate(tree, ctx)
+        finally:
+            session.close()
 
     def base_time(self, value) -> datetime:
         return parse_base_time(value, self.tz)

@@ -67,8 +67,8 @@ class Settings:
     @property
     def druid_limits(self):
         """The QueryLimits of the embedded broker's HTTP endpoint."""
-        # Imported here: cohort_engine.druid loads DuckDB, which beat and the CLI never need.
-        from cohort_engine.druid import QueryLimits
+        # Imported here: cohort_engine.broker loads DuckDB, which beat and the CLI never need.
+        from cohort_engine.broker import QueryLimits
 
         return QueryLimits(max_buckets=self.druid_max_buckets, max_rows=self.druid_max_rows,
                            max_response_bytes=self.druid_max_response_bytes, timeout_ms=self.druid_timeout_ms,

@@ -1,19 +1,4 @@
-"""Druid: a native-query executor over the embedded store, and a broker client for real clusters."""
+"""Druid's broker protocol (protocol.py) and an HTTP client for real brokers (client.py).
 
-from .embedded import (
-           DEFAULT_DATASOURCES,
-           DataSources,
-           DataSourceSpec,
-           encode,
-           execute,
-           respond,
-           respond_query,
-           run,
-           user_group_uids,
-)
-from .errors import BadQuery, DruidQueryError, QueryTimeout, ResourceLimitExceeded, UnknownType, Unsupported
-from .limits import UNLIMITED, QueryLimits
-
-__all__ = ["DEFAULT_DATASOURCES", "UNLIMITED", "BadQuery", "DataSourceSpec", "DataSources", "DruidQueryError",
-           "QueryLimits", "QueryTimeout", "ResourceLimitExceeded", "UnknownType", "Unsupported", "encode", "execute",
-           "respond", "respond_query", "run", "user_group_uids"]
+The Druid-compatible broker over the embedded store is cohort_engine.broker.
+"""

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from cohort_engine.http import EndpointsClient
+from cohort_engine.http import EndpointsClient, endpoint_urls
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +44,7 @@ def cell(column: str, value):
 
 def hproxy_endpoints(target: str, data_source: str) -> list[str]:
     """Batch-update URLs from a full URL or from a comma-separated host:port list (path filled in)."""
-    if not isinstance(target, str) or not target.strip():
-        raise ValueError("hproxy must be a URL or a comma-separated host:port list")
-    endpoints = []
-    for item in (part.strip() for part in target.split(",")):
-        if not item:
-            continue
-        parts = urlsplit(item if "://" in item else "http://" + item)
-        if not parts.hostname:
-            raise ValueError(f"hproxy {item!r} has no host")
-        path = parts.path if parts.path not in ("", "/") else BATCH_PATH + data_source
-        endpoints.append(urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")))
-    if not endpoints:
-        raise ValueError("hproxy must name at least one host")
-    return endpoints
+    return endpoint_urls(target, "hproxy", lambda path: path if path not in ("", "/") else BATCH_PATH + data_source)
 
 
 def batches(rows: Iterable[dict], size: int = BATCH_ROWS) -> Iterator[list[dict]]:

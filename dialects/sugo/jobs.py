@@ -17,12 +17,13 @@ from redis.exceptions import RedisClusterException
 
 from cohort_engine import db
 from cohort_engine.bitmaps import to_bitmap
-from cohort_engine.druid import DataSources, DruidQueryError, run, user_group_uids
+from cohort_engine.broker import DataSources, DruidQueryError, EmbeddedBroker, run
 from cohort_engine.druid.client import DruidClient, DruidError
 from cohort_engine.project import ProjectEngine
 from core.data import jobs, sugo_targets
 from dialects.sugo import groups as sugo_groups
 from dialects.sugo import schemas as dialect
+from dialects.sugo.broker_queries import QUERY_TYPES, row_event, user_group_uids
 from dialects.sugo.hproxy import HproxyClient
 from dialects.sugo.redis_targets import SugoRedisConfigError, connect, normalise
 from tasks.executor import JobExecutor, JobStopped
@@ -33,24 +34,6 @@ PAGE_ROWS = 50_000
 DRUID_CODES = {400: "bad_query", 501: "unsupported", 504: "timeout"}
 
 Step = Callable[[int, int], None]
-
-
-class EmbeddedBroker(DruidClient):
-    """The broker client interface (query, paging) answered in-process by the embedded executor."""
-
-    def __init__(self, datasources: DataSources):
-        self.datasources = datasources
-        self.endpoints = ["embedded"]
-
-    def query(self, query: dict, query_id: str | None = None) -> list:
-        query, _ = self.with_query_id(query, query_id)
-        return run(query, self.datasources)
-
-    def cancel(self, query_id: str) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
 
 
 def druid_failure(exc: Exception, where: str) -> JobStopped:
@@ -117,11 +100,11 @@ class SugoRunner:
 
     def broker(self, value: str):
         if self.targets.is_embedded(value):
-            return EmbeddedBroker(self.datasources)
+            return EmbeddedBroker(self.datasources, query_types=QUERY_TYPES, row_parser=row_event)
         for host, port in dialect.broker_addresses(value):
             if not self.targets.broker_allowed(host, port):
                 raise JobStopped("bad_request", f"broker {host}:{port} is not an allowed host")
-        return DruidClient(value)
+        return DruidClient(value, row_parser=row_event)
 
     def cancel(self) -> None:
         """Ask the brokers of the remote queries in flight to cancel them; the job then ends `cancelled`."""
@@ -157,7 +140,7 @@ class SugoRunner:
                 except DruidQueryError as exc:
                     if "key dimension" not in exc.message:
                         raise
-                    return self.bitmap_of(run(query, self.datasources))
+                    return self.bitmap_of(run(query, self.datasources, query_types=QUERY_TYPES))
             bitmap = BitMap()
             dimension = query["dimension"]
             query_id = str(uuid.uuid4())

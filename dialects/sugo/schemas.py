@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from cohort_engine.druid import DataSourceSpec
+from cohort_engine.broker import DataSourceSpec
 from cohort_engine.druid.client import broker_endpoints
 from dialects.sugo.hproxy import cell, hproxy_endpoints, is_multi_value
 from dialects.sugo.redis_targets import SugoRedisConfigError, format_address, normalise, parse_hosts

@@ -14,10 +14,11 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from app.auth import sugo_project
 from app.db import check_broker, connection_factory, get_db, settings
 from app.errors import ApiError
-from cohort_engine.druid import DataSources, respond_query
+from cohort_engine.broker import DataSources, respond_query
 from core.data import jobs, sugo_targets
 from core.queue import KIND_TASKS, enqueue
 from dialects.sugo import schemas as dialect
+from dialects.sugo.broker_queries import QUERY_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ def druid_query():
     # Parsed under the app-wide input rules (docs/api.md; refusals in Druid's shape), then run and
     # encoded under the broker's limits (docs/druid.md "Limits").
     query = request.get_json(force=True)
-    status, payload = respond_query(query, datasources, settings().druid_limits, "pretty" in request.args)
+    status, payload = respond_query(query, datasources, settings().druid_limits, "pretty" in request.args,
+                                    query_types=QUERY_TYPES)
     return Response(payload, status=status, mimetype="application/json")
 
 

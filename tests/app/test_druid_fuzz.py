@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import pytest
 
-from tests.cohort_engine.druid.test_seed_queries import PROVINCE_GROUP, RISK_GROUP, TAG_QUERY
+from tests.cohort_engine.broker.test_seed_queries import PROVINCE_GROUP, RISK_GROUP, TAG_QUERY
 from tests.services import create_sample_project
 
 CASES = int(os.environ.get("COHORTS_DRUID_FUZZ_CASES", "600"))

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cohort_engine.backends.embedded.store import IngestError
 from cohort_engine.project import ProjectEngine
-from cohort_engine.store import IngestError
 from tests.conftest import set_timezone
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

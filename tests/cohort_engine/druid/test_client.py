@@ -15,10 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cohort_engine.druid import execute
 from cohort_engine.druid.client import DruidClient, DruidError, broker_endpoints
-
-from .reference import matches
+from cohort_engine.druid.protocol import row_event
+from dialects.sugo.broker_queries import row_event as sugo_row_event
+from tests.cohort_engine.broker.reference import matches
+from tests.cohort_engine.broker.sugo import execute
 
 
 class Broker:
@@ -75,6 +76,8 @@ def broker():
 
 def _client(broker, **options):
     options.setdefault("backoff_seconds", 0.01)
+    # The broker here answers lucene_groupBy, whose rows come in tindex's form: Sugo's parser reads them.
+    options.setdefault("row_parser", sugo_row_event)
     return DruidClient(f"http://127.0.0.1:{broker.port}/druid/v2?pretty", **options)
 
 
@@ -234,3 +237,11 @@ def test_embedded_errors_reach_the_client_as_druid_errors(broker, druid_store):
                       "aggregations": [{"type": "thetaSketch", "name": "t", "fieldName": "x"}]})
     assert caught.value.status == 501 and caught.value.error_code == "Unsupported operation"
     assert "thetaSketch" in caught.value.message
+
+
+def test_the_client_alone_reads_only_druid_rows():
+    """tindex's {"v": ...} rows are Sugo's to read (dialects/sugo/broker_queries.py), not the client's."""
+    assert row_event({"version": "v1", "event": {"a": 1}}) == {"a": 1}
+    with pytest.raises(DruidError, match="without version/event"):
+        row_event({"v": "v1", "event": {"a": 2}})
+    assert sugo_row_event({"v": "v1", "event": {"a": 2}}) == {"a": 2}

@@ -10,10 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from cohort_engine import db
+from cohort_engine.broker import DataSources, DataSourceSpec
 from cohort_engine.config import EngineConfig
-from cohort_engine.druid import DataSources, DataSourceSpec, execute
 from cohort_engine.project import ProjectEngine
 from cohort_engine.sample import write_sample
+
+from .sugo import execute
 
 CONTEXT = {"timeout": 180000, "useOffheap": True, "groupByStrategy": "v2"}
 TAG_QUERY = {  # seed 000, /ant/tag/query/batchUpdate "query"

@@ -1,6 +1,9 @@
 """Native Druid JSON queries answered from the embedded store, in Druid's response shapes.
 
-Each query becomes one parameterised DuckDB statement over a store Snapshot. Anything the
+Each query becomes one parameterised DuckDB statement over a store Snapshot. Druid's own query
+types are built in (DRUID_QUERY_TYPES); a dialect adds its own by passing `query_types`, a map
+of name -> handler(plan) (Sugo's `user_group`: dialects/sugo/broker_queries.py). The dataSource
+names come only from the caller's configuration (a DataSources map). Anything the
 translation does not implement answers Druid's error body with HTTP 501 (never a guess), and a
 malformed query answers 400 naming the offending field.
 """
@@ -17,12 +20,10 @@ from typing import Protocol
 
 import duckdb
 import pyarrow as pa
-from pyroaring import BitMap
 
 from .. import db
-from ..bitmaps import to_bitmap
+from ..backends.embedded.store import Snapshot, quote
 from ..dictionary import UserKeyDictionary
-from ..store import Snapshot, quote
 from .errors import BadQuery, DruidQueryError, UnknownType, Unsupported, require, type_id
 from .filters import (
     DOUBLE,
@@ -58,7 +59,6 @@ DEFAULT_SCAN_BATCH = 20_480
 ENCODE_SLICE = 512  # result rows encoded at once between byte-limit checks
 LUCENE_PREFIX = "lucene_"
 _PARAM = re.compile(r"\$(p\d+)\b")
-QUERY_TYPES = {"groupBy", "timeseries", "topN", "scan", "user_group"}
 # Type ids Druid (core and bundled extensions) knows but the embedded engine does not implement:
 # they answer 501; any other type id is unknown to Druid too and answers 400, as Druid does.
 UNSUPPORTED_QUERY_TYPES = {"search", "timeBoundary", "segmentMetadata", "dataSourceMetadata", "select",
@@ -93,10 +93,7 @@ class DataSourceSpec:
             raise ValueError(f"datasource table must be 'events' or 'users', not {self.table!r}")
 
 
-DEFAULT_DATASOURCES = {
-    "schedule_desc": DataSourceSpec("default", "events"),
-    "tag_bank": DataSourceSpec("default", "users"),
-}
+QueryTypes = Mapping[str, Callable[["Plan"], object]]
 
 
 class ProjectAccess(Protocol):
@@ -127,14 +124,13 @@ class EngineProjectAccess:
 class DataSources:
     """The registry mapping Druid dataSource names to project tables; projects are opened once."""
 
-    def __init__(self, open_project: Callable[[str], ProjectAccess], mapping: Mapping | None = None):
+    def __init__(self, open_project: Callable[[str], ProjectAccess], mapping: Mapping):
         self._open_project = open_project
         self._projects: dict[str, ProjectAccess] = {}
-        self.mapping = {name: _spec(name, value)
-                        for name, value in (DEFAULT_DATASOURCES if mapping is None else mapping).items()}
+        self.mapping = {name: _spec(name, value) for name, value in mapping.items()}
 
     @classmethod
-    def for_config(cls, config, mapping: Mapping | None = None) -> DataSources:
+    def for_config(cls, config, mapping: Mapping) -> DataSources:
         """Registry over the engine's projects (ProjectEngine per project)."""
         from ..project import ProjectEngine
 
@@ -163,30 +159,31 @@ def _spec(name, value) -> DataSourceSpec:
     raise ValueError(f"datasource {name!r}: expected DataSourceSpec, dict or (project, table), got {value!r}")
 
 
-def execute(query: dict, datasources: DataSources, limits: QueryLimits = UNLIMITED) -> tuple[int, object]:
+def execute(query: dict, datasources: DataSources, limits: QueryLimits = UNLIMITED,
+            query_types: QueryTypes | None = None) -> tuple[int, object]:
     """(HTTP status, JSON body) for a native Druid query, as a Druid broker would answer it."""
     try:
-        return 200, run(query, datasources, limits)
+        return 200, run(query, datasources, limits, query_types)
     except DruidQueryError as exc:
         log.info("druid embedded query refused status=%d error=%r message=%r", exc.status, exc.error, exc.message)
         return exc.status, exc.body()
 
 
 def respond(raw: bytes | str, datasources: DataSources, limits: QueryLimits = UNLIMITED,
-            pretty: bool = False) -> tuple[int, bytes]:
+            pretty: bool = False, query_types: QueryTypes | None = None) -> tuple[int, bytes]:
     """(HTTP status, UTF-8 JSON) for a request body, the response bytes bounded by limits."""
     try:
         query = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         return _refused(BadQuery(f"the request body is not valid JSON: {str(exc)[:200]}"), pretty)
-    return respond_query(query, datasources, limits, pretty)
+    return respond_query(query, datasources, limits, pretty, query_types)
 
 
 def respond_query(query, datasources: DataSources, limits: QueryLimits = UNLIMITED,
-                  pretty: bool = False) -> tuple[int, bytes]:
+                  pretty: bool = False, query_types: QueryTypes | None = None) -> tuple[int, bytes]:
     """(HTTP status, UTF-8 JSON) for a parsed query, the response bytes bounded by limits."""
     try:
-        return 200, encode(run(query, datasources, limits), limits, pretty)
+        return 200, encode(run(query, datasources, limits, query_types), limits, pretty)
     except DruidQueryError as exc:
         return _refused(exc, pretty)
 
@@ -224,17 +221,16 @@ def _check_bytes(size: int, limits: QueryLimits) -> None:
                        "add a limit, fewer columns or narrower intervals")
 
 
-def run(query: dict, datasources: DataSources, limits: QueryLimits = UNLIMITED):
-    """The Druid response body for query; raises DruidQueryError (400/501/504) when it cannot."""
-    return _guarded(lambda: _Plan(query, datasources, limits).run())
+def run(query: dict, datasources: DataSources, limits: QueryLimits = UNLIMITED,
+        query_types: QueryTypes | None = None):
+    """The Druid response body for query; raises DruidQueryError (400/501/504) when it cannot.
+
+    query_types: a dialect's extra query types (name -> handler(plan)), beside Druid's own.
+    """
+    return guarded(lambda: _Plan(query, datasources, limits, query_types).run())
 
 
-def user_group_uids(query: dict, datasources: DataSources, limits: QueryLimits = UNLIMITED) -> BitMap:
-    """The uids of a Sugo `user_group` query whose dimension is the datasource's key dimension."""
-    return _guarded(lambda: _user_group_uids(query, datasources, limits))
-
-
-def _guarded(work):
+def guarded(work):
     """work(), with a Python error that escaped validation answered as a malformed query (400)."""
     try:
         return work()
@@ -250,15 +246,6 @@ class MalformedQuery(BadQuery):
     """A query that tripped an unexpected Python error in translation (HTTP 400; logged as a bug)."""
 
     error_class = "java.lang.IllegalArgumentException"
-
-
-def _user_group_uids(query: dict, datasources: DataSources, limits: QueryLimits) -> BitMap:
-    plan = _Plan(query, datasources, limits)
-    if plan.query_type != "user_group":
-        raise BadQuery("queryType must be user_group")
-    if require(plan.query, "dimension", "query") != plan.spec.key_dimension:
-        raise BadQuery(f"dimension must be the key dimension {plan.spec.key_dimension!r} to answer uids")
-    return plan.run(uids=True)
 
 
 class SourceColumns(Columns):
@@ -329,7 +316,8 @@ class _Output:
 class _Plan:
     """One query: validated, translated to SQL, executed, shaped as Druid's response."""
 
-    def __init__(self, query, datasources: DataSources, limits: QueryLimits = UNLIMITED):
+    def __init__(self, query, datasources: DataSources, limits: QueryLimits = UNLIMITED,
+                 query_types: QueryTypes | None = None):
         if not isinstance(query, dict):
             raise BadQuery("the query must be a JSON object")
         check_shape(query, limits.max_depth)
@@ -338,10 +326,11 @@ class _Plan:
         raw_type = require(query, "queryType", "query", str)
         self.lucene = raw_type.startswith(LUCENE_PREFIX)
         self.query_type = raw_type[len(LUCENE_PREFIX):] if self.lucene else raw_type
-        if self.query_type not in QUERY_TYPES:
+        self.handlers = {**DRUID_QUERY_TYPES, **(query_types or {})}
+        if self.query_type not in self.handlers:
             if self.query_type in UNSUPPORTED_QUERY_TYPES:
                 raise Unsupported(f"queryType {raw_type!r} is not supported by the embedded engine")
-            raise UnknownType("queryType", raw_type, "Query", QUERY_TYPES | UNSUPPORTED_QUERY_TYPES)
+            raise UnknownType("queryType", raw_type, "Query", set(self.handlers) | UNSUPPORTED_QUERY_TYPES)
         self.context = query.get("context")
         if self.context is None:
             self.context = {}
@@ -377,7 +366,7 @@ class _Plan:
 
     # -- the shared pieces -------------------------------------------------------------------
 
-    def _filter_sql(self) -> str:
+    def filter_sql(self) -> str:
         spec = self.query.get("filter")
         return "TRUE" if spec is None else self.filters.filter(spec, "filter")
 
@@ -395,7 +384,7 @@ class _Plan:
         select += [f"{self.columns.exprs[n][0]} AS {quote(n)}" for n in names]
         return f"SELECT {', '.join(select)} FROM {self.spec.table} t WHERE {self._interval_sql()}"
 
-    def _source_ctes(self, con, filter_sql: str, filter_uses_key: bool) -> str:
+    def source_ctes(self, con, filter_sql: str, filter_uses_key: bool) -> str:
         """WITH base/src, decoding user keys into a keymap table only when the key is referenced."""
         base = self._base_sql()
         if self.spec.key_dimension not in self.columns.used:
@@ -415,7 +404,7 @@ class _Plan:
         return (f"WITH base AS ({base}), src AS (SELECT b.*, k.key AS {quote(self.spec.key_dimension)}"
                 f" FROM base b LEFT JOIN keymap k ON k.uid = b.{quote(UID)}) ")
 
-    def _execute(self, build: Callable[[duckdb.DuckDBPyConnection], str], capped: bool = False):
+    def fetch(self, build: Callable[[duckdb.DuckDBPyConnection], str], capped: bool = False):
         """Rows of the SQL build(con) returns, interrupted at the deadline; capped: SQL ends in LIMIT row_cap."""
         self.deadline.check()
         con = self.snapshot.connect()
@@ -447,7 +436,7 @@ class _Plan:
                            "add a limit or threshold, or narrow the intervals or the filter")
         return rows
 
-    def _cap_sql(self, limit: int | None = None, offset: int | None = None) -> str:
+    def cap_sql(self, limit: int | None = None, offset: int | None = None) -> str:
         """LIMIT/OFFSET text: the query's own limit, lowered to row_cap (one past max_rows)."""
         caps = [c for c in (limit, self.row_cap) if c is not None]
         text = f" LIMIT {min(caps)}" if caps else ""
@@ -489,8 +478,8 @@ class _Plan:
             raise UnknownType(f"{path}.type", kind, "DimensionSpec", DIMENSION_SPEC_TYPES)
         if kind != "default" or spec.get("extractionFn") is not None:
             raise Unsupported(f"{path}: dimension spec type {kind!r} is not supported (default only)")
-        name = _name(require(spec, "dimension", path), f"{path}.dimension")
-        output = name if spec.get("outputName") is None else _name(spec["outputName"], f"{path}.outputName")
+        name = name_field(require(spec, "dimension", path), f"{path}.dimension")
+        output = name if spec.get("outputName") is None else name_field(spec["outputName"], f"{path}.outputName")
         out_type = "STRING" if spec.get("outputType") is None else column_type(spec["outputType"],
                                                                                  f"{path}.outputType")
         column, kind = self.columns.sql(name), self.columns.type_of(name)
@@ -518,9 +507,9 @@ class _Plan:
             test = self.filters.filter(require(spec, "filter", path, dict), f"{path}.filter")
             result = self._aggregator(inner, f"{path}.aggregator",
                                       test if condition is None else f"({condition}) AND {test}")
-            name = result.name if spec.get("name") is None else _name(spec["name"], f"{path}.name")
+            name = result.name if spec.get("name") is None else name_field(spec["name"], f"{path}.name")
             return _Output(name, result.sql, result.kind, result.empty)
-        name = _name(require(spec, "name", path), f"{path}.name")
+        name = name_field(require(spec, "name", path), f"{path}.name")
         where = "" if condition is None else f" FILTER (WHERE {condition})"
         if kind == "count":
             return _Output(name, f"count(*){where}", LONG, 0)
@@ -531,7 +520,7 @@ class _Plan:
             if kind.startswith(prefix) and kind[len(prefix):] in family:
                 if spec.get("expression") is not None:
                     raise Unsupported(f"{path}.expression is not supported")
-                field = _name(require(spec, "fieldName", path), f"{path}.fieldName")
+                field = name_field(require(spec, "fieldName", path), f"{path}.fieldName")
                 column, col_kind = self.columns.sql(field), self.columns.type_of(field)
                 if out == LONG:
                     # Druid reads a non-long column into a long aggregator by truncating.
@@ -588,26 +577,8 @@ class _Plan:
 
     # -- query types -------------------------------------------------------------------------
 
-    def run(self, uids: bool = False):
-        if self.query_type == "user_group":
-            return self._run_user_group(uids)
-        return getattr(self, "_run_" + self.query_type)()
-
-    def _run_user_group(self, uids: bool):
-        dimension = _name(require(self.query, "dimension", "query"), "dimension")
-        filter_sql = self._filter_sql()
-        filter_uses_key = self.spec.key_dimension in self.columns.used
-        if uids:
-            rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
-                                 + f"SELECT DISTINCT {quote(UID)} FROM src WHERE {filter_sql}{self._cap_sql()}",
-                                 capped=True)
-            return to_bitmap([r[0] for r in rows])
-        column, kind = self.columns.sql(dimension), self.columns.type_of(dimension)
-        value = column if kind in (STRING, None) else f"CAST({column} AS VARCHAR)"
-        rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
-                             + f"SELECT DISTINCT {value} AS v FROM src WHERE {filter_sql} AND {value} IS NOT NULL"
-                             f" ORDER BY v{self._cap_sql()}", capped=True)
-        return [r[0] for r in rows]
+    def run(self):
+        return self.handlers[self.query_type](self)
 
     def _grouped(self, dims: list[_Output], aggs: list[_Output], filter_sql: str) -> str:
         select = [f"{self._bucket_sql()} AS {quote(BUCKET)}"]
@@ -620,7 +591,7 @@ class _Plan:
         dim_specs = self.query.get("dimensions") or []
         if not isinstance(dim_specs, list):
             raise BadQuery("dimensions must be a list")
-        filter_sql = self._filter_sql()
+        filter_sql = self.filter_sql()
         filter_uses_key = self.spec.key_dimension in self.columns.used
         dims = [self._dimension(s, f"dimensions[{i}]") for i, s in enumerate(dim_specs)]
         aggs = self._aggregators()
@@ -631,7 +602,7 @@ class _Plan:
             having = HavingTranslator(FilterTranslator(outputs, self.params))
             having_sql = having.having(self.query["having"], "having")
         order_sql, limit_sql = self._limit_spec(dims, aggs)
-        rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+        rows = self.fetch(lambda con: self.source_ctes(con, filter_sql, filter_uses_key)
                              + f"SELECT * FROM ({self._grouped(dims, aggs, filter_sql)}) g"
                              f" WHERE {having_sql} ORDER BY {order_sql}{limit_sql}", capped=True)
         all_ts = self._all_timestamp() if self.granularity.is_all and rows else None
@@ -673,10 +644,10 @@ class _Plan:
         order = (terms + tie_break + bucket) if by_dims_first else (bucket + terms + tie_break)
         limit = _count(spec.get("limit"), "limitSpec.limit")
         offset = _count(spec.get("offset"), "limitSpec.offset")
-        return ", ".join(order) or "1", self._cap_sql(limit, offset)
+        return ", ".join(order) or "1", self.cap_sql(limit, offset)
 
     def _run_timeseries(self):
-        filter_sql = self._filter_sql()
+        filter_sql = self.filter_sql()
         filter_uses_key = self.spec.key_dimension in self.columns.used
         aggs = self._aggregators()
         self._check_names(aggs)
@@ -688,14 +659,14 @@ class _Plan:
         if self.granularity.is_all:
             # count(*) stands in for no aggregator, so that exactly one row comes back.
             select = ", ".join(f"{a.sql} AS {quote(a.name)}" for a in aggs) or "count(*)"
-            rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+            rows = self.fetch(lambda con: self.source_ctes(con, filter_sql, filter_uses_key)
                                  + f"SELECT CAST(0 AS BIGINT), {select} FROM src WHERE {filter_sql}")
             results = [{"timestamp": self.granularity.format(self._all_timestamp()),
                         "result": dict(zip(names, rows[0][1:] if aggs else (), strict=True))}]
         else:
-            rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+            rows = self.fetch(lambda con: self.source_ctes(con, filter_sql, filter_uses_key)
                                  + f"SELECT * FROM ({self._grouped([], aggs, filter_sql)}) g ORDER BY 1"
-                                 + self._cap_sql(), capped=True)
+                                 + self.cap_sql(), capped=True)
             by_bucket = {r[0]: dict(zip(names, r[1:], strict=True)) for r in rows}
             empty = {a.name: a.empty for a in aggs}
             for bucket in buckets:
@@ -709,14 +680,14 @@ class _Plan:
             results = results[:limit]
         if _truthy(self.context.get("grandTotal")):
             select = ", ".join(f"{a.sql} AS {quote(a.name)}" for a in aggs) or "count(*)"
-            total = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+            total = self.fetch(lambda con: self.source_ctes(con, filter_sql, filter_uses_key)
                                   + f"SELECT {select} FROM src WHERE {filter_sql}")[0]
             results.append({"timestamp": None, "result": dict(zip(names, total if aggs else (), strict=True))})
         return results
 
     def _data_buckets(self) -> list[int]:
         """Bucket starts within the query intervals and the datasource's data span (Druid's zero-fill range)."""
-        rows = self._execute(lambda con: "SELECT epoch_ms(min(time)), epoch_ms(max(time)) FROM events"
+        rows = self.fetch(lambda con: "SELECT epoch_ms(min(time)), epoch_ms(max(time)) FROM events"
                              if self.columns.is_events else "SELECT 0, 0")
         low, high = rows[0]
         if low is None:
@@ -752,7 +723,7 @@ class _Plan:
                            "max_rows, COHORTS_DRUID_MAX_ROWS", "narrow the intervals or coarsen the granularity")
 
     def _run_topN(self):
-        filter_sql = self._filter_sql()
+        filter_sql = self.filter_sql()
         filter_uses_key = self.spec.key_dimension in self.columns.used
         dim = self._dimension(require(self.query, "dimension", "query"), "dimension")
         aggs = self._aggregators()
@@ -760,10 +731,10 @@ class _Plan:
         threshold = _count(require(self.query, "threshold", "query"), "threshold", minimum=1)
         order, condition = self._topn_order(self.query.get("metric"), dim, {a.name for a in aggs}, "metric")
         tie = _order_term(quote(dim.name), dim.kind, dim.kind in NUMERIC, False)
-        rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+        rows = self.fetch(lambda con: self.source_ctes(con, filter_sql, filter_uses_key)
                              + f"SELECT * FROM ({self._grouped([dim], aggs, filter_sql)}) g WHERE {condition}"
                              f" QUALIFY row_number() OVER (PARTITION BY {quote(BUCKET)} ORDER BY {order}, {tie})"
-                             f" <= {threshold} ORDER BY {quote(BUCKET)}, {order}, {tie}{self._cap_sql()}", capped=True)
+                             f" <= {threshold} ORDER BY {quote(BUCKET)}, {order}, {tie}{self.cap_sql()}", capped=True)
         all_ts = self._all_timestamp() if self.granularity.is_all and rows else None
         names = [dim.name] + [a.name for a in aggs]
         results: list[dict] = []
@@ -819,12 +790,12 @@ class _Plan:
             raise BadQuery(f"resultFormat {result_format!r} is not a scan result format ({', '.join(sorted(SCAN_FORMATS))})")
         if result_format not in ("list", "compactedList"):
             raise Unsupported(f"resultFormat {result_format!r} is not supported (list, compactedList)")
-        filter_sql = self._filter_sql()
+        filter_sql = self.filter_sql()
         filter_uses_key = self.spec.key_dimension in self.columns.used
         names = self.query.get("columns") or self.columns.all_names()
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise BadQuery("columns must be a list of column names")
-        names = list(dict.fromkeys(_name(n, f"columns[{i}]") for i, n in enumerate(names)))
+        names = list(dict.fromkeys(name_field(n, f"columns[{i}]") for i, n in enumerate(names)))
         selected = [self.columns.sql(n) for n in names]
         order = str(self.query.get("order") or "none").lower()
         if order not in ("none", "ascending", "descending"):
@@ -839,9 +810,9 @@ class _Plan:
             terms.insert(0, f"{time_col} {'DESC' if order == 'descending' else 'ASC'}")
         # An order over every selected column makes limit/offset pages consistent across requests.
         order_sql = f" ORDER BY {', '.join(terms)}" if (order != "none" or limit is not None or offset) else ""
-        tail = self._cap_sql(limit, offset)
+        tail = self.cap_sql(limit, offset)
         projection = ", ".join(f"{sql} AS c{i}" for i, sql in enumerate(selected))
-        rows = self._execute(lambda con: self._source_ctes(con, filter_sql, filter_uses_key)
+        rows = self.fetch(lambda con: self.source_ctes(con, filter_sql, filter_uses_key)
                              + f"SELECT {projection} FROM src WHERE {filter_sql}{order_sql}{tail}", capped=True)
         segment = f"{self.datasource}_embedded_v{self.snapshot.manifest.version}"
         batches = []
@@ -874,7 +845,7 @@ def _truthy(value) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
-def _name(value, path: str) -> str:
+def name_field(value, path: str) -> str:
     """A column or output name: a non-empty JSON string (DuckDB has no empty identifier)."""
     if not isinstance(value, str):
         raise BadQuery(f"{path} must be a string, not {type(value).__name__}")
@@ -890,3 +861,13 @@ def _count(value, path: str, minimum: int = 0, maximum: int = JAVA_INT_MAX) -> i
     if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
         raise BadQuery(f"{path} must be an integer from {minimum} to {maximum}")
     return value
+
+
+Plan = _Plan
+# Druid's own query types; dialects add theirs with run(..., query_types=...).
+DRUID_QUERY_TYPES: dict[str, Callable[[Plan], object]] = {
+    "groupBy": _Plan._run_groupBy,
+    "timeseries": _Plan._run_timeseries,
+    "topN": _Plan._run_topN,
+    "scan": _Plan._run_scan,
+}

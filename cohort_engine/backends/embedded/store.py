@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyroaring import BitMap
 
-from .bitmaps import to_bitmap
+from ...bitmaps import to_bitmap
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cohort_engine.bitmaps import to_bitmap
-from cohort_engine.druid import execute, user_group_uids
 
 from .reference import aggregate, matches
+from .sugo import execute, user_group_uids
 
 ALL = "1000/3000"
 

@@ -10,11 +10,12 @@ import time
 
 import pytest
 
-from cohort_engine.druid import QueryLimits, encode, execute, respond
-from cohort_engine.druid import embedded as embedded_module
-from cohort_engine.druid.filters import FilterTranslator
+from cohort_engine.broker import QueryLimits, encode
+from cohort_engine.broker import embedded as embedded_module
+from cohort_engine.broker.filters import FilterTranslator
 
 from .reference import matches
+from .sugo import execute, respond
 
 ALL = "1000/3000"
 HOUR = 3_600_000

@@ -1,7 +1,8 @@
-"""The engine's member sets equal the brute-force reference's, over random data and random trees.
+"""Backend conformance: every backend's member sets equal the brute-force reference's, over random data and trees.
 
-Each data set is generated once from a fixed seed and ingested through the real store (Parquet ->
-ProjectEngine) into a fresh project; hypothesis then draws many trees and base times against it.
+Each data set is generated once from a fixed seed and loaded through the backend (for `embedded`,
+Parquet -> ProjectEngine -> the store) into a fresh project on that backend; hypothesis then draws
+many trees and base times against it. A new backend is one line in BACKENDS: its kind and a loader.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cohort_engine import backends
 from cohort_engine.config import EngineConfig
 from cohort_engine.definition import AGGREGATE_FUNCTIONS, PROPERTY_COMPARATORS, parse_definition
 from cohort_engine.project import ProjectEngine
 
-from .reference import Dataset, EngineRunner, Reference, create_project, load_into, reference_outcome
+from ..reference import Dataset, EngineRunner, Reference, create_project, load_into, reference_outcome
 
 USER_KINDS = {"city": "string", "level": "number", "score": "number", "vip": "boolean", "signup": "time"}
 EVENT_KINDS = {"item": "string", "qty": "number", "price": "number", "paid": "boolean", "due": "time"}
@@ -122,23 +124,38 @@ STORED_COHORTS = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(DATASETS))
-def world(request, database_url, redis_url, tmp_path_factory) -> World:
-    seed, zone, first_day, days = DATASETS[request.param]
+# Backend kind -> loader(engine, Dataset, scratch directory) putting the data where the backend reads it.
+BACKENDS = {
+    "embedded": load_into,
+}
+
+
+@pytest.fixture(scope="module", params=[(b, d) for b in sorted(BACKENDS) for d in sorted(DATASETS)],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def world(request, database_url, redis_url, tmp_path_factory):
+    backend, dataset = request.param
+    seed, zone, first_day, days = DATASETS[dataset]
     tz = ZoneInfo(zone)
     data = make_dataset(seed, first_day, days, tz)
-    root = tmp_path_factory.mktemp(request.param)
+    root = tmp_path_factory.mktemp(f"{backend}-{dataset}")
     config = EngineConfig(database_url=database_url, redis_url=redis_url, store_dir=str(root / "store"),
                           key_prefix="cohorts-test", threads=1)
-    engine = ProjectEngine(config, create_project(database_url, zone))
-    load_into(engine, data, root / "input")
+    engine = ProjectEngine(config, create_project(database_url, zone, backend))
+    assert engine.info.kind == backend
+    BACKENDS[backend](engine, data, root / "input")
     runner = EngineRunner(engine, sorted(data.universe()) + EXTRA_KEYS)
     times = sorted({e["time"] for e in data.events} | {p["signup"] for p in data.profiles if p["signup"]})
-    found = World(request.param, tz, first_day, days, data, runner, times)
+    found = World(f"{backend}-{dataset}", tz, first_day, days, data, runner, times)
     base = datetime.combine(first_day + timedelta(days=days - 2), time(9, 30), tzinfo=tz)
     for cohort_id, tree in STORED_COHORTS.items():
         found.cohorts[cohort_id] = Reference(data, tz, base).members(parse_definition(tree))
-    return found
+    yield found
+    runner.close()
+
+
+def test_every_registered_backend_has_a_loader():
+    """A backend that registers itself is checked here too: it needs its line in BACKENDS."""
+    assert set(backends.registered()) <= set(BACKENDS)
 
 
 def assert_same(world: World, raw_tree: dict, base: datetime) -> None:

@@ -1,0 +1,125 @@
+"""Rule backends: where a project's events and profiles live, behind one protocol, chosen by kind.
+
+A project's `backend` column (`{"kind": "embedded", ...}`) names a registered Backend; the
+evaluator (cohort_engine.evaluate) walks the tree and asks the backend's Session for each leaf.
+Like Redash's query runners: a backend class registers itself under its kind, and one whose
+optional dependency is missing says so with `enabled()` and is refused with a clear error.
+See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from pyroaring import BitMap
+
+from ..errors import EngineError
+
+if TYPE_CHECKING:
+    from ..config import EngineConfig
+    from ..evaluate import EvalContext
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KIND = "embedded"
+# Modules that register a backend when imported; a new backend adds its module here.
+BUILTIN_BACKENDS = ("cohort_engine.backends.embedded",)
+
+
+@dataclass(frozen=True)
+class ProjectInfo:
+    """What a backend is told about its project: identity, time zone and the `backend` column."""
+
+    id: int
+    name: str
+    timezone: str
+    backend: dict = field(default_factory=lambda: {"kind": DEFAULT_KIND})
+
+    @property
+    def kind(self) -> str:
+        return str(self.backend.get("kind") or DEFAULT_KIND)
+
+
+class Session(Protocol):
+    """One consistent view of a project's data for one or more evaluations; leaf methods return uids."""
+
+    def universe(self) -> BitMap:
+        """Every known user (the complement of a `not` is taken within it)."""
+
+    def columns(self) -> dict[str, dict[str, str]]:
+        """{"event": {property: kind}, "profile": {property: kind}}, kind string|number|boolean|time."""
+
+    def profile(self, leaf: dict, ctx: EvalContext) -> BitMap: ...
+
+    def event(self, leaf: dict, ctx: EvalContext) -> BitMap: ...
+
+    def sequence(self, leaf: dict, ctx: EvalContext) -> BitMap: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(ABC):
+    """One project's rule data source; open() gives a Session to evaluate against."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, project: ProjectInfo, config: EngineConfig):
+        self.project = project
+        self.config = config
+
+    @classmethod
+    def enabled(cls) -> bool:
+        """False when an optional dependency of the backend is not installed."""
+        return True
+
+    @abstractmethod
+    def open(self) -> Session:
+        """A Session over the data as it is now; the caller closes it."""
+
+
+Factory = Callable[[ProjectInfo, "EngineConfig"], Backend]
+_registry: dict[str, type[Backend] | Factory] = {}
+_imported = False
+
+
+def register(kind: str, factory) -> None:
+    """Make a backend class (or factory(project, config) -> Backend) available under kind."""
+    enabled = getattr(factory, "enabled", lambda: True)
+    if not enabled():
+        log.info("backend disabled kind=%s reason=missing_dependency", kind)
+        return
+    _registry[kind] = factory
+
+
+def _import_builtins() -> None:
+    global _imported
+    if not _imported:
+        _imported = True
+        for module in BUILTIN_BACKENDS:
+            importlib.import_module(module)
+
+
+def registered() -> list[str]:
+    """The kinds of the enabled backends."""
+    _import_builtins()
+    return sorted(_registry)
+
+
+def get(kind: str):
+    """The factory registered under kind; EngineError `unsupported` for an unknown or disabled kind."""
+    _import_builtins()
+    factory = _registry.get(kind)
+    if factory is None:
+        known = ", ".join(sorted(_registry)) or "none"
+        raise EngineError("unsupported", f"backend kind {kind!r} is not available (available: {known})")
+    return factory
+
+
+def open_backend(project: ProjectInfo, config: EngineConfig) -> Backend:
+    """The backend of a project, by its `backend` column's kind."""
+    return get(project.kind)(project, config)

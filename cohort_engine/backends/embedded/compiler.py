@@ -1,0 +1,244 @@
+"""The embedded backend's leaves: each profile, event or sequence leaf is one DuckDB query returning uids."""
+
+from __future__ import annotations
+
+import operator
+
+import duckdb
+from pyroaring import BitMap
+
+from ...bitmaps import to_bitmap
+from ...errors import EngineError
+from ...timewin import day_range, duration_before, parse_local, resolve_window, to_utc_naive
+from .store import Snapshot, property_kind, quote
+
+# A negative comparator is the complement of a positive one, so that users whose value is null
+# or who have no row at all match it (docs/definition.md: `ne` matches null/absent).
+NEGATIONS = {"ne": "eq", "not_contains": "contains", "not_set": "is_set", "is_empty": "not_empty"}
+SQL_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+PY_OPERATORS = {"eq": operator.eq, "gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
+ZERO_WHEN_ABSENT = ("count", "count_distinct", "sum", "days")
+
+
+class EmbeddedSession:
+    """A Session over one store Snapshot; its DuckDB connection opens at the first SQL leaf."""
+
+    def __init__(self, snapshot: Snapshot):
+        self.snapshot = snapshot
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = self.snapshot.connect()
+        return self._con
+
+    def universe(self) -> BitMap:
+        return self.snapshot.universe()
+
+    def columns(self) -> dict[str, dict[str, str]]:
+        return {"event": _kinds(self.snapshot.event_columns, ("uid",)),
+                "profile": _kinds(self.snapshot.user_columns, ("uid",))}
+
+    def profile(self, leaf: dict, ctx) -> BitMap:
+        return _Compiler(self, ctx).profile(leaf)
+
+    def event(self, leaf: dict, ctx) -> BitMap:
+        return _Compiler(self, ctx).event(leaf)
+
+    def sequence(self, leaf: dict, ctx) -> BitMap:
+        return _Compiler(self, ctx).sequence(leaf)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def _kinds(columns: dict[str, str], hidden: tuple[str, ...]) -> dict[str, str]:
+    return {name: property_kind(sql_type) for name, sql_type in columns.items() if name not in hidden}
+
+
+class _Compiler:
+    """The SQL of one leaf, in the context (zone, base time) of one evaluation."""
+
+    def __init__(self, session: EmbeddedSession, ctx):
+        self.session = session
+        self.snapshot = session.snapshot
+        self.ctx = ctx
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        return self.session.con
+
+    def query_ids(self, sql: str, params: list) -> BitMap:
+        try:
+            column = self.con.execute(sql, params).fetchnumpy()["uid"]
+        except duckdb.Error as exc:
+            raise EngineError("backend_error", f"the event store rejected a query: {exc}") from None
+        return to_bitmap(column)
+
+    def profile(self, leaf: dict) -> BitMap:
+        positive = NEGATIONS.get(leaf["cmp"], leaf["cmp"])
+        condition, params = self.condition(
+            {**leaf, "cmp": positive}, self.snapshot.user_columns, "profile")
+        hits = self.query_ids(f"SELECT uid FROM users WHERE {condition}", params)
+        return self.snapshot.universe() - hits if positive != leaf["cmp"] else hits
+
+    def event(self, leaf: dict) -> BitMap:
+        where, params = self.event_scope(leaf["event"], leaf.get("filter"), leaf["window"])
+        agg = leaf["agg"]
+        agg_sql = self.aggregate(agg)
+        cmp, values = leaf["cmp"], leaf["values"]
+        test_sql, test_params = _compare(agg_sql, cmp, values)
+        if agg["fn"] in ZERO_WHEN_ABSENT and _holds(0, cmp, values):
+            # Users without a matching event have the value 0 and satisfy the comparison, so the
+            # members are everyone except those whose value fails it.
+            failing = self.query_ids(
+                f"SELECT uid FROM events WHERE {where} GROUP BY uid HAVING NOT ({test_sql})", params + test_params)
+            return self.snapshot.universe() - failing
+        return self.query_ids(
+            f"SELECT uid FROM events WHERE {where} GROUP BY uid HAVING {test_sql}", params + test_params)
+
+    def sequence(self, leaf: dict) -> BitMap:
+        ctes, params = [], []
+        for i, step in enumerate(leaf["steps"]):
+            where, step_params = self.event_scope(step["event"], step.get("filter"), leaf["window"])
+            if i == 0:
+                ctes.append(f"s0 AS (SELECT uid, min(time) AS t FROM events WHERE {where} GROUP BY uid)")
+            else:
+                # Greedy: the earliest qualifying time of each step keeps every later step possible.
+                ctes.append(
+                    f"s{i} AS (SELECT e.uid, min(e.time) AS t FROM events e JOIN s{i - 1} p"
+                    f" ON e.uid = p.uid AND e.time > p.t WHERE {where} GROUP BY e.uid)")
+            params += step_params
+        return self.query_ids(f"WITH {', '.join(ctes)} SELECT uid FROM s{len(ctes) - 1}", params)
+
+    # -- SQL pieces ---------------------------------------------------------------------------
+
+    def event_scope(self, event: str, filter_: dict | None, window: dict) -> tuple[str, list]:
+        start, end = resolve_window(window, self.ctx.base_time, self.ctx.tz)
+        where, params = ["time >= ?", "time < ?"], [start, end]
+        if event != "*":
+            where.append("event = ?")
+            params.append(event)
+        if filter_:
+            sql, filter_params = self.row_filter(filter_)
+            where.append(sql)
+            params += filter_params
+        return " AND ".join(where), params
+
+    def row_filter(self, node: dict) -> tuple[str, list]:
+        if "children" in node:
+            parts = [self.row_filter(c) for c in node["children"]]
+            joiner = " AND " if node["op"] == "and" else " OR "
+            return "(" + joiner.join(p[0] for p in parts) + ")", [x for p in parts for x in p[1]]
+        positive = NEGATIONS.get(node["cmp"], node["cmp"])
+        sql, params = self.condition({**node, "cmp": positive}, self.snapshot.event_columns, "event")
+        if positive != node["cmp"]:
+            return f"(NOT coalesce({sql}, false))", params
+        return f"coalesce({sql}, false)", params
+
+    def aggregate(self, agg: dict) -> str:
+        fn = agg["fn"]
+        if fn == "count":
+            return "count(*)"
+        if fn == "days":
+            zone = "'" + self.ctx.tz.key.replace("'", "''") + "'"
+            return f"count(DISTINCT CAST(timezone({zone}, CAST(time AS TIMESTAMPTZ)) AS DATE))"
+        column = self.column(agg["property"], self.snapshot.event_columns, "event")
+        kind = property_kind(self.snapshot.event_columns[agg["property"]])
+        if fn == "count_distinct":
+            return f"count(DISTINCT {column})"
+        if kind != "number":
+            raise EngineError("type_mismatch", f"{fn} needs a numeric property; {agg['property']!r} is {kind}")
+        return f"coalesce(sum({column}), 0)" if fn == "sum" else f"{fn}({column})"
+
+    def column(self, name: str, columns: dict[str, str], where: str) -> str:
+        if name not in columns or name == "uid":
+            known = ", ".join(sorted(c for c in columns if c != "uid")) or "none"
+            raise EngineError("unknown_property", f"{where} property {name!r} does not exist (known: {known})")
+        return quote(name)
+
+    def condition(self, cond: dict, columns: dict[str, str], where: str) -> tuple[str, list]:
+        """SQL for a positive comparator on a typed column (null never satisfies it)."""
+        prop, cmp, values = cond["property"], cond["cmp"], cond["values"]
+        col = self.column(prop, columns, where)
+        kind = property_kind(columns[prop])
+
+        def need(*kinds):
+            if kind not in kinds:
+                raise EngineError("type_mismatch", f"{cmp} does not apply to {where} property {prop!r} ({kind})")
+
+        if cmp == "is_set":
+            return f"{col} IS NOT NULL", []
+        if cmp == "not_empty":
+            return (f"({col} IS NOT NULL AND {col} <> '')", []) if kind == "string" else (f"{col} IS NOT NULL", [])
+        if cmp in ("is_true", "is_false"):
+            need("boolean")
+            return f"{col} = {'true' if cmp == 'is_true' else 'false'}", []
+        if cmp in ("contains", "starts_with", "ends_with", "regex"):
+            need("string")
+            fn = {"contains": "contains", "starts_with": "starts_with", "ends_with": "suffix",
+                  "regex": "regexp_matches"}[cmp]
+            return f"{fn}({col}, ?)", [str(values[0])]
+        if cmp == "date_between":
+            need("time")
+            start, end = day_range(values[0], values[1], self.ctx.tz)
+            return f"({col} >= ? AND {col} < ?)", [start, end]
+        if cmp == "within_last":
+            need("time")
+            since = duration_before(self.ctx.base_time, values[0], values[1], self.ctx.tz)
+            return f"({col} >= ? AND {col} <= ?)", [since, to_utc_naive(self.ctx.base_time)]
+        if cmp == "before_last":
+            need("time")
+            return f"{col} < ?", [duration_before(self.ctx.base_time, values[0], values[1], self.ctx.tz)]
+        if kind == "boolean" and cmp != "eq":
+            raise EngineError("type_mismatch", f"{cmp} does not apply to boolean property {prop!r}")
+        typed = [self.coerce(v, kind, prop) for v in values]
+        return _compare(col, cmp, typed)
+
+    def coerce(self, value, kind: str, prop: str):
+        try:
+            if kind == "number":
+                if isinstance(value, bool):
+                    raise ValueError
+                return float(value)
+            if kind == "string":
+                if isinstance(value, bool):
+                    return "true" if value else "false"
+                return str(value)
+            if kind == "boolean":
+                if isinstance(value, bool):
+                    return value
+                text = str(value).strip().lower()
+                if text in ("true", "1"):
+                    return True
+                if text in ("false", "0"):
+                    return False
+                raise ValueError
+            return to_utc_naive(parse_local(str(value), self.ctx.tz))
+        except (TypeError, ValueError, OverflowError):
+            # OverflowError: a time at the edge of the calendar (year 1) moved out of it by the zone.
+            raise EngineError("bad_value", f"{value!r} is not a valid {kind} for property {prop!r}") from None
+
+
+def _compare(expr: str, cmp: str, values: list) -> tuple[str, list]:
+    if cmp == "eq":
+        return f"{expr} IN ({', '.join('?' * len(values))})", list(values)
+    if cmp == "ne":
+        return f"{expr} NOT IN ({', '.join('?' * len(values))})", list(values)
+    if cmp == "between":
+        return f"{expr} BETWEEN ? AND ?", list(values)
+    return f"{expr} {SQL_OPERATORS[cmp]} ?", [values[0]]
+
+
+def _holds(value, cmp: str, values: list) -> bool:
+    """Whether a plain number satisfies an aggregate comparison."""
+    if cmp == "eq":
+        return any(value == v for v in values)
+    if cmp == "ne":
+        return all(value != v for v in values)
+    if cmp == "between":
+        return values[0] <= value <= values[1]
+    return PY_OPERATORS[cmp](value, values[0])
