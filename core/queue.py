@@ -129,22 +129,3 @@ def _job_id(message) -> int | None:
         return int(json.loads(body)[0][0])
     except (ValueError, TypeError, IndexError, KeyError, AttributeError):
         return None
-
-
-def delete_cohort_everywhere(conn, redis, key_prefix: str, project_id: int, cohort_id: int, noun: str) -> None:
-    """Delete a cohort's rows (versions and jobs cascade), commit, then its Redis bitmaps.
-
-    Raises ApiError 409 when other cohorts of the project refer to it.
-    """
-    from app.errors import ApiError
-    from cohort_engine import bitmaps
-    from core.data import cohorts, versions
-
-    users = cohorts.referencing(conn, project_id, cohort_id)
-    if users:
-        raise ApiError(409, f"cohorts {users} refer to this {noun}; change or delete them first")
-    keys = versions.bitmap_keys(conn, cohort_id)
-    keys.append(bitmaps.cohort_key(key_prefix, project_id, cohort_id))
-    cohorts.delete(conn, project_id, cohort_id)
-    conn.commit()
-    redis.delete(*keys)

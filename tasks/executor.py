@@ -13,7 +13,7 @@ from cohort_engine.definition import DefinitionError, parse_definition
 from cohort_engine.evaluate import EngineError
 from cohort_engine.project import ProjectEngine
 from core.data import cohorts, jobs, projects, versions
-from tasks.retention import drop_bitmaps, expire_old_versions
+from core.jobs.retention import drop_bitmaps, expire_old_versions
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from app.auth import sugo_project
+from app.auth import MISSING_TOKEN, TokenPolicy
+from app.auth import current_project as resolve_project
 from app.db import check_broker, connection_factory, get_db, settings
 from app.errors import ApiError
 from cohort_engine.druid import DataSources, respond_query
@@ -29,9 +30,18 @@ POLL_FIRST_SECONDS = 0.01
 POLL_MAX_SECONDS = 0.2
 
 
+# Token-less calls are what Sugo's own clients make; they are accepted only when the operator named a
+# project for them (COHORTS_SUGO_PROJECT), and then act for that project.
+AUTH = TokenPolicy(
+    query_token=True, fallback_setting="sugo_project",
+    missing=MISSING_TOKEN + " (or ?token=); token-less Sugo calls are accepted only when the operator names a "
+    "project for them with COHORTS_SUGO_PROJECT",
+    unknown_fallback="project {name!r} (COHORTS_SUGO_PROJECT, used when no token is sent) does not exist")
+
+
 def current_project() -> dict:
     """The project of the call's token, else COHORTS_SUGO_PROJECT if the operator set one, else 401."""
-    return sugo_project(settings().sugo_project)
+    return resolve_project(AUTH)
 
 
 def wants_async() -> bool:
