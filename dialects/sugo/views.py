@@ -9,15 +9,15 @@ import json
 import logging
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from app.auth import MISSING_TOKEN, TokenPolicy
 from app.auth import current_project as resolve_project
-from app.db import check_broker, connection_factory, get_db, settings
+from app.db import check_broker, get_db, settings
 from app.errors import ApiError
+from app.services import send_jobs
 from cohort_engine.druid import DataSources, respond_query
 from core.data import jobs, sugo_targets
-from core.queue import KIND_TASKS, enqueue
 from dialects.sugo import schemas as dialect
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ bp = Blueprint("sugo", __name__)
 
 LOADERS = {"single": dialect.load_single, "multi": dialect.load_multi,
            "tag_user_group": dialect.load_tag_user_group, "tag_query": dialect.load_tag_query}
+SUGO_KINDS = frozenset(dialect.ENDPOINT_KINDS.values())
 POLL_FIRST_SECONDS = 0.01
 POLL_MAX_SECONDS = 0.2
 
@@ -89,8 +90,8 @@ def submit(endpoint: str):
                          max_attempts=settings().max_attempts)
     conn.commit()
     log.info("job=%s kind=%s endpoint=%s project=%s", job["id"], kind, endpoint, project["name"])
-    # By kind, enqueue sends the job to its Sugo task (and the sweeper resends it there).
-    enqueue(current_app.extensions["celery"], connection_factory(), [job])
+    # By kind, the job goes to the task the Sugo dialect names for it (and the sweeper resends it there).
+    send_jobs([job])
     if wants_async():
         return accepted(job)
     job = wait_for(job["id"], settings().sugo_wait_seconds)
@@ -122,7 +123,7 @@ def sugo_job(job_id):
     """A Sugo job of the project, and its answer in the seed's shape once it has ended."""
     project = current_project()
     job = jobs.get(get_db(), job_id, project["id"])
-    if job is None or job["kind"] not in KIND_TASKS:
+    if job is None or job["kind"] not in SUGO_KINDS:
         raise ApiError(404, f"job {job_id} not found")
     body = {"job": jobs.public(job), "status": None, "answer": None}
     if job["status"] in ("succeed", "failed"):
