@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg2
 
@@ -25,22 +27,21 @@ log = logging.getLogger(__name__)
 SETTING_FIELDS = ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner")
 
 
+@dataclass
 class CohortService:
     """The cohort commands of one project (a projects row) on conn; the caller commits only through it."""
 
-    def __init__(self, conn, project: dict, settings, *, check_broker: Callable[[], None] = lambda: None,
-                 send: Callable[[list[dict]], None] = lambda created: None, redis: Callable[[], object] | None = None,
-                 noun: str = "cohort"):
-        self.conn = conn
-        self.project = project
-        self.settings = settings
-        # Raises if the job broker does not answer, so that nothing is written that cannot be sent.
-        self.check_broker = check_broker
-        # Sends committed jobs to the workers (core.queue.enqueue with the caller's sender).
-        self.send = send
-        self.redis = redis
-        # What the API calls a cohort in its messages ("cohort", Sensors' "rule").
-        self.noun = noun
+    conn: Any
+    project: dict
+    settings: Any
+    # Raises if the job broker does not answer, so that nothing is written that cannot be sent.
+    check_broker: Callable[[], None] = field(default=lambda: None, kw_only=True)
+    # Sends committed jobs to the workers (core.queue.enqueue with the caller's sender).
+    send: Callable[[list[dict]], None] = field(default=lambda created: None, kw_only=True)
+    # The Redis client of the cohort bitmaps (called only by delete).
+    redis: Callable[[], Any] | None = field(default=None, kw_only=True)
+    # What the API calls a cohort in its messages ("cohort", Sensors' "rule").
+    noun: str = field(default="cohort", kw_only=True)
 
     # -- reads and checks -----------------------------------------------------------------------------
 
