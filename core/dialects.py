@@ -25,6 +25,9 @@ class Dialect:
     # job kind -> the Celery task name its jobs are sent under, for kinds older than the generic
     # `jobs.run` (messages already queued carry that name); other kinds of job_handlers go to `jobs.run`.
     task_names: dict[str, str] = field(default_factory=dict)
+    # Its cohorts keep one version per base time (Sensors partitions): each cron fire computes its own
+    # partition. Otherwise a cohort keeps one live computation, so refreshes and cron fires coalesce.
+    partitioned: bool = False
 
 
 def load(reference: str):

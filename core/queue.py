@@ -21,9 +21,6 @@ log = logging.getLogger(__name__)
 # Every task name runs the same job runner (core/jobs/runner.py), which picks the handler by the job's kind.
 COMPUTE_TASK = "cohorts.compute"
 RUN_TASK = "jobs.run"
-# Dialects whose cohorts keep one version per base time (Sensors partitions); the others keep one
-# live computation per cohort, so refreshes and cron fires coalesce.
-PARTITIONED_DIALECTS = ("sensors",)
 # Workers that consume COHORTS_QUEUE consume COHORTS_QUEUE + this first (workers/celery_app.py).
 URGENT_SUFFIX = ".urgent"
 
@@ -33,9 +30,15 @@ def time_partition(base_time) -> str:
     return base_time.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def cron_partition(cohort: dict, fire_time) -> str:
+@functools.lru_cache(maxsize=8)
+def _partitioned(names: str) -> frozenset[str]:
+    return frozenset(dialect.name for dialect in dialects.enabled_by_names(names) if dialect.partitioned)
+
+
+def cron_partition(cohort: dict, fire_time, settings=None) -> str:
     """Where a cron fire computes: its own partition for partitioned dialects, else the cohort's live slot."""
-    return time_partition(fire_time) if cohort["dialect"] in PARTITIONED_DIALECTS else "latest"
+    partitioned = _partitioned(settings.dialects if settings is not None else "")
+    return time_partition(fire_time) if cohort["dialect"] in partitioned else "latest"
 
 
 def submit_cohort_job(conn, cohort: dict, kind: str, *, base_time=None, partition_key: str = "latest",

@@ -138,7 +138,7 @@ def fire_if_due(conn, settings, cohort: dict, now: datetime) -> dict | None:
     if fire is None:
         return None
     job, is_new = submit_cohort_job(conn, cohort, "cron", base_time=fire, max_attempts=settings.max_attempts,
-                                    partition_key=cron_partition(cohort, fire))
+                                    partition_key=cron_partition(cohort, fire, settings))
     cohorts.record_fire(conn, cohort["id"], fire)
     if not is_new:
         return None

@@ -2,4 +2,4 @@
 
 from core.dialects import Dialect
 
-DIALECT = Dialect(name="sensors", blueprint="dialects.sensors.views:bp")
+DIALECT = Dialect(name="sensors", blueprint="dialects.sensors.views:bp", partitioned=True)
