@@ -19,6 +19,8 @@ class Dialect:
     name: str
     # "module:attribute" of the Flask blueprint serving the vendor's paths (imported by the web app only).
     blueprint: str | None = None
+    # "module:attribute" of `add_paths(spec, docs)`, its paths in /openapi.json (app/api/docs.py is docs).
+    openapi: str | None = None
     # job kind -> "module:attribute" of its handler, `handler(run, job) -> result` (core/jobs/runner.py;
     # imported by the workers only).
     job_handlers: dict[str, str] = field(default_factory=dict)
