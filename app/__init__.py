@@ -8,8 +8,12 @@ from core.settings import Settings
 
 
 def create_app(config: dict | None = None):
-    """Build the app; config may hold SETTINGS (a Settings) and CELERY (a Celery app) for tests."""
-    # Imported here so that workers and dialect modules can import app.* without loading Flask.
+    """Build the app; config holds CELERY (the job sender) and may hold SETTINGS (default: from the environment).
+
+    CELERY is any object with Celery's `send_task` and a `cohort_settings` (workers.celery_app's app):
+    the caller (wsgi.py, the tests) builds it, so the web package never imports the worker packages.
+    """
+    # Imported here so that dialect modules can import app.* without loading Flask at import time.
     from flask import Flask
 
     app = Flask(__name__)
@@ -17,9 +21,8 @@ def create_app(config: dict | None = None):
     settings = app.config.get("SETTINGS") or Settings.from_env()
     app.config["SETTINGS"] = settings
     if app.config.get("CELERY") is None:
-        from workers.celery_app import create_celery
-
-        app.config["CELERY"] = create_celery(settings)
+        raise ValueError("create_app needs CELERY, the job sender: create_app({'CELERY': create_celery(settings)})"
+                         " as wsgi.py does")
     app.extensions["celery"] = app.config["CELERY"]
 
     from app import db, errors, input_rules

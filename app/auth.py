@@ -1,17 +1,40 @@
-"""Bearer-token authentication: each token belongs to one project."""
+"""Bearer-token authentication: each token belongs to one project; one cached resolver for every API.
+
+A dialect whose clients send the token elsewhere, or no token at all, declares a TokenPolicy
+(e.g. Sugo's ?token= and its COHORTS_SUGO_PROJECT fallback) instead of resolving tokens itself.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import wraps
 
 from flask import current_app, g, request
 
-from app.db import get_db
+from app.db import get_db, settings
 from app.errors import ApiError
 from core.data import projects
 
 TOKEN_CACHE_SECONDS = 10.0
+MISSING_TOKEN = "missing bearer token: send 'Authorization: Bearer <project token>'"
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """Where an API reads its token, and what a call without one gets."""
+
+    # Also accept the token as ?token= (Sensors' and Sugo's clients send it so).
+    query_token: bool = False
+    # The 401 message of a call without a token.
+    missing: str = MISSING_TOKEN
+    # The Settings field naming the project a token-less call acts for ("" there: 401 as above).
+    fallback_setting: str | None = None
+    # The 404 message when that project does not exist ({name} is its name).
+    unknown_fallback: str = "project {name!r} does not exist"
+
+
+NATIVE = TokenPolicy()
 
 
 def _project_for(token: str) -> dict | None:
@@ -28,50 +51,37 @@ def _project_for(token: str) -> dict | None:
     return project
 
 
-MISSING_TOKEN = "missing bearer token: send 'Authorization: Bearer <project token>'"
-
-
 def bearer_token() -> str:
     """The request's Bearer token, or "" if it sends none."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def project_of_token(token: str) -> dict:
-    project = _project_for(token)
-    if project is None:
-        raise ApiError(401, "invalid token")
+def current_project(policy: TokenPolicy = NATIVE) -> dict:
+    """Resolve the request's project under policy into g.project, or raise 401 (404 for a missing fallback)."""
+    token = bearer_token() or (request.args.get("token", "").strip() if policy.query_token else "")
+    if token:
+        project = _project_for(token)
+        if project is None:
+            raise ApiError(401, "invalid token")
+    else:
+        fallback = getattr(settings(), policy.fallback_setting) if policy.fallback_setting else ""
+        if not fallback:
+            raise ApiError(401, policy.missing)
+        project = projects.by_name(get_db(), fallback)
+        if project is None:
+            raise ApiError(404, policy.unknown_fallback.format(name=fallback))
     g.project = project
     return project
 
 
-def require_project(view):
-    """Resolve the project of the request's token into g.project, or answer 401."""
+def require_project(view=None, *, policy: TokenPolicy = NATIVE):
+    """Resolve the project of the request's token into g.project before the view, or answer 401."""
+    if view is None:
+        return lambda view: require_project(view, policy=policy)
+
     @wraps(view)
     def wrapped(*args, **kwargs):
-        token = bearer_token()
-        if not token:
-            raise ApiError(401, MISSING_TOKEN)
-        project_of_token(token)
+        current_project(policy)
         return view(*args, **kwargs)
     return wrapped
-
-
-def sugo_project(fallback_name: str) -> dict:
-    """The project of a Sugo call: its token (Bearer, or Sugo's ?token=), else the operator's named fallback.
-
-    Token-less calls are what Sugo's own clients make; they are accepted only when the operator
-    named a project for them (COHORTS_SUGO_PROJECT), and then act for that project.
-    """
-    token = bearer_token() or request.args.get("token", "").strip()
-    if token:
-        return project_of_token(token)
-    if not fallback_name:
-        raise ApiError(401, MISSING_TOKEN + " (or ?token=); token-less Sugo calls are accepted only when the operator "
-                       "names a project for them with COHORTS_SUGO_PROJECT")
-    project = projects.by_name(get_db(), fallback_name)
-    if project is None:
-        raise ApiError(404, f"project {fallback_name!r} (COHORTS_SUGO_PROJECT, used when no token is sent) "
-                       "does not exist")
-    g.project = project
-    return project

@@ -15,10 +15,13 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from cohort_engine.definition import DefinitionError, flatten_errors
+from core.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
 INVALID = "invalid input; nothing was written"
+# The status of each domain error of the core services (most specific class first).
+DOMAIN_STATUS = ((NotFound, 404), (Conflict, 409), (Invalid, 400), (Forbidden, 403), (Unavailable, 503))
 
 
 class ApiError(Exception):
@@ -65,6 +68,11 @@ def init_app(app) -> None:
     @app.errorhandler(ApiError)
     def _api(exc):
         return error_response(exc.body, exc.status)
+
+    @app.errorhandler(DomainError)
+    def _domain(exc):
+        status = next((code for kind, code in DOMAIN_STATUS if isinstance(exc, kind)), 500)
+        return error_response(exc.body(), status)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc):

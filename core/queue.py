@@ -1,23 +1,26 @@
-"""Creating jobs and putting them on the Celery queue (by task name: the name is the wire protocol)."""
+"""Creating jobs and putting them on the Celery queue (by task name: the name is the wire protocol).
+
+The sender is any object with Celery's `send_task` and a `cohort_settings` (Settings): the caller's
+Celery app; this module does not import Celery.
+"""
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import re
 from datetime import timezone
 
+from core import dialects
 from core.data import jobs
 
 log = logging.getLogger(__name__)
 
+# Every task name runs the same job runner (core/jobs/runner.py), which picks the handler by the job's kind.
 COMPUTE_TASK = "cohorts.compute"
-# Job kinds run by their own task (Sugo /ant jobs carry no cohort); every other kind computes a cohort.
-KIND_TASKS = {"usergroup": "sugo.usergroup", "batchUpdate": "sugo.batch_update"}
-# Dialects whose cohorts keep one version per base time (Sensors partitions); the others keep one
-# live computation per cohort, so refreshes and cron fires coalesce.
-PARTITIONED_DIALECTS = ("sensors",)
+RUN_TASK = "jobs.run"
 # Workers that consume COHORTS_QUEUE consume COHORTS_QUEUE + this first (workers/celery_app.py).
 URGENT_SUFFIX = ".urgent"
 
@@ -27,9 +30,15 @@ def time_partition(base_time) -> str:
     return base_time.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def cron_partition(cohort: dict, fire_time) -> str:
+@functools.lru_cache(maxsize=8)
+def _partitioned(names: str) -> frozenset[str]:
+    return frozenset(dialect.name for dialect in dialects.enabled_by_names(names) if dialect.partitioned)
+
+
+def cron_partition(cohort: dict, fire_time, settings=None) -> str:
     """Where a cron fire computes: its own partition for partitioned dialects, else the cohort's live slot."""
-    return time_partition(fire_time) if cohort["dialect"] in PARTITIONED_DIALECTS else "latest"
+    partitioned = _partitioned(settings.dialects if settings is not None else "")
+    return time_partition(fire_time) if cohort["dialect"] in partitioned else "latest"
 
 
 def submit_cohort_job(conn, cohort: dict, kind: str, *, base_time=None, partition_key: str = "latest",
@@ -38,6 +47,22 @@ def submit_cohort_job(conn, cohort: dict, kind: str, *, base_time=None, partitio
     job_params = {"definition_version": cohort["definition_version"], **(params or {})}
     return jobs.insert(conn, cohort["project_id"], kind, cohort_id=cohort["id"], params=job_params,
                        base_time=base_time, partition_key=partition_key, max_attempts=max_attempts)
+
+
+@functools.lru_cache(maxsize=8)
+def _kind_tasks(names: str) -> dict[str, str]:
+    return {kind: dialect.task_names.get(kind, RUN_TASK)
+            for dialect in dialects.enabled_by_names(names) for kind in dialect.job_handlers}
+
+
+def task_for(kind: str, settings=None) -> str:
+    """The task a job kind is sent to: its dialect's (Sugo's kept names, else jobs.run), else cohorts.compute."""
+    return _kind_tasks(settings.dialects if settings is not None else "").get(kind, COMPUTE_TASK)
+
+
+def job_task_names(settings=None) -> frozenset[str]:
+    """The names of the tasks whose messages carry a job id (what broker_job_ids looks for)."""
+    return frozenset((COMPUTE_TASK, RUN_TASK, *_kind_tasks(settings.dialects if settings is not None else "").values()))
 
 
 def urgent_queue(queue: str) -> str:
@@ -53,10 +78,11 @@ def enqueue(celery_app, conn_factory, jobs_to_send, urgent: bool = False) -> lis
     urgent: resends go to the urgent queue, ahead of the backlog (same task names).
     """
     failed = []
-    options = {"queue": urgent_queue(celery_app.cohort_settings.queue)} if urgent else {}
+    settings = celery_app.cohort_settings
+    options = {"queue": urgent_queue(settings.queue)} if urgent else {}
     for job in jobs_to_send:
         try:
-            celery_app.send_task(KIND_TASKS.get(job["kind"], COMPUTE_TASK), args=[job["id"]], **options)
+            celery_app.send_task(task_for(job["kind"], settings), args=[job["id"]], **options)
         except Exception as exc:  # broker down
             log.warning("job=%s enqueue failed: %s", job["id"], exc)
             failed.append(job["id"])
@@ -72,29 +98,31 @@ def enqueue(celery_app, conn_factory, jobs_to_send, urgent: bool = False) -> lis
 # kombu's Redis transport: a queue is a list (plus one per priority step, `name` + SEP + step),
 # delivered but unacknowledged messages (running, or held for a countdown) sit in the UNACKED hash.
 KOMBU_PRIORITY_SEP, KOMBU_PRIORITY_STEPS, KOMBU_UNACKED = "\x06\x16", (3, 6, 9), "unacked"
-JOB_TASKS = frozenset((COMPUTE_TASK, *KIND_TASKS.values()))
 SCAN_CHUNK = 1000
 
 
-def broker_job_ids(broker, queues) -> set[int]:
+def broker_job_ids(broker, queues, task_names: frozenset[str] | None = None) -> set[int]:
     """Ids of the jobs that have a message in the Redis broker: waiting in one of queues, or delivered.
+
+    task_names: the job tasks' names (job_task_names(settings); default: those of dialects.INSTALLED).
 
     The exact answer, at the cost of reading every queued message (LRANGE in chunks, HSCAN of the
     unacknowledged hash): the sweeper calls it only when some job has waited past COHORTS_LOST_AFTER.
     """
+    names = job_task_names() if task_names is None else task_names
     ids: set[int] = set()
     keys = [q for queue in queues for q in (queue, *(f"{queue}{KOMBU_PRIORITY_SEP}{p}" for p in KOMBU_PRIORITY_STEPS))]
     for key in keys:
         start = 0
         while True:
             chunk = broker.lrange(key, start, start + SCAN_CHUNK - 1)
-            ids.update(_fast_job_id(raw) for raw in chunk)
+            ids.update(_fast_job_id(raw, names) for raw in chunk)
             if len(chunk) < SCAN_CHUNK:
                 break
             start += SCAN_CHUNK
     for _, raw in broker.hscan_iter(KOMBU_UNACKED, count=SCAN_CHUNK):
         entry = _json(raw)  # [message, exchange, routing_key]
-        ids.add(_job_id(entry[0] if isinstance(entry, list) and entry else None))
+        ids.add(_job_id(entry[0] if isinstance(entry, list) and entry else None, names))
     ids.discard(None)
     return ids
 
@@ -104,11 +132,11 @@ def broker_job_ids(broker, queues) -> set[int]:
 _TASK_AND_ARGS = re.compile(rb'"task": "([^"]+)".*?"argsrepr": "[\[(](\d+),?[\])]"')
 
 
-def _fast_job_id(raw: bytes) -> int | None:
+def _fast_job_id(raw: bytes, names: frozenset[str]) -> int | None:
     match = _TASK_AND_ARGS.search(raw)
     if match is not None:
-        return int(match.group(2)) if match.group(1).decode() in JOB_TASKS else None
-    return _job_id(_json(raw))
+        return int(match.group(2)) if match.group(1).decode() in names else None
+    return _job_id(_json(raw), names)
 
 
 def _json(raw):
@@ -118,10 +146,10 @@ def _json(raw):
         return None
 
 
-def _job_id(message) -> int | None:
+def _job_id(message, names: frozenset[str]) -> int | None:
     """The job id of one kombu message of a job task (protocol 2: body = [args, kwargs, embed]), else None."""
     try:
-        if message.get("headers", {}).get("task") not in JOB_TASKS:
+        if message.get("headers", {}).get("task") not in names:
             return None
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
@@ -129,22 +157,3 @@ def _job_id(message) -> int | None:
         return int(json.loads(body)[0][0])
     except (ValueError, TypeError, IndexError, KeyError, AttributeError):
         return None
-
-
-def delete_cohort_everywhere(conn, redis, key_prefix: str, project_id: int, cohort_id: int, noun: str) -> None:
-    """Delete a cohort's rows (versions and jobs cascade), commit, then its Redis bitmaps.
-
-    Raises ApiError 409 when other cohorts of the project refer to it.
-    """
-    from app.errors import ApiError
-    from cohort_engine import bitmaps
-    from core.data import cohorts, versions
-
-    users = cohorts.referencing(conn, project_id, cohort_id)
-    if users:
-        raise ApiError(409, f"cohorts {users} refer to this {noun}; change or delete them first")
-    keys = versions.bitmap_keys(conn, cohort_id)
-    keys.append(bitmaps.cohort_key(key_prefix, project_id, cohort_id))
-    cohorts.delete(conn, project_id, cohort_id)
-    conn.commit()
-    redis.delete(*keys)

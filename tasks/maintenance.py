@@ -13,8 +13,15 @@ from croniter import croniter
 
 from cohort_engine import db
 from core.data import cohorts, jobs, projects
-from core.queue import broker_job_ids, cron_partition, enqueue, submit_cohort_job, urgent_queue
-from tasks.executor import end_failed
+from core.jobs.runner import end_failed
+from core.queue import (
+    broker_job_ids,
+    cron_partition,
+    enqueue,
+    job_task_names,
+    submit_cohort_job,
+    urgent_queue,
+)
 
 log = logging.getLogger(__name__)
 # Waiting jobs compared with the broker per sweep, oldest first (a backlog larger than this is checked
@@ -29,7 +36,8 @@ def lost_jobs(conn, settings, older_than: float) -> list[dict]:
     if not jobs.enqueued_waiting(conn, older_than, limit=1):
         return []  # nothing waited long: no need to read the queue
     try:
-        present = broker_job_ids(broker_client(settings.broker_url), [settings.queue, urgent_queue(settings.queue)])
+        present = broker_job_ids(broker_client(settings.broker_url), [settings.queue, urgent_queue(settings.queue)],
+                                 job_task_names(settings))
     except redis_lib.RedisError as exc:  # the reaping in this sweep must not depend on it
         log.warning("sweep broker_check=failed error=%s", exc)
         return []
@@ -130,7 +138,7 @@ def fire_if_due(conn, settings, cohort: dict, now: datetime) -> dict | None:
     if fire is None:
         return None
     job, is_new = submit_cohort_job(conn, cohort, "cron", base_time=fire, max_attempts=settings.max_attempts,
-                                    partition_key=cron_partition(cohort, fire))
+                                    partition_key=cron_partition(cohort, fire, settings))
     cohorts.record_fire(conn, cohort["id"], fire)
     if not is_new:
         return None

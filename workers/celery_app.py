@@ -6,14 +6,15 @@ from celery import Celery, signals
 
 from core.queue import urgent_queue
 from core.settings import Settings
+from tasks.jobs import register_job_tasks
 
 MAINTENANCE_TASKS = ("cohorts.sweep", "cohorts.schedule")
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
-    """A configured Celery app; tasks are found in the `tasks` package."""
+    """A configured Celery app; tasks are found in the `tasks` package, dialects' job task names in the registry."""
     settings = settings or Settings.from_env()
-    celery = Celery("cohorts", broker=settings.broker_url, include=["tasks.cohorts", "tasks.maintenance", "tasks.sugo"])
+    celery = Celery("cohorts", broker=settings.broker_url, include=["tasks.jobs", "tasks.maintenance"])
     celery.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -43,6 +44,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         },
     )
     celery.cohort_settings = settings
+    register_job_tasks(celery, settings)
     return celery
 
 

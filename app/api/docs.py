@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, jsonify, send_from_directory
+from flask import Blueprint, current_app, jsonify, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from app import schemas
 from app.input_rules import MAX_PATH_INT
 from cohort_engine.definition import MAX_COHORT_ID
+from core import dialects
 
 bp = Blueprint("docs", __name__)
 
@@ -124,7 +127,10 @@ def build_spec() -> dict:
     spec.path("/api/v1/jobs/{job_id}/cancel", operations={
         "post": _operation("Cancel: a computing job stops at its next leaf and ends failed/cancelled",
                            _responses("202", "Job", "cancel requested", "409"), [job_id])})
-    _sensors_paths(spec)
+    # The enabled dialects' paths (Dialect(openapi="module:attr"), called as add_paths(spec, this module)).
+    for dialect in dialects.enabled(current_app.config["SETTINGS"]):
+        if dialect.openapi:
+            dialects.load(dialect.openapi)(spec, sys.modules[__name__])
     health = _responses("200", "Health", "all reachable", secured=False)
     health["503"] = {"description": "something is down", **_json("Health")}
     spec.path("/healthz", operations={"get": {"summary": "PostgreSQL, Redis and workers reachable",
@@ -136,72 +142,8 @@ def _object(description: str, **properties) -> dict:
     return {"type": "object", "description": description, **({"properties": properties} if properties else {})}
 
 
-SENSORS_INTEGER_ID = {"type": "integer", "minimum": 1, "maximum": MAX_COHORT_ID}
-SENSORS_RULE = {
-    "type": "object", "required": ["id", "name", "cname", "type"], "additionalProperties": False,
-    "description": "a segmenter rule (docs/dialects/sensors.md); content is the Sensors rule tree",
-    "properties": {
-        "id": {"type": "integer", "minimum": 0, "maximum": MAX_COHORT_ID, "description": "0 creates a rule"},
-        "name": {"type": "string"}, "cname": {"type": "string"}, "type": {"type": "integer", "enum": [0, 1, 5, 6]},
-        "app_push_list": {"type": "array", "items": {"type": "integer"}},
-        "dir_id": {"type": "integer", "nullable": True},
-        "scheduler": {"type": "object", "required": ["running", "cron"], "additionalProperties": False,
-                      "properties": {"running": {"type": "boolean"}, "cron": {"type": "string"},
-                                     "execute_cron": {"type": "string"}}},
-        "content": {"type": "object", "nullable": True},
-        # Fields of a listed rule, ignored when it is posted back.
-        **{name: {"description": "ignored (listing only)"} for name in
-           ("user_name", "create_time", "failed_partition_count", "last_partition")},
-    },
-}
-SENSORS_PARTITIONS = {
-    "type": "array", "minItems": 1, "description": "rules and their base times (project local time)",
-    "items": {"type": "object", "required": ["id", "base_time_list"], "additionalProperties": False,
-              "properties": {"id": SENSORS_INTEGER_ID,
-                             "base_time_list": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {
-                                 "type": "string", "description": "YYYY-MM-DD HH:MM:SS"}}}},
-}
-
-
-def _sensors_paths(spec: APISpec) -> None:
-    """The Sensors segmenter API (v1.13 shapes, docs/dialects/sensors.md); bodies are checked as documented there."""
-    spec.components.schema("SegmenterRule", SENSORS_RULE)
-    spec.components.schema("SegmenterPartitions", SENSORS_PARTITIONS)
-    spec.components.schema("SegmenterSaved", _object("the rule's id and its next (or only) base time",
-                                                     id={"type": "integer"},
-                                                     base_time={"type": "string", "nullable": True}))
-    spec.components.schema("SegmenterEmpty", _object("nothing more to say"))
-    spec.components.schema("SegmenterStatus", {"type": "array", "items": _object(
-        "one rule's partitions", id={"type": "integer"}, result={"type": "array", "items": {"type": "object"}})})
-    spec.components.schema("SegmenterRuleView", _object("a rule as listed"))
-    spec.components.schema("SegmenterRules", _object("every rule of the project", total={"type": "integer"},
-                                                     result={"type": "array", "items": {"type": "object"}}))
-    rule_id = {"name": "cohort_id", "in": "path", "required": True, "schema": SENSORS_INTEGER_ID}
-    spec.path("/segmenter/rule", operations={"post": _operation(
-        "Create (id 0) or update a rule; a run-once rule computes now", _responses(
-            "200", "SegmenterSaved", "saved", body=True), body="SegmenterRule", example=SENSORS_EXAMPLE)})
-    spec.path("/segmenter/execute", operations={"post": _operation(
-        "Compute the rules' partitions at these base times", _responses(
-            "200", "SegmenterEmpty", "jobs queued", "409", body=True), body="SegmenterPartitions",
-        example=[{"id": 1, "base_time_list": ["2024-03-01 03:00:00"]}])})
-    spec.path("/segmenter/status", operations={"post": _operation(
-        "Status and count of the rules' partitions", _responses(
-            "200", "SegmenterStatus", "one entry per rule", body=True), body="SegmenterPartitions",
-        example=[{"id": 1, "base_time_list": ["2024-03-01 03:00:00"]}])})
-    spec.path("/segmenter/rule/all", operations={"get": _operation(
-        "Every rule of the project", _responses("200", "SegmenterRules", "the rules"))})
-    spec.path("/segmenter/rule/{cohort_id}", operations={
-        "get": _operation("One rule", _responses("200", "SegmenterRuleView", "the rule"), [rule_id]),
-        "delete": _operation("Delete a rule, its partitions and bitmaps",
-                             _responses("200", "SegmenterEmpty", "deleted"), [rule_id])})
-
-
-SENSORS_EXAMPLE = {
-    "id": 0, "name": "paid_7d", "cname": "Paid in 7 days", "type": 0,
-    "content": {"type": "rules_relation", "relation": "and", "rules": [
-        {"type": "event_rule", "measure": {"type": "event_measure", "event_name": "pay", "aggregator": "count"},
-         "time_function": "relative_within", "time_params": [7, "day"], "function": "greater", "params": [0],
-         "filters": []}]}}
+# The helpers a dialect's add_paths(spec, docs) builds its operations with.
+operation, responses, object_schema = _operation, _responses, _object
 
 
 @bp.get("/openapi.json")

@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, jsonify, request
 from app.db import get_broker_redis, get_db, get_redis, settings
 from app.errors import ApiError
 from core.data import jobs
-from core.queue import broker_job_ids, urgent_queue
+from core.queue import broker_job_ids, job_task_names, urgent_queue
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def queue_check() -> dict:
             return {"ok": True, "stuck": 0}
         if cached["until"] > time.monotonic():
             return cached["check"]
-        present = broker_job_ids(get_broker_redis(), [s.queue, urgent_queue(s.queue)])
+        present = broker_job_ids(get_broker_redis(), [s.queue, urgent_queue(s.queue)], job_task_names(s))
         stuck = [job["id"] for job in waiting if job["id"] not in present]
     except Exception as exc:
         return {"ok": False, "error": str(exc).strip()}

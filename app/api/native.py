@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import psycopg2
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from app.auth import require_project
-from app.db import check_broker, connection_factory, get_db, get_redis, settings
+from app.db import get_db, get_redis, settings
 from app.errors import ApiError
 from app.schemas import (
     EDITABLE,
@@ -18,11 +17,11 @@ from app.schemas import (
     MembersQuery,
     check_schedule,
 )
+from app.services import cohort_service
 from cohort_engine import bitmaps
-from cohort_engine.definition import MAX_COHORT_ID, check_no_cycle
 from cohort_engine.project import ProjectEngine
 from core.data import cohorts, jobs, versions
-from core.queue import delete_cohort_everywhere, enqueue, submit_cohort_job
+from core.services.cohorts import SETTING_FIELDS
 
 bp = Blueprint("native", __name__, url_prefix="/api/v1")
 
@@ -54,44 +53,22 @@ def cohort_view(cohort: dict) -> dict:
     }
 
 
-def load_cohort(cohort_id: int, lock: bool = False) -> dict:
-    cohort = cohorts.get(get_db(), g.project["id"], cohort_id, lock=lock) if cohort_id <= MAX_COHORT_ID else None
-    if cohort is None:
-        raise ApiError(404, f"cohort {cohort_id} not found")
-    return cohort
-
-
-def reject_cycles(cohort_id, definition) -> None:
-    conn = get_db()
-    check_no_cycle(cohort_id, definition, lambda ref: cohorts.definition_of(conn, g.project["id"], ref))
-
-
-def commit_and_enqueue(job: dict, created: bool) -> None:
-    get_db().commit()
-    if created:
-        enqueue(current_app.extensions["celery"], connection_factory(), [job])
+def load_cohort(cohort_id: int) -> dict:
+    return cohort_service().get(cohort_id)
 
 
 @bp.post("/cohorts")
 @require_project
 def create_cohort():
     data = CohortCreateSchema().load(json_body())
-    if data["project"] not in (None, g.project["name"]):
-        raise ApiError(403, f"the token belongs to project {g.project['name']!r}, not {data['project']!r}")
-    reject_cycles(None, data["definition"])
-    check_broker()
-    conn = get_db()
-    try:
-        cohort = cohorts.insert(conn, g.project["id"], data["name"], data["definition"],
-                                display_name=data["display_name"], request_body=request.get_json(),
-                                dynamic=data["dynamic"], cron=data["cron"], scheduler_running=data["dynamic"],
-                                owner=data["owner"])
-    except psycopg2.errors.UniqueViolation:
-        raise ApiError(409, f"a cohort named {data['name']!r} already exists in this project",
-                       errors={"name": ["already exists"]}) from None
-    job, created = submit_cohort_job(conn, cohort, "create", max_attempts=settings().max_attempts)
-    commit_and_enqueue(job, created)
-    return jsonify({"cohort": cohort_view(cohort), "job": jobs.public(job)}), 202
+    service = cohort_service()
+    service.check_project(data["project"])
+    cohort = service.create(data["name"], data["definition"], display_name=data["display_name"],
+                            request_body=request.get_json(), dynamic=data["dynamic"], cron=data["cron"],
+                            scheduler_running=data["dynamic"], owner=data["owner"])
+    submitted = service.submit(cohort, "create")
+    service.commit_and_enqueue([submitted])
+    return jsonify({"cohort": cohort_view(cohort), "job": jobs.public(submitted[0])}), 202
 
 
 @bp.get("/cohorts")
@@ -129,64 +106,42 @@ def patch_cohort(cohort_id):
 
 def change_cohort(cohort_id: int, data: dict, body: dict | None):
     """Apply the fields named in data (all of them for PUT); a changed definition gets a new job."""
-    if data.get("project") not in (None, g.project["name"]):
-        raise ApiError(403, f"the token belongs to project {g.project['name']!r}, not {data['project']!r}")
-    conn = get_db()
-    cohort = load_cohort(cohort_id, lock=True)
+    service = cohort_service()
+    service.check_project(data.get("project"))
+    cohort = service.get(cohort_id, lock=True)
     merged = {field: data.get(field, cohort[field]) for field in EDITABLE}
     check_schedule(merged["dynamic"], merged["cron"])
     changed = {field: merged[field] for field in EDITABLE if merged[field] != cohort[field]}
     if not changed:
         return jsonify({"cohort": cohort_view(cohort), "job": None}), 200
-    redefine = "definition" in changed
-    if redefine:
-        reject_cycles(cohort_id, merged["definition"])
-        check_broker()
-    fields = {field: changed[field] for field in ("name", "display_name", "dynamic", "cron", "owner")
-              if field in changed}
+    fields = {field: changed[field] for field in SETTING_FIELDS if field in changed}
     if "dynamic" in changed:
         fields["scheduler_running"] = merged["dynamic"]
     # The stored request is the whole cohort as it now stands (a PATCH body alone would not be).
     request_body = body if body is not None else {**{f: merged[f] for f in EDITABLE}, "project": g.project["name"]}
-    try:
-        if redefine:
-            live = jobs.live_for(conn, cohort_id)
-            if live is not None:
-                jobs.request_cancel(conn, live["id"])
-                jobs.fail(conn, live["id"], "superseded", "the cohort's definition changed; a new job computes it")
-            cohort = cohorts.update_definition(conn, cohort_id, merged["definition"], request_body, **fields)
-        else:
-            cohort = cohorts.update_settings(conn, cohort_id, request_body, **fields)
-    except psycopg2.errors.UniqueViolation:
-        raise ApiError(409, f"a cohort named {merged['name']!r} already exists in this project",
-                       errors={"name": ["already exists"]}) from None
-    if merged["cron"] and ("cron" in changed or "dynamic" in changed):
-        # A changed or resumed cron takes effect from its next fire time, not from fires it would have had.
-        cohorts.record_fire(conn, cohort_id, cohort["updated_at"])
-    if not redefine:
-        conn.commit()
+    # A changed or resumed cron takes effect from its next fire time, not from fires it would have had.
+    restart = bool(merged["cron"]) and ("cron" in changed or "dynamic" in changed)
+    cohort = service.update(cohort, merged["definition"], request_body, fields, restart_schedule=restart)
+    if "definition" not in changed:
+        service.commit_and_enqueue([])
         return jsonify({"cohort": cohort_view(cohort), "job": None}), 200
-    job, created = submit_cohort_job(conn, cohort, "recalculate", max_attempts=settings().max_attempts)
-    commit_and_enqueue(job, created)
-    return jsonify({"cohort": cohort_view(cohort), "job": jobs.public(job)}), 202
+    submitted = service.submit(cohort, "recalculate", supersede=True)
+    service.commit_and_enqueue([submitted])
+    return jsonify({"cohort": cohort_view(cohort), "job": jobs.public(submitted[0])}), 202
 
 
 @bp.delete("/cohorts/<int:cohort_id>")
 @require_project
 def delete_cohort(cohort_id):
-    conn = get_db()
-    load_cohort(cohort_id, lock=True)
-    delete_cohort_everywhere(conn, get_redis(), settings().engine.key_prefix, g.project["id"], cohort_id, "cohort")
+    service = cohort_service()
+    service.delete(service.get(cohort_id, lock=True))
     return jsonify({"deleted": cohort_id})
 
 
 @bp.post("/cohorts/<int:cohort_id>/refresh")
 @require_project
 def refresh_cohort(cohort_id):
-    check_broker()
-    cohort = load_cohort(cohort_id)
-    job, created = submit_cohort_job(get_db(), cohort, "refresh", max_attempts=settings().max_attempts)
-    commit_and_enqueue(job, created)
+    job, created = cohort_service().refresh(cohort_id)
     return jsonify({"job": jobs.public(job), "coalesced": not created}), 202
 
 

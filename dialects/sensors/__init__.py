@@ -2,4 +2,5 @@
 
 from core.dialects import Dialect
 
-DIALECT = Dialect(name="sensors", blueprint="dialects.sensors.views:bp")
+DIALECT = Dialect(name="sensors", blueprint="dialects.sensors.views:bp", openapi="dialects.sensors.openapi:add_paths",
+                  partitioned=True)

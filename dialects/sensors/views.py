@@ -6,19 +6,19 @@ Shapes and choices: docs/dialects/sensors.md, "HTTP endpoints".
 from __future__ import annotations
 
 from datetime import datetime
-from functools import wraps
 from zoneinfo import ZoneInfo
 
-import psycopg2
 from croniter import croniter
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, g, jsonify, request
 from marshmallow import ValidationError
 
-from app.db import check_broker, connection_factory, get_db, get_redis, settings
+from app.auth import TokenPolicy, require_project
+from app.db import get_db
 from app.errors import ApiError
-from cohort_engine.definition import MAX_COHORT_ID, DefinitionError, check_no_cycle
-from core.data import cohorts, jobs, projects
-from core.queue import delete_cohort_everywhere, enqueue, submit_cohort_job, time_partition
+from app.services import cohort_service
+from cohort_engine.definition import DefinitionError
+from core.data import cohorts, jobs
+from core.errors import DuplicateName
 from dialects.sensors.translate import (
     BASE_TIME_FORMAT,
     IMPORT_TYPES,
@@ -43,21 +43,19 @@ ERROR_CODES = {
 UNKNOWN_ERROR_CODE = 99
 
 
+# Sensors clients send the token as ?token=; the header works too.
+AUTH = TokenPolicy(query_token=True,
+                   missing="missing token: send ?token=<project token> or 'Authorization: Bearer <project token>'")
+
+
 def require_token(view):
     """Resolve the project from `Authorization: Bearer <token>` or, as Sensors clients send it, `?token=`."""
-    @wraps(view)
-    def wrapped(*args, **kwargs):
-        scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
-        token = bearer.strip() if scheme.lower() == "bearer" else ""
-        token = token or request.args.get("token", "").strip()
-        if not token:
-            raise ApiError(401, "missing token: send ?token=<project token> or 'Authorization: Bearer <project token>'")
-        project = projects.by_token(get_db(), token)
-        if project is None:
-            raise ApiError(401, "invalid token")
-        g.project = project
-        return view(*args, **kwargs)
-    return wrapped
+    return require_project(view, policy=AUTH)
+
+
+def service():
+    """The cohort commands, worded as Sensors words them (a cohort is a rule)."""
+    return cohort_service(noun="rule")
 
 
 def zone() -> ZoneInfo:
@@ -79,22 +77,7 @@ def rule_type(cohort: dict) -> int | None:
 
 def load_segmenter(cohort_id: int, lock: bool = False, path: str | None = None) -> dict:
     """This project's Sensors cohort, or 404 (cohorts of other dialects are not segmenter rules)."""
-    cohort = cohorts.get(get_db(), g.project["id"], cohort_id, lock=lock) if cohort_id <= MAX_COHORT_ID else None
-    if cohort is None or cohort["dialect"] != DIALECT:
-        extra = {"errors": {path: ["no such segmenter rule"]}} if path else {}
-        raise ApiError(404, f"segmenter rule {cohort_id} not found", **extra)
-    return cohort
-
-
-def submit_partition(conn, cohort: dict, kind: str, base_time: datetime) -> tuple[dict, bool]:
-    return submit_cohort_job(conn, cohort, kind, base_time=base_time, partition_key=time_partition(base_time),
-                             max_attempts=settings().max_attempts)
-
-
-def commit_and_enqueue(created: list[dict]) -> None:
-    get_db().commit()
-    if created:
-        enqueue(current_app.extensions["celery"], connection_factory(), created)
+    return service().get(cohort_id, lock=lock, dialect=DIALECT, noun="segmenter rule", field=path)
 
 
 def duplicate_name(name: str) -> ValidationError:
@@ -145,83 +128,60 @@ def save_rule():
     # Import-routine cohorts (6) have nothing to recompute until imports exist, so only type 1 is scheduled.
     cron = scheduler.get("cron_expression") if kind == ROUTINE else None
     running = bool(cron and scheduler.get("running"))
+    fields = {"name": name, "display_name": data["cname"], "dynamic": cron is not None, "cron": cron,
+              "scheduler_running": running}
+    rules = service()
     try:
-        check_no_cycle(cohort_id or None, definition, lambda ref: cohorts.definition_of(conn, project_id, ref))
+        if cohort_id == 0:
+            cohort = rules.create(definition=definition, dialect=DIALECT, request_body=body, **fields)
+            job_kind = "create"
+        else:
+            # Checked before the rule is looked up: a bad definition is answered before an unknown id.
+            rules.check_definition(cohort_id, definition)
+            before = load_segmenter(cohort_id, lock=True, path="id")
+            # A new or resumed schedule starts at its next fire time; fires missed while stopped are not made up.
+            restart = running and (cron != before["cron"] or not before["scheduler_running"])
+            cohort = rules.update(before, definition, body, fields, restart_schedule=restart, check=False)
+            job_kind = "recalculate"
     except DefinitionError as exc:
         raise ValidationError({"content": [m for messages in exc.errors.values() for m in messages]}) from None
-    check_broker()
-    holder = cohorts.id_by_name(conn, project_id, name)
-    fields = {"display_name": data["cname"], "dynamic": cron is not None, "cron": cron, "scheduler_running": running}
-    if cohort_id == 0:
-        if holder is not None:
-            raise duplicate_name(name)
-        try:
-            cohort = cohorts.insert(conn, project_id, name, definition, dialect=DIALECT, request_body=body, **fields)
-        except psycopg2.errors.UniqueViolation:
-            raise duplicate_name(name) from None
-        job_kind, restart_schedule = "create", False
-    else:
-        before = load_segmenter(cohort_id, lock=True, path="id")
-        if holder not in (None, cohort_id):
-            raise duplicate_name(name)
-        try:
-            if definition != before["definition"]:
-                cohort = cohorts.update_definition(conn, cohort_id, definition, body, name=name, **fields)
-            else:
-                cohort = cohorts.update_settings(conn, cohort_id, body, name=name, **fields)
-        except psycopg2.errors.UniqueViolation:
-            raise duplicate_name(name) from None
-        restart_schedule = running and (cron != before["cron"] or not before["scheduler_running"])
-        job_kind = "recalculate"
-    if restart_schedule:
-        # A new or resumed schedule starts at its next fire time; fires missed while stopped are not made up.
-        cohorts.record_fire(conn, cohort["id"], cohort["updated_at"])
-    base_time, created = None, []
+    except DuplicateName:
+        raise duplicate_name(name) from None
+    base_time, submitted = None, []
     if kind == RUN_ONCE:
         base_time = datetime.now(zone()).replace(microsecond=0)
-        live = jobs.live_for(conn, cohort["id"], time_partition(base_time))
-        if live is not None and live["params"].get("definition_version") != cohort["definition_version"]:
-            jobs.request_cancel(conn, live["id"])
-            jobs.fail(conn, live["id"], "superseded", "the rule's definition changed; a new job computes it")
-        job, is_new = submit_partition(conn, cohort, job_kind, base_time)
-        created = [job] if is_new else []
+        submitted.append(rules.submit(cohort, job_kind, base_time, supersede=True))
     elif running:
         base_time = croniter(cron, cohort["updated_at"].astimezone(zone())).get_next(datetime)
-    commit_and_enqueue(created)
+    rules.commit_and_enqueue(submitted)
     return jsonify({"id": cohort["id"], "base_time": local_text(base_time)})
+
+
+def requested_partitions():
+    """Each entry of an /execute or /status body, in order: (its path, its rule or 404, {text: base time})."""
+    for index, item in enumerate(load_partitions(request.get_json(silent=True))):
+        path = f"[{index}].id"
+        yield path, load_segmenter(item["id"], path=path), {text: parse_base_time(text) for text in item["base_time_list"]}
 
 
 @bp.post("/execute")
 @require_token
 def execute():
-    items = load_partitions(request.get_json(silent=True))
-    conn = get_db()
     targets = []
-    for index, item in enumerate(items):
-        cohort = load_segmenter(item["id"], path=f"[{index}].id")
+    for path, cohort, wanted in requested_partitions():
         if rule_type(cohort) in IMPORT_TYPES:
-            raise ApiError(409, f"segmenter rule {item['id']} is an import cohort; it has no rules to compute",
-                           errors={f"[{index}].id": ["import cohorts (type 5, 6) are not computed from rules"]})
-        targets.append((cohort, item["base_time_list"]))
-    check_broker()
-    created = []
-    for cohort, base_times in targets:
-        for text in base_times:
-            job, is_new = submit_partition(conn, cohort, "execute", parse_base_time(text))
-            if is_new:
-                created.append(job)
-    commit_and_enqueue(created)
+            raise ApiError(409, f"segmenter rule {cohort['id']} is an import cohort; it has no rules to compute",
+                           errors={path: ["import cohorts (type 5, 6) are not computed from rules"]})
+        targets.append((cohort, list(wanted.values())))
+    service().execute_partitions(targets)
     return jsonify({})
 
 
 @bp.post("/status")
 @require_token
 def status():
-    items = load_partitions(request.get_json(silent=True))
     answer = []
-    for index, item in enumerate(items):
-        cohort = load_segmenter(item["id"], path=f"[{index}].id")
-        wanted = {text: parse_base_time(text) for text in item["base_time_list"]}
+    for _, cohort, wanted in requested_partitions():
         newest = jobs.latest_per_base_time(get_db(), cohort["id"], wanted.values())
         answer.append({"id": cohort["id"], "result": [partition_view(text, newest.get(moment))
                                                       for text, moment in wanted.items()]})
@@ -231,9 +191,7 @@ def status():
 @bp.delete("/rule/<int:cohort_id>")
 @require_token
 def delete_rule(cohort_id):
-    conn = get_db()
-    load_segmenter(cohort_id, lock=True)
-    delete_cohort_everywhere(conn, get_redis(), settings().engine.key_prefix, g.project["id"], cohort_id, "rule")
+    service().delete(load_segmenter(cohort_id, lock=True))
     return jsonify({})
 
 

@@ -1,7 +1,8 @@
 """Sugo jobs (`usergroup`, `batchUpdate`): user groups by Roaring set algebra, tag writes through hproxy.
 
-The plain logic lives in SugoRunner (no Celery); SugoJobExecutor adds the job life cycle
-(claim, heartbeat, progress, final status) by reusing the cohort job executor.
+The plain logic lives in SugoRunner; `run_sugo_job` is the handler the Sugo dialect registers for
+its job kinds (dialects/sugo/__init__.py), run by the core job runner (claim, heartbeat and cancel,
+progress, final status: core/jobs/runner.py).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from cohort_engine.bitmaps import to_bitmap
 from cohort_engine.broker import DataSources, DruidQueryError, EmbeddedBroker, run
 from cohort_engine.druid.client import DruidClient, DruidError
 from cohort_engine.project import ProjectEngine
-from core.data import jobs, sugo_targets
+from core.data import sugo_targets
+from core.jobs.runner import JobRun, JobStopped
 from dialects.sugo import groups as sugo_groups
 from dialects.sugo import schemas as dialect
 from dialects.sugo.broker_queries import QUERY_TYPES, row_event, user_group_uids
 from dialects.sugo.hproxy import HproxyClient
 from dialects.sugo.redis_targets import SugoRedisConfigError, connect, normalise
-from tasks.executor import JobExecutor, JobStopped
 
 log = logging.getLogger(__name__)
 
@@ -307,52 +308,20 @@ class SugoRunner:
             raise JobStopped("backend_error", f"Sugo group Redis refused: {exc}") from None
 
 
-class SugoJobExecutor(JobExecutor):
-    """A Sugo job through the cohort job life cycle: claim, heartbeat, progress, succeed or failed."""
+def run_sugo_job(job_run: JobRun, job: dict) -> dict:
+    """A Sugo job (`usergroup`, `batchUpdate`): its request run by SugoRunner; a cancel reaches its broker queries."""
+    last = [-1]
 
-    def _compute(self, job: dict) -> dict:
-        project = self.project
-        last = [-1]
+    def step(done: int, total: int) -> None:
+        percent = min(99, done * 99 // max(total, 1))
+        if percent > last[0]:
+            last[0] = percent
+            job_run.progress(done, total)
 
-        def step(done: int, total: int) -> None:
-            percent = min(99, done * 99 // max(total, 1))
-            if percent > last[0]:
-                last[0] = percent
-                self._progress(done, total)
-
-        params = job["params"]
-        with db.connection(self.dsn) as conn:
-            targets = dialect.targets_for(self.settings, sugo_targets.for_project(conn, project["id"]))
-        runner = SugoRunner(self.settings, project["name"], targets, step)
-        watcher = CancelWatcher(self.dsn, self.job_id, runner, self.settings.heartbeat_interval)
-        watcher.start()
-        try:
-            result = runner.run(params["endpoint"], params["request"])
-        finally:
-            watcher.stop()
-        return self._finish(job, None, result)
-
-
-class CancelWatcher(threading.Thread):
-    """Polls the job's cancel flag while it runs, so a cancel reaches a long broker query at once."""
-
-    def __init__(self, dsn: str, job_id: int, runner: SugoRunner, interval: float):
-        super().__init__(daemon=True, name=f"cancel-watch-{job_id}")
-        self.dsn, self.job_id, self.runner, self.interval = dsn, job_id, runner, interval
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            try:
-                with db.connection(self.dsn) as conn:
-                    job = jobs.get(conn, self.job_id)
-            except Exception:  # a missed poll is retried at the next interval
-                log.warning("job=%s cancel poll failed", self.job_id, exc_info=True)
-                continue
-            if job is not None and job["cancel_requested"]:
-                self.runner.cancel()
-                return
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=self.interval + 5)
+    params = job["params"]
+    with db.connection(job_run.dsn) as conn:
+        targets = dialect.targets_for(job_run.settings, sugo_targets.for_project(conn, job_run.project["id"]))
+    runner = SugoRunner(job_run.settings, job_run.project["name"], targets, step)
+    job_run.on_cancel(runner.cancel)
+    result = runner.run(params["endpoint"], params["request"])
+    return job_run.finish(job, None, result)

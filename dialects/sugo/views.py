@@ -9,14 +9,15 @@ import json
 import logging
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from app.auth import sugo_project
-from app.db import check_broker, connection_factory, get_db, settings
+from app.auth import MISSING_TOKEN, TokenPolicy
+from app.auth import current_project as resolve_project
+from app.db import check_broker, get_db, settings
 from app.errors import ApiError
+from app.services import send_jobs
 from cohort_engine.broker import DataSources, respond_query
 from core.data import jobs, sugo_targets
-from core.queue import KIND_TASKS, enqueue
 from dialects.sugo import schemas as dialect
 from dialects.sugo.broker_queries import QUERY_TYPES
 
@@ -26,13 +27,23 @@ bp = Blueprint("sugo", __name__)
 
 LOADERS = {"single": dialect.load_single, "multi": dialect.load_multi,
            "tag_user_group": dialect.load_tag_user_group, "tag_query": dialect.load_tag_query}
+SUGO_KINDS = frozenset(dialect.ENDPOINT_KINDS.values())
 POLL_FIRST_SECONDS = 0.01
 POLL_MAX_SECONDS = 0.2
 
 
+# Token-less calls are what Sugo's own clients make; they are accepted only when the operator named a
+# project for them (COHORTS_SUGO_PROJECT), and then act for that project.
+AUTH = TokenPolicy(
+    query_token=True, fallback_setting="sugo_project",
+    missing=MISSING_TOKEN + " (or ?token=); token-less Sugo calls are accepted only when the operator names a "
+    "project for them with COHORTS_SUGO_PROJECT",
+    unknown_fallback="project {name!r} (COHORTS_SUGO_PROJECT, used when no token is sent) does not exist")
+
+
 def current_project() -> dict:
     """The project of the call's token, else COHORTS_SUGO_PROJECT if the operator set one, else 401."""
-    return sugo_project(settings().sugo_project)
+    return resolve_project(AUTH)
 
 
 def wants_async() -> bool:
@@ -80,8 +91,8 @@ def submit(endpoint: str):
                          max_attempts=settings().max_attempts)
     conn.commit()
     log.info("job=%s kind=%s endpoint=%s project=%s", job["id"], kind, endpoint, project["name"])
-    # By kind, enqueue sends the job to its Sugo task (and the sweeper resends it there).
-    enqueue(current_app.extensions["celery"], connection_factory(), [job])
+    # By kind, the job goes to the task the Sugo dialect names for it (and the sweeper resends it there).
+    send_jobs([job])
     if wants_async():
         return accepted(job)
     job = wait_for(job["id"], settings().sugo_wait_seconds)
@@ -113,7 +124,7 @@ def sugo_job(job_id):
     """A Sugo job of the project, and its answer in the seed's shape once it has ended."""
     project = current_project()
     job = jobs.get(get_db(), job_id, project["id"])
-    if job is None or job["kind"] not in KIND_TASKS:
+    if job is None or job["kind"] not in SUGO_KINDS:
         raise ApiError(404, f"job {job_id} not found")
     body = {"job": jobs.public(job), "status": None, "answer": None}
     if job["status"] in ("succeed", "failed"):

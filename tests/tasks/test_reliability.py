@@ -1,4 +1,4 @@
-"""Reliability of the job system against real worker and beat processes (DESIGN.md §Job life cycle traps)."""
+"""Reliability of the job system against real worker and beat processes (docs/architecture.md, "Job life cycle")."""
 
 from __future__ import annotations
 

@@ -521,9 +521,9 @@ def test_accepted_mutations_of_the_seed_bodies_never_crash_the_worker_code(sugo_
     import random
 
     from core.data import sugo_targets
+    from core.jobs.runner import JobStopped
     from dialects.sugo import schemas as dialect
     from dialects.sugo.jobs import SugoRunner
-    from tasks.executor import JobStopped
 
     hproxy_url = f"http://127.0.0.1:{hproxy.port}/druid/proxy/batchupdate/ssss"
     seeds = {"single": local(SEED_SINGLE), "multi": local(SEED_MULTI),

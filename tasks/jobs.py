@@ -1,4 +1,9 @@
-"""Cohort computation task: load the job by id, run the executor, decide retry."""
+"""Job tasks: load the job by id, hand it to the core job runner, decide retry.
+
+Every job task name runs the same runner (which picks the handler by the job's kind): `jobs.run`,
+`cohorts.compute`, and the names dialects keep for their kinds (Sugo's `sugo.usergroup`,
+`sugo.batch_update`), registered on the Celery app from the dialect registry by register_job_tasks.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ import redis
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from tasks.executor import JobExecutor, RetryLater
+from core import dialects
+from core.jobs.runner import JobRun, RetryLater
+from core.queue import COMPUTE_TASK, RUN_TASK
 
 log = logging.getLogger(__name__)
 TRANSIENT = (psycopg2.OperationalError, redis.ConnectionError, redis.TimeoutError)
@@ -22,12 +29,12 @@ TRANSIENT = (psycopg2.OperationalError, redis.ConnectionError, redis.TimeoutErro
 BUSY_HEADER, TRANSIENT_HEADER, RESUME_HEADER = "cohorts_busy", "cohorts_transient", "cohorts_resume"
 
 
-def run_job(task, executor_class, job_id: int) -> None:
-    """Run a job with executor_class and turn what escapes into a retry or a `failed` job (shared by all tasks)."""
+def run_job(task, job_id: int) -> None:
+    """Run a job with the core runner and turn what escapes into a retry or a `failed` job (shared by all tasks)."""
     settings = task.app.cohort_settings
     headers = task.request.headers or {}
     busy, transient = int(headers.get(BUSY_HEADER, 0)), int(headers.get(TRANSIENT_HEADER, 0))
-    executor = executor_class(settings, job_id)
+    executor = JobRun(settings, job_id)
     executor.resume = headers.get(RESUME_HEADER)
     started = time.monotonic()
     try:
@@ -81,10 +88,32 @@ def _retry(task, countdown: float, state: dict):
     return task.retry(countdown=countdown, headers=headers, max_retries=task.request.retries + 1)
 
 
-@shared_task(name="cohorts.compute", bind=True, max_retries=20, ignore_result=True)
+TASK_OPTIONS = {"bind": True, "max_retries": 20, "ignore_result": True}
+
+
+@shared_task(name=RUN_TASK, **TASK_OPTIONS)
+def run(self, job_id: int) -> None:
+    """Run the job job_id, of any kind, to succeed or failed."""
+    run_job(self, job_id)
+
+
+@shared_task(name=COMPUTE_TASK, **TASK_OPTIONS)
 def compute(self, job_id: int) -> None:
-    """Compute the cohort job job_id to succeed or failed."""
-    run_job(self, JobExecutor, job_id)
+    """Compute the cohort job job_id to succeed or failed (the name cohort jobs are sent under)."""
+    run_job(self, job_id)
+
+
+def _run_named(self, job_id: int) -> None:
+    """Run the job job_id (sent under a task name a dialect kept for its kinds) to succeed or failed."""
+    run_job(self, job_id)
+
+
+def register_job_tasks(celery, settings) -> None:
+    """Register on celery the task names the enabled dialects keep for their job kinds (all run the runner)."""
+    for dialect in dialects.enabled(settings):
+        for name in sorted(set(dialect.task_names.values())):
+            if name not in (RUN_TASK, COMPUTE_TASK):
+                celery.task(name=name, shared=False, **TASK_OPTIONS)(_run_named)
 
 
 def _timeout_message(settings) -> str:
@@ -92,7 +121,7 @@ def _timeout_message(settings) -> str:
             "narrow the time windows or raise COHORTS_SOFT_TIME_LIMIT")
 
 
-def _fail_quietly(executor: JobExecutor, code: str, message: str) -> None:
+def _fail_quietly(executor: JobRun, code: str, message: str) -> None:
     try:
         executor.fail_current(code, message)
     except TRANSIENT:

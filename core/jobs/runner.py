@@ -1,25 +1,32 @@
-"""Runs one cohort job: claim it, heartbeat, call the engine, publish under the version guard."""
+"""Runs one job to a final status: claim it, heartbeat (carrying cancellation), hand it to its kind's handler.
+
+A handler is `handler(run: JobRun, job: dict) -> dict` (the job's result). Cohort kinds (create,
+refresh, recalculate, cron, execute...) compute a cohort (core/jobs/cohort.py); a dialect adds its
+own kinds with `Dialect(job_handlers={kind: "module:attribute"})`. Retrying is the caller's (the
+Celery task): RetryLater and PostgreSQL/Redis connection errors escape run().
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 
 from cohort_engine import bitmaps, db
-from cohort_engine.definition import DefinitionError, parse_definition
+from cohort_engine.definition import DefinitionError
 from cohort_engine.evaluate import EngineError
-from cohort_engine.project import ProjectEngine
+from core import dialects
 from core.data import cohorts, jobs, projects, versions
-from tasks.retention import drop_bitmaps, expire_old_versions
 
 log = logging.getLogger(__name__)
 
 
 class JobStopped(Exception):
-    """The job was cancelled, superseded or taken away while it ran."""
+    """The job was cancelled, superseded or taken away while it ran (or its input cannot run): end it failed."""
 
     def __init__(self, code: str, message: str):
         self.code = code
@@ -31,21 +38,76 @@ class RetryLater(Exception):
     """The job cannot run now (another delivery holds it, or a service is down); retry the task."""
 
 
+Handler = Callable[["JobRun", dict], dict]
+
+
+@functools.lru_cache(maxsize=8)
+def _dialect_handlers(names: str) -> dict[str, Handler]:
+    found = {}
+    for dialect in dialects.enabled_by_names(names):
+        for kind, reference in dialect.job_handlers.items():
+            found[kind] = dialects.load(reference)
+    return found
+
+
+def handler_for(settings, kind: str) -> Handler:
+    """The handler of a job kind: the enabled dialects' kinds by registry, every other kind computes a cohort."""
+    handler = _dialect_handlers(settings.dialects).get(kind)
+    if handler is None:
+        # Imported here: the cohort handler builds on this module (JobRun, JobStopped).
+        from core.jobs.cohort import compute_cohort
+
+        handler = compute_cohort
+    return handler
+
+
 class Heartbeat(threading.Thread):
-    """Touches the job row every interval while the job computes, on a connection of its own."""
+    """Touches the job row every interval while the job runs, on a connection of its own.
+
+    The same write tells it whether a cancel was asked for: then the callbacks of on_cancel run once
+    (e.g. to cancel a remote broker query), so no second thread polls the row.
+    """
 
     def __init__(self, dsn: str, job_id: int, token: str, interval: float):
         super().__init__(daemon=True, name=f"heartbeat-{job_id}")
         self.dsn, self.job_id, self.token, self.interval = dsn, job_id, token, interval
         self.stopped = threading.Event()
+        self.cancelled = False
+        self._callbacks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call callback (once, on this thread) when a cancel is seen; at once if it was seen already."""
+        with self._lock:
+            if not self.cancelled:
+                self._callbacks.append(callback)
+                return
+        callback()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
             try:
                 with db.connection(self.dsn) as conn:
-                    jobs.touch(conn, self.job_id, self.token)
+                    state = jobs.touch(conn, self.job_id, self.token)
+                    if state is None and self._callbacks:
+                        # The claim was lost; a cancel asked for meanwhile must still stop remote work.
+                        state = jobs.get(conn, self.job_id)
             except Exception:  # a missed beat is retried at the next interval
                 log.warning("job=%s heartbeat failed", self.job_id, exc_info=True)
+                continue
+            if state is not None and state["cancel_requested"] and not self.cancelled:
+                self._cancel()
+
+    def _cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            callbacks, self._callbacks = self._callbacks, []
+        log.info("job=%s cancel seen by heartbeat", self.job_id)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # the job still ends cancelled at its next progress check
+                log.warning("job=%s cancel callback failed", self.job_id, exc_info=True)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -69,8 +131,8 @@ def end_failed(conn, settings, job: dict, code: str, message: str, token: str | 
     return True
 
 
-class JobExecutor:
-    """Executes the job with the given id to a final status."""
+class JobRun:
+    """One delivery of the job with the given id, run to a final status by its kind's handler."""
 
     def __init__(self, settings, job_id: int):
         self.settings = settings
@@ -78,9 +140,10 @@ class JobExecutor:
         self.job_id = job_id
         self.project: dict | None = None
         self.cohort: dict | None = None
-        # The token of this task's previous try when it could not give its claim back (set by run_job).
+        # The token of this task's previous try when it could not give its claim back (set by the task).
         self.resume: str | None = None
         self.claimed = False
+        self.heartbeat: Heartbeat | None = None
         # Names the process, so operators (and tests) can tell which worker holds a job.
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
@@ -112,17 +175,22 @@ class JobExecutor:
             return None
         log.info("job=%s cohort=%s kind=%s status=computing attempt=%s", job["id"], job["cohort_id"], job["kind"],
                  job["attempts"])
-        heartbeat = Heartbeat(self.dsn, self.job_id, self.token, self.settings.heartbeat_interval)
-        heartbeat.start()
+        handler = handler_for(self.settings, job["kind"])
+        self.heartbeat = Heartbeat(self.dsn, self.job_id, self.token, self.settings.heartbeat_interval)
+        self.heartbeat.start()
         try:
-            return self._compute(job)
+            return handler(self, job)
         except (JobStopped, EngineError) as exc:
             self._fail(job, exc.code, exc.message)
         except DefinitionError as exc:
             self._fail(job, "bad_definition", f"the stored definition is invalid: {exc}; update the cohort")
         finally:
-            heartbeat.stop()
+            self.heartbeat.stop()
         return None
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call callback when a cancel of this job is asked for while it runs (from the heartbeat thread)."""
+        self.heartbeat.on_cancel(callback)
 
     def fail_current(self, code: str, message: str) -> None:
         """End this delivery's job failed (used by the task for time limits and unexpected errors)."""
@@ -141,7 +209,8 @@ class JobExecutor:
         with db.connection(self.dsn) as conn:
             end_failed(conn, self.settings, job, code, message, token=self.token)
 
-    def _progress(self, done: int, total: int) -> None:
+    def progress(self, done: int, total: int) -> None:
+        """Record done/total as 0..99 percent; raise JobStopped if the job was cancelled or taken away."""
         if done == 0 or done >= total:
             # The claim set 0 and publishing checks the claim and the cancel flag: nothing to write.
             return
@@ -153,83 +222,14 @@ class JobExecutor:
         if state["cancel_requested"]:
             raise JobStopped("cancelled", "the job was cancelled on request")
 
-    def _compute(self, job: dict) -> dict:
-        project, cohort = self.project, self.cohort
-        if job["cohort_id"] and cohort is None:
-            raise JobStopped("cohort_deleted", "the cohort was deleted before its job ran")
-        definition = cohort["definition"] if cohort else job["params"]["definition"]
-        definition_version = cohort["definition_version"] if cohort else 0
-        engine = ProjectEngine(self.settings.engine, project["name"], project_id=project["id"],
-                               timezone=project["timezone"])
-        prefix = self.settings.engine.key_prefix
-
-        def load_cohort(cohort_id: int):
-            return bitmaps.load_cached(self.redis, bitmaps.cohort_key(prefix, project["id"], cohort_id),
-                                       lambda: self._durable_bitmap(cohort_id))
-
-        result = engine.compute(parse_definition(definition), base_time=job["base_time"], load_cohort=load_cohort,
-                                progress=self._progress)
-        if cohort is None:
-            return self._finish(job, None, {"count": result.count})
-        # One key per attempt: a stale earlier claim finishing late cannot overwrite this one's bitmap.
-        version_key = bitmaps.cohort_key(prefix, project["id"], cohort["id"], f"j{job['id']}a{job['attempts']}")
-        payload = bitmaps.publish(self.redis, version_key, result.bitmap)
-        try:
-            return self._publish(job, definition_version, version_key, result, payload)
-        except BaseException:
-            self.redis.delete(version_key)  # no version row will name it
-            raise
-
-    def _durable_bitmap(self, cohort_id: int) -> bytes | None:
-        """A referenced cohort's published bitmap from PostgreSQL (a Redis miss: Redis lost it)."""
+    def finish(self, job: dict, version_id, outcome: dict) -> dict:
+        """Mark the job succeed with outcome as its result (a handler's last step when it publishes nothing)."""
         with db.connection(self.dsn) as conn:
-            cohort = cohorts.get_any(conn, cohort_id)
-            # Only a cohort of this job's project: the Redis key it replaces is project-scoped too.
-            if cohort is None or cohort["project_id"] != self.project["id"]:
-                return None
-            return versions.published_bitmap(conn, cohort_id)
-
-    def _publish(self, job: dict, definition_version: int, version_key: str, result, payload: bytes) -> dict:
-        prefix = self.settings.engine.key_prefix
-        with db.connection(self.dsn) as conn:
-            # The cohort row lock orders publishers: an older run never overwrites a newer version.
-            cohort = cohorts.get_any(conn, job["cohort_id"], lock=True)
-            if cohort is None:
-                raise JobStopped("cohort_deleted", "the cohort was deleted while its job ran")
-            if cohort["definition_version"] != definition_version:
-                raise JobStopped("superseded", "the cohort's definition changed while this job ran; "
-                                               "the job for the new definition publishes instead")
-            version = versions.insert_succeeded(conn, cohort["id"], definition_version, job["base_time"],
-                                                result.count, version_key)
-            # The durable copy commits with the version row: a version that exists survives Redis.
-            versions.store_bitmap(conn, version["id"], payload)
-            latest = versions.get(conn, cohort["latest_version_id"])
-            is_newest = latest is None or (latest["definition_version"], latest["base_time"]) <= (
-                definition_version, job["base_time"])
-            outcome = {"count": result.count, "version_id": version["id"], "published": is_newest,
-                       "leaves": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()}
-                                  for t in result.timings]}
-            # Also locks the job row, so the reaper cannot take the job before this commits.
-            self._mark_succeeded(conn, outcome, version["id"])
-            if is_newest:
-                cohorts.set_latest_version(conn, cohort["id"], version["id"])
-                bitmaps.publish(self.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
-                                result.bitmap, payload=payload)
-            if job["kind"] == "cron":
-                cohorts.record_outcome(conn, cohort["id"], False, self.settings.backoff_base, self.settings.backoff_max)
-            expired = expire_old_versions(conn, self.settings, cohort["id"])
-        drop_bitmaps(self.redis, cohort["id"], expired)  # after the commit: a rolled-back prune keeps its bitmaps
-        log.info("job=%s cohort=%s status=succeed count=%s published=%s", job["id"], job["cohort_id"], result.count,
-                 is_newest)
-        return outcome
-
-    def _finish(self, job: dict, version_id, outcome: dict) -> dict:
-        with db.connection(self.dsn) as conn:
-            self._mark_succeeded(conn, outcome, version_id)
+            self.mark_succeeded(conn, outcome, version_id)
         log.info("job=%s status=succeed count=%s", job["id"], outcome.get("count"))
         return outcome
 
-    def _mark_succeeded(self, conn, outcome: dict, version_id) -> None:
+    def mark_succeeded(self, conn, outcome: dict, version_id) -> None:
         """Set the job succeed in conn's transaction, or raise why this claim may not."""
         if jobs.succeed(conn, self.job_id, self.token, outcome, version_id):
             return
@@ -237,5 +237,3 @@ class JobExecutor:
         if state is not None and state["cancel_requested"]:
             raise JobStopped("cancelled", "the job was cancelled on request")
         raise JobStopped("claim_lost", "the job ended elsewhere before it could be published")
-
-

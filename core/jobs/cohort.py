@@ -1,0 +1,90 @@
+"""The cohort handler: compute a cohort's definition with the engine and publish it under the version guard."""
+
+from __future__ import annotations
+
+import logging
+
+from cohort_engine import bitmaps, db
+from cohort_engine.definition import parse_definition
+from cohort_engine.project import ProjectEngine
+from core.data import cohorts, versions
+from core.jobs.retention import drop_bitmaps, expire_old_versions
+from core.jobs.runner import JobRun, JobStopped
+
+log = logging.getLogger(__name__)
+
+
+def compute_cohort(run: JobRun, job: dict) -> dict:
+    """Compute the job's cohort (or, for a job without one, its params' definition); its result."""
+    project, cohort = run.project, run.cohort
+    if job["cohort_id"] and cohort is None:
+        raise JobStopped("cohort_deleted", "the cohort was deleted before its job ran")
+    definition = cohort["definition"] if cohort else job["params"]["definition"]
+    definition_version = cohort["definition_version"] if cohort else 0
+    engine = ProjectEngine(run.settings.engine, project["name"], project_id=project["id"],
+                           timezone=project["timezone"])
+    prefix = run.settings.engine.key_prefix
+
+    def load_cohort(cohort_id: int):
+        return bitmaps.load_cached(run.redis, bitmaps.cohort_key(prefix, project["id"], cohort_id),
+                                   lambda: durable_bitmap(run, cohort_id))
+
+    result = engine.compute(parse_definition(definition), base_time=job["base_time"], load_cohort=load_cohort,
+                            progress=run.progress)
+    if cohort is None:
+        return run.finish(job, None, {"count": result.count})
+    # One key per attempt: a stale earlier claim finishing late cannot overwrite this one's bitmap.
+    version_key = bitmaps.cohort_key(prefix, project["id"], cohort["id"], f"j{job['id']}a{job['attempts']}")
+    payload = bitmaps.publish(run.redis, version_key, result.bitmap)
+    try:
+        return publish(run, job, definition_version, version_key, result, payload)
+    except BaseException:
+        run.redis.delete(version_key)  # no version row will name it
+        raise
+
+
+def durable_bitmap(run: JobRun, cohort_id: int) -> bytes | None:
+    """A referenced cohort's published bitmap from PostgreSQL (a Redis miss: Redis lost it)."""
+    with db.connection(run.dsn) as conn:
+        cohort = cohorts.get_any(conn, cohort_id)
+        # Only a cohort of this job's project: the Redis key it replaces is project-scoped too.
+        if cohort is None or cohort["project_id"] != run.project["id"]:
+            return None
+        return versions.published_bitmap(conn, cohort_id)
+
+
+def publish(run: JobRun, job: dict, definition_version: int, version_key: str, result, payload: bytes) -> dict:
+    """Record the version, mark the job succeed and, if it is the newest, publish it: one transaction."""
+    settings = run.settings
+    prefix = settings.engine.key_prefix
+    with db.connection(run.dsn) as conn:
+        # The cohort row lock orders publishers: an older run never overwrites a newer version.
+        cohort = cohorts.get_any(conn, job["cohort_id"], lock=True)
+        if cohort is None:
+            raise JobStopped("cohort_deleted", "the cohort was deleted while its job ran")
+        if cohort["definition_version"] != definition_version:
+            raise JobStopped("superseded", "the cohort's definition changed while this job ran; "
+                                           "the job for the new definition publishes instead")
+        version = versions.insert_succeeded(conn, cohort["id"], definition_version, job["base_time"],
+                                            result.count, version_key)
+        # The durable copy commits with the version row: a version that exists survives Redis.
+        versions.store_bitmap(conn, version["id"], payload)
+        latest = versions.get(conn, cohort["latest_version_id"])
+        is_newest = latest is None or (latest["definition_version"], latest["base_time"]) <= (
+            definition_version, job["base_time"])
+        outcome = {"count": result.count, "version_id": version["id"], "published": is_newest,
+                   "leaves": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()}
+                              for t in result.timings]}
+        # Also locks the job row, so the reaper cannot take the job before this commits.
+        run.mark_succeeded(conn, outcome, version["id"])
+        if is_newest:
+            cohorts.set_latest_version(conn, cohort["id"], version["id"])
+            bitmaps.publish(run.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
+                            result.bitmap, payload=payload)
+        if job["kind"] == "cron":
+            cohorts.record_outcome(conn, cohort["id"], False, settings.backoff_base, settings.backoff_max)
+        expired = expire_old_versions(conn, settings, cohort["id"])
+    drop_bitmaps(run.redis, cohort["id"], expired)  # after the commit: a rolled-back prune keeps its bitmaps
+    log.info("job=%s cohort=%s status=succeed count=%s published=%s", job["id"], job["cohort_id"], result.count,
+             is_newest)
+    return outcome

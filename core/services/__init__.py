@@ -1,0 +1,1 @@
+"""Commands shared by every API (native and the dialects): plain Python over core.data, no Flask."""
