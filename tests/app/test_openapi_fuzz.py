@@ -27,7 +27,8 @@ CROSS_FIELD_BODIES = {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}",
 
 
 @pytest.fixture
-def api_schema(app, api_project, client, worker):
+def api_schema(app, api_project, client, worker, maintenance_worker):
+    # Both workers: /healthz answers 200 only when the compute and the maintenance queue are consumed.
     _, _, headers = api_project
     # Something to find: a cohort and its job, so that ids near the start are not all 404.
     client.post("/api/v1/cohorts", json={"name": "seeded", "definition": {"type": "ids", "keys": ["u1"]}},

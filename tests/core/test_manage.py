@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app import manage
 from cohort_engine import db
+from core import manage
 from core.data import sugo_targets
 
 
