@@ -20,7 +20,7 @@ from core.data import projects, sugo_targets
 from dialects.sugo import groups as sugo_groups
 
 from . import BenchContext, Row, section
-from .jobs import _start, _stop, _wait
+from .jobs import _start, _stop, _wait, start_maintenance_worker
 
 PORT = 6072
 BROKER = "redis://127.0.0.1:6379/11"
@@ -111,7 +111,8 @@ def sugo_section(ctx: BenchContext) -> list[Row]:
 
     env = {**os.environ, "COHORTS_DATABASE_URL": ctx.database_url, "COHORTS_BROKER_URL": BROKER,
            "COHORTS_REDIS_URL": SERVICE_REDIS, "COHORTS_STORE_DIR": str(ctx.work_dir / "store"),
-           "COHORTS_KEY_PREFIX": "cohorts-bench", "COHORTS_QUEUE": "bench-sugo", "COHORTS_SUGO_PROJECT": PROJECT,
+           "COHORTS_KEY_PREFIX": "cohorts-bench", "COHORTS_QUEUE": "bench-sugo",
+           "COHORTS_MAINTENANCE_QUEUE": "bench-sugo.maintenance", "COHORTS_SUGO_PROJECT": PROJECT,
            "COHORTS_SUGO_WAIT_SECONDS": "600", "COHORTS_SOFT_TIME_LIMIT": "900", "COHORTS_HARD_TIME_LIMIT": "960"}
     redis_lib.Redis.from_url(BROKER).flushdb()
     python = sys.executable
@@ -120,6 +121,7 @@ def sugo_section(ctx: BenchContext) -> list[Row]:
     worker = _start(env, [python, "-m", "celery", "-A", "workers.main", "worker", "--pool", "prefork",
                           "--concurrency", "1", "--queues", "bench-sugo", "--loglevel", "WARNING", "--without-mingle",
                           "--without-gossip", "--hostname", "bench-sugo@%h"], "bench-sugo-worker.log", ctx)
+    maintenance = start_maintenance_worker(env, "bench-sugo-maintenance", ctx)
     end_to_end, floor, counts = [], [], set()
     try:
         _wait(lambda: requests.get(f"http://127.0.0.1:{PORT}/healthz", timeout=5).status_code == 200, 60, "web")
@@ -146,6 +148,7 @@ def sugo_section(ctx: BenchContext) -> list[Row]:
     finally:
         _stop(web)
         _stop(worker)
+        _stop(maintenance)
         client.delete(*names)
     if len(counts) != 1:
         raise RuntimeError(f"benchmark: end to end and direct runs disagree on the group size: {counts}")

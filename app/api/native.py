@@ -150,8 +150,20 @@ def published_bitmap(cohort_id: int):
     key = bitmaps.cohort_key(settings().engine.key_prefix, g.project["id"], cohort_id)
     bitmap = bitmaps.load_cached(get_redis(), key, lambda: versions.published_bitmap(get_db(), cohort_id))
     if bitmap is None:
-        raise ApiError(409, f"cohort {cohort_id} has no computed version yet; poll its job until it succeeds")
+        raise ApiError(409, f"cohort {cohort_id} has no computed version yet; " + _next_step(cohort_id))
     return bitmap
+
+
+def _next_step(cohort_id: int) -> str:
+    """What a client waiting for a cohort's first version can do, from its latest job."""
+    latest = jobs.list_page(get_db(), g.project["id"], cohort_id=cohort_id, limit=1)
+    if latest and latest[0]["status"] == "failed":
+        job = latest[0]
+        return (f"its last job {job['id']} failed ({job['error_code']}: {job['error_message']}); "
+                f"POST /api/v1/cohorts/{cohort_id}/refresh once the cause is fixed")
+    if latest:
+        return f"poll job {latest[0]['id']} (GET /api/v1/jobs/{latest[0]['id']}) until it succeeds"
+    return f"POST /api/v1/cohorts/{cohort_id}/refresh to compute it"
 
 
 @bp.get("/cohorts/<int:cohort_id>/members")

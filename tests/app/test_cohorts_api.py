@@ -123,8 +123,13 @@ def test_members_before_first_version_is_409(loaded, service_settings):
     # No worker in this test: the job stays new and nothing is published yet.
     response = client.get(f"/api/v1/cohorts/{created['cohort']['id']}/members", headers=headers)
     assert response.status_code == 409 and "no computed version" in response.get_json()["error"]
+    assert f"poll job {created['job']['id']}" in response.get_json()["error"]
     cancelled = client.post(f"/api/v1/jobs/{created['job']['id']}/cancel", headers=headers).get_json()
     assert cancelled["status"] == "failed" and cancelled["error_code"] == "cancelled"
+    # A cancelled first job will never publish: the answer says so and how to compute it again.
+    response = client.get(f"/api/v1/cohorts/{created['cohort']['id']}/members", headers=headers)
+    assert response.status_code == 409 and "failed (cancelled" in response.get_json()["error"]
+    assert f"/api/v1/cohorts/{created['cohort']['id']}/refresh" in response.get_json()["error"]
 
 
 LEVEL_3 = {"type": "profile", "property": "level", "cmp": "gte", "values": [3]}
