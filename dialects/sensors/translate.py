@@ -130,17 +130,28 @@ def _duration(params: list, name: str) -> list:
 # -- property conditions (profile rules and event filters) -------------------------------------
 
 
+def _absolute_between(params: list) -> tuple:
+    """(start, end, both_dates) of absolute_between params; unless both are dates, start is a datetime.
+
+    Two dates come back checked (start <= end); otherwise each caller makes the end inclusive its
+    own way and checks the order after.
+    """
+    if len(params) != 2:
+        raise ValidationError("absolute_between takes [start, end]")
+    start, end = _moment(params[0]), _moment(params[1])
+    if not isinstance(start, datetime) and not isinstance(end, datetime):
+        if start > end:
+            raise ValidationError("start must not be after end")
+        return start, end, True
+    return (start if isinstance(start, datetime) else datetime.combine(start, datetime.min.time())), end, False
+
+
 def _condition_parts(function: str, params: list) -> list[tuple[str, list]]:
     """The (canonical comparator, values) pairs whose conjunction is the Sensors condition."""
     if function == "absolute_between":
-        if len(params) != 2:
-            raise ValidationError("absolute_between takes [start, end]")
-        start, end = _moment(params[0]), _moment(params[1])
-        if not isinstance(start, datetime) and not isinstance(end, datetime):
-            if start > end:
-                raise ValidationError("start must not be after end")
+        start, end, dates = _absolute_between(params)
+        if dates:
             return [("date_between", [start.isoformat(), end.isoformat()])]
-        start = start if isinstance(start, datetime) else datetime.combine(start, datetime.min.time())
         # The end is inclusive to the whole second (or whole day), as a Sensors UI writes "23:59:59".
         if isinstance(end, datetime):
             end = end.replace(microsecond=999999)
@@ -248,11 +259,17 @@ class FiltersField(fields.Field):
             raise ValidationError({0: exc.messages}) from None
 
 
-class FilterSchema(_DialectSchema):
+class _PropertyConditionSchema(_DialectSchema):
+    """The fields of a property condition, shared by event filters and profile rules."""
+
     type = fields.String(required=True)
     field = fields.String(required=True)
     function = fields.String(required=True, validate=_one_of(PROPERTY_FUNCTIONS))
     params = fields.List(fields.Raw(allow_none=True), load_default=list)
+
+
+class FilterSchema(_PropertyConditionSchema):
+    """A condition on a property of the enclosing event (`event.<event>.<property>`)."""
 
     @post_load
     def _to_canonical(self, data, **kwargs):
@@ -286,14 +303,9 @@ class FiltersRelationSchema(_DialectSchema):
 def _window(time_function: str, params: list) -> dict:
     """A canonical window for an event or sequence rule's time_function and time_params."""
     if time_function == "absolute_between":
-        if len(params) != 2:
-            raise ValidationError("absolute_between takes [start, end]")
-        start, end = _moment(params[0]), _moment(params[1])
-        if not isinstance(start, datetime) and not isinstance(end, datetime):
-            if start > end:
-                raise ValidationError("start must not be after end")
+        start, end, dates = _absolute_between(params)
+        if dates:
             return {"start": start.isoformat(), "end": end.isoformat()}
-        start = start if isinstance(start, datetime) else datetime.combine(start, datetime.min.time())
         # Canonical datetime windows are [start, end); the Sensors end is inclusive (to the second).
         end = end + timedelta(seconds=1) if isinstance(end, datetime) else datetime.combine(
             end + timedelta(days=1), datetime.min.time())
@@ -352,11 +364,8 @@ class RulesRelationSchema(_DialectSchema):
         return {"op": data["relation"], "children": data["rules"]}
 
 
-class ProfileRuleSchema(_DialectSchema):
-    type = fields.String(required=True)
-    field = fields.String(required=True)
-    function = fields.String(required=True, validate=_one_of(PROPERTY_FUNCTIONS))
-    params = fields.List(fields.Raw(allow_none=True), load_default=list)
+class ProfileRuleSchema(_PropertyConditionSchema):
+    """A condition on a profile property (`user.<property>`) or on membership of another rule."""
 
     @post_load
     def _to_canonical(self, data, **kwargs):
