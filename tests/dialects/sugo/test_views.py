@@ -26,9 +26,10 @@ EMBEDDED = "http://127.0.0.1:6061/druid/v2?pretty"
 class CountingListener:
     """A TCP listener that only counts connections: proof that a refused address was never contacted."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.sock.listen(16)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
@@ -64,6 +65,15 @@ def sugo_project(database_url, service_settings, tmp_path_factory):
 @pytest.fixture
 def listener():
     counting = CountingListener()
+    yield counting
+    counting.close()
+
+
+@pytest.fixture
+def lone_listener():
+    """A CountingListener on 127.0.0.2: a client of the session still retrying some freed 127.0.0.1 port
+    (a stopped test server's) can never land on it and be counted as contact."""
+    counting = CountingListener("127.0.0.2")
     yield counting
     counting.close()
 
@@ -279,23 +289,23 @@ def test_a_service_whose_bitmaps_live_in_db_0_refuses_host_and_ports_without_db(
 
 
 def test_another_projects_targets_are_refused_without_contact(service_settings, celery_app, sugo_project,
-                                                               database_url, listener):
+                                                               database_url, lone_listener):
     from app import create_app
     from tests.services import create_token_project
 
-    port = listener.port
+    listener = lone_listener
+    target = f"{listener.host}:{listener.port}"
     owner = create_token_project(database_url, "ow")
-    allow_sugo_targets(database_url, owner[1], redis=[f"127.0.0.1:{port}/0"], hproxy=[f"127.0.0.1:{port}"],
-                       broker=[f"127.0.0.1:{port}"])
+    allow_sugo_targets(database_url, owner[1], redis=[f"{target}/0"], hproxy=[target], broker=[target])
     intruder = create_token_project(database_url, "in")
     settings = replace(service_settings, queue="unused-" + uuid.uuid4().hex[:8])
     client = create_app({"TESTING": True, "SETTINGS": settings, "CELERY": celery_app}).test_client()
     bodies = [
-        ("/ant/usergroup/single", {"brokerUrl": f"http://127.0.0.1:{port}/druid/v2", "query": user_group_query(
-            f"127.0.0.1:{port}")}, {"brokerUrl", "query.dataConfig.hostAndPorts"}),
+        ("/ant/usergroup/single", {"brokerUrl": f"http://{target}/druid/v2", "query": user_group_query(
+            target)}, {"brokerUrl", "query.dataConfig.hostAndPorts"}),
         ("/ant/tag/usergroup/batchUpdate", {
-            "hproxy": f"127.0.0.1:{port}", "dataSource": "s", "primaryColumn": "distinct_id",
-            "userGroupConfig": {"hostAndPorts": f"127.0.0.1:{port}", "groupId": "g"}, "dimData": {"s_a": "1"}},
+            "hproxy": target, "dataSource": "s", "primaryColumn": "distinct_id",
+            "userGroupConfig": {"hostAndPorts": target, "groupId": "g"}, "dimData": {"s_a": "1"}},
          {"hproxy", "userGroupConfig.hostAndPorts"}),
     ]
     for path, body, fields in bodies:
