@@ -232,12 +232,12 @@ def _check(response, body: bytes, failures: list):
     status = response.status_code
     problem = None
     error = _druid_error(response)
-    if status == 501 and error == ("Unsupported operation", "java.lang.UnsupportedOperationException"):
-        pass
-    elif status == 504 and error == ("Query timeout", "org.apache.druid.query.QueryTimeoutException") and (
-            _asked_timeout(body)):
-        pass
-    elif status >= 500:
+    druid_answer = (status == 501 and error == ("Unsupported operation", "java.lang.UnsupportedOperationException")
+                    or status == 504 and error == ("Query timeout", "org.apache.druid.query.QueryTimeoutException")
+                    and _asked_timeout(body))
+    if druid_answer:
+        return
+    if status >= 500:
         problem = f"status {status}"
     elif status != 200:
         try:

@@ -190,9 +190,13 @@ def test_a_writer_that_lost_its_lock_writes_nothing(redis_client, group_key):
 
 
 def test_a_held_lock_makes_the_next_writer_wait_then_time_out(redis_client, group_key):
+    lock_key = sugo_groups.lock_key_for(group_key)
     with sugo_groups.group_lock(redis_client, group_key):
+        held = redis_client.get(lock_key)
         with pytest.raises(sugo_groups.GroupLockError, match="stayed locked"):
             with sugo_groups.group_lock(redis_client, group_key, wait=0.2):
-                pass
+                pytest.fail("a second writer got a lock that was held")
+        assert redis_client.get(lock_key) == held  # the waiter that timed out left the holder's lock alone
+    assert redis_client.get(lock_key) is None  # released on exit
     with sugo_groups.group_lock(redis_client, group_key, wait=0.2):
-        pass  # released: taken at once
+        assert redis_client.get(lock_key) is not None  # taken at once

@@ -298,8 +298,11 @@ def test_another_projects_targets_are_refused_without_contact(service_settings, 
     owner = create_token_project(database_url, "ow")
     allow_sugo_targets(database_url, owner[1], redis=[f"{target}/0"], hproxy=[target], broker=[target])
     intruder = create_token_project(database_url, "in")
+    from workers.celery_app import create_celery
+
+    # A sender on a queue no worker consumes: the owner's accepted jobs must never run (and contact).
     settings = replace(service_settings, queue="unused-" + uuid.uuid4().hex[:8])
-    client = create_app({"TESTING": True, "SETTINGS": settings, "CELERY": celery_app}).test_client()
+    client = create_app({"TESTING": True, "SETTINGS": settings, "CELERY": create_celery(settings)}).test_client()
     bodies = [
         ("/ant/usergroup/single", {"brokerUrl": f"http://{target}/druid/v2", "query": user_group_query(
             target)}, {"brokerUrl", "query.dataConfig.hostAndPorts"}),
