@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 EVENTS = ["$startup", "consume_item", "player_register", "fight_success", "pay", "activity_attend",
@@ -41,6 +42,9 @@ def write_sample(out: str | Path, users: int, events: int, seed: int, end: date 
     out = Path(out)
     (out / "events").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    # The columns the ThinkingData and Ark examples use draw from a stream of their own, so adding
+    # them left every older column (and every count pinned on it) as it was.
+    extra = np.random.default_rng([seed, 1])
     end = end or datetime.now(UTC).date()
     end_ts = int(datetime.combine(end + timedelta(days=1), time(), tzinfo=UTC).timestamp() * 1e6)
     span = days * 86_400 * 1_000_000
@@ -59,6 +63,8 @@ def write_sample(out: str | Path, users: int, events: int, seed: int, end: date 
         "#os": _pick(rng, OSES, [0.4, 0.45, 0.1, 0.05], users),
         "age": pa.array(rng.integers(16, 70, users).astype(np.int64)),
         "is_vip": pa.array(rng.random(users) < 0.08),
+        # ThinkingData's account id: most users have one, guests (every tenth) do not.
+        "#account_id": pa.array([f"acc{i:07d}" if i % 10 else None for i in range(users)]),
     })
     pq.write_table(profiles, out / "users.parquet")
 
@@ -85,6 +91,14 @@ def write_sample(out: str | Path, users: int, events: int, seed: int, end: date 
             "sugo_province": _pick(rng, PROVINCES, PROVINCE_WEIGHTS, size),
             "age": pa.array(rng.integers(16, 70, size).astype(np.int64)),
         })
+        event_names = table.column("event").combine_chunks().cast(pa.string())
+        is_pay = pa.compute.equal(event_names, "pay")
+        is_activity = pa.compute.equal(event_names, "activity_attend")
+        table = table.append_column("#os", _pick(extra, OSES, [0.4, 0.45, 0.1, 0.05], size))
+        table = table.append_column("#vp@test_num", pa.compute.if_else(
+            is_pay, pa.array(extra.integers(0, 100, size).astype(np.int64)), pa.scalar(None, pa.int64())))
+        table = table.append_column("activity_reward", pa.compute.if_else(
+            is_activity, pa.array(extra.integers(1, 500, size).astype(np.int64)), pa.scalar(None, pa.int64())))
         path = out / "events" / f"part-{index:04d}.parquet"
         pq.write_table(table, path)
         parts.append(path)
