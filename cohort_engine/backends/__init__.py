@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KIND = "embedded"
 # Modules that register a backend when imported; a new backend adds its module here.
-BUILTIN_BACKENDS = ("cohort_engine.backends.embedded",)
+BUILTIN_BACKENDS = ("cohort_engine.backends.embedded", "cohort_engine.backends.druid")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,10 @@ class Backend(ABC):
     def enabled(cls) -> bool:
         """False when an optional dependency of the backend is not installed."""
         return True
+
+    def outbound(self) -> list[tuple[str, int]]:
+        """(host, port) of every remote address the backend contacts; the caller checks them before open()."""
+        return []
 
     @abstractmethod
     def open(self) -> Session:

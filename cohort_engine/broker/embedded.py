@@ -61,7 +61,7 @@ LUCENE_PREFIX = "lucene_"
 _PARAM = re.compile(r"\$(p\d+)\b")
 # Type ids Druid (core and bundled extensions) knows but the embedded engine does not implement:
 # they answer 501; any other type id is unknown to Druid too and answers 400, as Druid does.
-UNSUPPORTED_QUERY_TYPES = {"search", "timeBoundary", "segmentMetadata", "dataSourceMetadata", "select",
+UNSUPPORTED_QUERY_TYPES = {"search", "timeBoundary", "dataSourceMetadata", "select",
                            "windowOperator", "movingAverage"}
 AGGREGATOR_TYPES = {"count", "cardinality", "filtered", "longSum", "doubleSum", "floatSum", "longMin", "longMax",
                     "doubleMin", "doubleMax", "floatMin", "floatMax"}
@@ -72,6 +72,9 @@ UNSUPPORTED_AGGREGATORS = {
     "HLLSketchMerge", "quantilesDoublesSketch", "arrayOfDoublesSketch", "approxHistogram", "approxHistogramFold",
     "fixedBucketsHistogram", "tDigestSketch", "momentSketch", "momentSketchMerge", "variance", "varianceFold",
     "bloom", "KllFloatsSketch", "KllDoublesSketch", "spectatorHistogram", "doubleMean", "nativeDoubleMean"}
+POST_AGGREGATOR_TYPES = {"arithmetic", "fieldAccess", "finalizingFieldAccess", "constant", "doubleGreatest",
+                         "longGreatest", "doubleLeast", "longLeast", "javascript", "hyperUniqueCardinality",
+                         "expression", "thetaSketchEstimate", "HLLSketchEstimate", "quantilesDoublesSketchToQuantile"}
 DIMENSION_SPEC_TYPES = {"default", "extraction", "regexFiltered", "listFiltered", "prefixFiltered", "lookup"}
 DATASOURCE_TYPES = {"table", "query", "join", "union", "inline", "lookup", "unnest", "filter", "globalTable"}
 TOPN_METRIC_TYPES = {"numeric", "inverted", "dimension", "lexicographic", "alphaNumeric"}
@@ -347,9 +350,11 @@ class _Plan:
         self.filters = FilterTranslator(self.columns, self.params)
         self.intervals = parse_intervals(query.get("intervals"))
         self.granularity = parse_granularity(query.get("granularity"))
-        for field in ("virtualColumns", "postAggregations", "subtotalsSpec"):
+        for field in ("virtualColumns", "subtotalsSpec"):
             if query.get(field):
                 raise Unsupported(f"{field} is not supported by the embedded engine")
+        if query.get("postAggregations") and self.query_type != "groupBy":
+            raise Unsupported("postAggregations are supported on groupBy queries only")
 
     @staticmethod
     def _datasource_name(spec) -> str:
@@ -595,21 +600,94 @@ class _Plan:
         filter_uses_key = self.spec.key_dimension in self.columns.used
         dims = [self._dimension(s, f"dimensions[{i}]") for i, s in enumerate(dim_specs)]
         aggs = self._aggregators()
-        self._check_names(dims + aggs)
-        outputs = OutputColumns({o.name: o.kind for o in dims + aggs})
+        posts = self._post_aggregators({a.name for a in aggs})
+        self._check_names(dims + aggs + posts)
+        outputs = OutputColumns({o.name: o.kind for o in dims + aggs + posts})
         having_sql = "TRUE"
         if self.query.get("having") is not None:
             having = HavingTranslator(FilterTranslator(outputs, self.params))
             having_sql = having.having(self.query["having"], "having")
-        order_sql, limit_sql = self._limit_spec(dims, aggs)
+        order_sql, limit_sql = self._limit_spec(dims, aggs + posts)
+        grouped = self._grouped(dims, aggs, filter_sql)
+        if posts:
+            grouped = f"SELECT *, {', '.join(f'{p.sql} AS {quote(p.name)}' for p in posts)} FROM ({grouped}) a"
         rows = self.fetch(lambda con: self.source_ctes(con, filter_sql, filter_uses_key)
-                             + f"SELECT * FROM ({self._grouped(dims, aggs, filter_sql)}) g"
+                             + f"SELECT * FROM ({grouped}) g"
                              f" WHERE {having_sql} ORDER BY {order_sql}{limit_sql}", capped=True)
         all_ts = self._all_timestamp() if self.granularity.is_all and rows else None
+        if _truthy(self.context.get("resultAsArray")):
+            # Druid's array rows: the bucket start in milliseconds unless granularity is all, then
+            # the dimensions, aggregators and post-aggregators in query order.
+            if self.granularity.is_all:
+                return [list(row[1:]) for row in rows]
+            return [[row[0], *row[1:]] for row in rows]
         version_key = "v" if self.lucene else "version"
-        names = [o.name for o in dims + aggs]
+        names = [o.name for o in dims + aggs + posts]
         return [{version_key: "v1", "timestamp": self._timestamp(row[0], all_ts),
                  "event": dict(zip(names, row[1:], strict=True))} for row in rows]
+
+    def _post_aggregators(self, agg_names: set[str]) -> list[_Output]:
+        specs = self.query.get("postAggregations") or []
+        if not isinstance(specs, list):
+            raise BadQuery("postAggregations must be a list")
+        found: list[_Output] = []
+        for i, spec in enumerate(specs):
+            path = f"postAggregations[{i}]"
+            name = name_field(require(spec, "name", path), f"{path}.name")
+            # A post-aggregator may read the aggregators and the post-aggregators before it.
+            known = {n: f"a.{quote(n)}" for n in agg_names}
+            known.update({p.name: f"({p.sql})" for p in found})
+            found.append(_Output(name, self._post_sql(spec, path, known), DOUBLE))
+        return found
+
+    def _post_sql(self, spec, path: str, known: dict[str, str]) -> str:
+        kind = require(spec, "type", path, str)
+        if kind in ("fieldAccess", "finalizingFieldAccess"):
+            field = require(spec, "fieldName", path, str)
+            if field not in known:
+                raise BadQuery(f"{path}.fieldName {field!r} is not an aggregator of the query")
+            return f"CAST({known[field]} AS DOUBLE)"
+        if kind == "constant":
+            number = to_number(require(spec, "value", path))
+            if number is None:
+                raise BadQuery(f"{path}.value must be a number")
+            return f"CAST({self.params(number)} AS DOUBLE)"
+        if kind == "arithmetic":
+            fn = require(spec, "fn", path, str)
+            fields = require(spec, "fields", path, list)
+            if len(fields) < 2:
+                raise BadQuery(f"{path}.fields needs at least two post-aggregators")
+            parts = [self._post_sql(f, f"{path}.fields[{j}]", known) for j, f in enumerate(fields)]
+            if fn in ("+", "-", "*"):
+                return "(" + f" {fn} ".join(parts) + ")"
+            if fn not in ("/", "quotient"):
+                raise Unsupported(f"{path}.fn {fn!r} is not supported (+, -, *, /, quotient)")
+            sql = parts[0]
+            for part in parts[1:]:
+                # Druid's "/" answers 0 for a zero divisor; quotient divides as Java doubles do.
+                sql = (f"(CASE WHEN {part} = 0 THEN 0.0 ELSE {sql} / {part} END)" if fn == "/"
+                       else f"({sql} / {part})")
+            return sql
+        if kind in POST_AGGREGATOR_TYPES:
+            raise Unsupported(f"{path}: post-aggregator type {kind!r} is not supported "
+                              "(arithmetic, fieldAccess, finalizingFieldAccess, constant)")
+        raise UnknownType(f"{path}.type", kind, "PostAggregator", POST_AGGREGATOR_TYPES)
+
+    def _run_segmentMetadata(self):
+        """Column names and types of the dataSource, merged into one analysis (Druid's `merge: true` answer)."""
+        columns = {"__time": {"typeSignature": "LONG", "type": "LONG", "hasMultipleValues": False,
+                              "hasNulls": False, "size": 0, "cardinality": None, "minValue": None,
+                              "maxValue": None, "errorMessage": None}}
+        names = [self.spec.key_dimension, *(n for n in self.columns.exprs if n != "__time")]
+        for name in names:
+            kind = self.columns.type_of(name)
+            columns[name] = {"typeSignature": kind, "type": kind, "hasMultipleValues": False, "hasNulls": True,
+                             "size": 0, "cardinality": None, "minValue": None, "maxValue": None,
+                             "errorMessage": None}
+        rows = (self.snapshot.manifest.event_rows if self.columns.is_events else self.snapshot.manifest.user_rows)
+        return [{"id": f"{self.datasource}_embedded_v{self.snapshot.manifest.version}", "intervals": None,
+                 "columns": columns, "size": 0, "numRows": rows, "aggregators": None, "timestampSpec": None,
+                 "queryGranularity": None, "rollup": None}]
 
     def _limit_spec(self, dims: list[_Output], aggs: list[_Output]) -> tuple[str, str]:
         spec = self.query.get("limitSpec") or {}
@@ -870,4 +948,5 @@ DRUID_QUERY_TYPES: dict[str, Callable[[Plan], object]] = {
     "timeseries": _Plan._run_timeseries,
     "topN": _Plan._run_topN,
     "scan": _Plan._run_scan,
+    "segmentMetadata": _Plan._run_segmentMetadata,
 }

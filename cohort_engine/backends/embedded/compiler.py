@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import operator
-
 import duckdb
 from pyroaring import BitMap
 
 from ...bitmaps import to_bitmap
 from ...errors import EngineError
-from ...timewin import day_range, duration_before, parse_local, resolve_window, to_utc_naive
+from ...timewin import day_range, duration_before, resolve_window, to_utc_naive
+from ..rules import NEGATIONS, ZERO_WHEN_ABSENT, coerce, holds
 from .store import Snapshot, property_kind, quote
 
-# A negative comparator is the complement of a positive one, so that users whose value is null
-# or who have no row at all match it (docs/definition.md: `ne` matches null/absent).
-NEGATIONS = {"ne": "eq", "not_contains": "contains", "not_set": "is_set", "is_empty": "not_empty"}
 SQL_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
-PY_OPERATORS = {"eq": operator.eq, "gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
-ZERO_WHEN_ABSENT = ("count", "count_distinct", "sum", "days")
 
 
 class EmbeddedSession:
@@ -91,7 +85,7 @@ class _Compiler:
         agg_sql = self.aggregate(agg)
         cmp, values = leaf["cmp"], leaf["values"]
         test_sql, test_params = _compare(agg_sql, cmp, values)
-        if agg["fn"] in ZERO_WHEN_ABSENT and _holds(0, cmp, values):
+        if agg["fn"] in ZERO_WHEN_ABSENT and holds(0, cmp, values):
             # Users without a matching event have the value 0 and satisfy the comparison, so the
             # members are everyone except those whose value fails it.
             failing = self.query_ids(
@@ -199,28 +193,7 @@ class _Compiler:
         return _compare(col, cmp, typed)
 
     def coerce(self, value, kind: str, prop: str):
-        try:
-            if kind == "number":
-                if isinstance(value, bool):
-                    raise ValueError
-                return float(value)
-            if kind == "string":
-                if isinstance(value, bool):
-                    return "true" if value else "false"
-                return str(value)
-            if kind == "boolean":
-                if isinstance(value, bool):
-                    return value
-                text = str(value).strip().lower()
-                if text in ("true", "1"):
-                    return True
-                if text in ("false", "0"):
-                    return False
-                raise ValueError
-            return to_utc_naive(parse_local(str(value), self.ctx.tz))
-        except (TypeError, ValueError, OverflowError):
-            # OverflowError: a time at the edge of the calendar (year 1) moved out of it by the zone.
-            raise EngineError("bad_value", f"{value!r} is not a valid {kind} for property {prop!r}") from None
+        return coerce(value, kind, prop, self.ctx.tz)
 
 
 def _compare(expr: str, cmp: str, values: list) -> tuple[str, list]:
@@ -231,14 +204,3 @@ def _compare(expr: str, cmp: str, values: list) -> tuple[str, list]:
     if cmp == "between":
         return f"{expr} BETWEEN ? AND ?", list(values)
     return f"{expr} {SQL_OPERATORS[cmp]} ?", [values[0]]
-
-
-def _holds(value, cmp: str, values: list) -> bool:
-    """Whether a plain number satisfies an aggregate comparison."""
-    if cmp == "eq":
-        return any(value == v for v in values)
-    if cmp == "ne":
-        return all(value != v for v in values)
-    if cmp == "between":
-        return values[0] <= value <= values[1]
-    return PY_OPERATORS[cmp](value, values[0])

@@ -22,6 +22,7 @@ from cohort_engine.definition import AGGREGATE_FUNCTIONS, PROPERTY_COMPARATORS, 
 from cohort_engine.project import ProjectEngine
 
 from ..reference import Dataset, EngineRunner, Reference, create_project, load_into, reference_outcome
+from .druid_broker import HttpBroker
 
 USER_KINDS = {"city": "string", "level": "number", "score": "number", "vip": "boolean", "signup": "time"}
 EVENT_KINDS = {"item": "string", "qty": "number", "price": "number", "paid": "boolean", "due": "time"}
@@ -124,9 +125,35 @@ STORED_COHORTS = {
 }
 
 
-# Backend kind -> loader(engine, Dataset, scratch directory) putting the data where the backend reads it.
+# Druid has no boolean or time columns: the embedded broker serves booleans as "true"/"false" strings and
+# times as LONG milliseconds, so the setting's column mapping says which properties are which.
+DRUID_KINDS = {"events": {"paid": "boolean", "due": "time"}, "profiles": {"vip": "boolean", "signup": "time"}}
+
+
+def load_into_druid_broker(engine, data: Dataset, directory):
+    """The data in a source project's embedded store, served as Druid datasources over HTTP, and `engine`'s
+    project switched to the druid backend pointing there.
+
+    The Druid project's own dictionary starts empty: its uids come only from the keys the broker answers.
+    """
+    import json
+
+    from cohort_engine import db
+
+    source = ProjectEngine(engine.config, create_project(engine.config.database_url, engine.info.timezone))
+    load_into(source, data, directory)
+    broker = HttpBroker(engine.config, source.name)
+    setting = broker.backend(columns=DRUID_KINDS, page_size=7)  # small pages: every leaf crosses page boundaries
+    with db.connection(engine.config.database_url) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE projects SET backend = %s WHERE id = %s", (json.dumps(setting), engine.project_id))
+    return broker.close
+
+
+# Backend kind -> loader(engine, Dataset, scratch directory) putting the data where the backend reads it;
+# it may return a callable that releases what it started (called when the module's tests end).
 BACKENDS = {
     "embedded": load_into,
+    "druid": load_into_druid_broker,
 }
 
 
@@ -140,9 +167,11 @@ def world(request, database_url, redis_url, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"{backend}-{dataset}")
     config = EngineConfig(database_url=database_url, redis_url=redis_url, store_dir=str(root / "store"),
                           key_prefix="cohorts-test", threads=1)
-    engine = ProjectEngine(config, create_project(database_url, zone, backend))
+    # Created on the default backend; a loader that needs a setting of its own writes it, then it is read back.
+    name = create_project(database_url, zone)
+    release = BACKENDS[backend](ProjectEngine(config, name), data, root / "input")
+    engine = ProjectEngine(config, name)
     assert engine.info.kind == backend
-    BACKENDS[backend](engine, data, root / "input")
     runner = EngineRunner(engine, sorted(data.universe()) + EXTRA_KEYS)
     times = sorted({e["time"] for e in data.events} | {p["signup"] for p in data.profiles if p["signup"]})
     found = World(f"{backend}-{dataset}", tz, first_day, days, data, runner, times)
@@ -151,6 +180,8 @@ def world(request, database_url, redis_url, tmp_path_factory):
         found.cohorts[cohort_id] = Reference(data, tz, base).members(parse_definition(tree))
     yield found
     runner.close()
+    if release is not None:
+        release()
 
 
 def test_every_registered_backend_has_a_loader():

@@ -373,8 +373,12 @@ def test_intervals_restrict_rows(druid_store):
       "filter": {"type": "bound", "dimension": "age", "lower": "x", "ordering": "numeric"}}, 400, "filter.lower"),
     ({"queryType": "groupBy", "dataSource": "schedule_desc", "intervals": ALL,
       "filter": {"type": "bound", "dimension": "age", "lower": "1", "ordering": "strlen"}}, 501, "strlen"),
-    ({"queryType": "groupBy", "dataSource": "schedule_desc", "intervals": ALL,
+    ({"queryType": "timeseries", "dataSource": "schedule_desc", "intervals": ALL,
       "postAggregations": [{"type": "arithmetic"}]}, 501, "postAggregations"),
+    ({"queryType": "groupBy", "dataSource": "schedule_desc", "intervals": ALL,
+      "postAggregations": [{"type": "arithmetic"}]}, 400, "postAggregations[0].name"),
+    ({"queryType": "groupBy", "dataSource": "schedule_desc", "intervals": ALL, "postAggregations": [
+        {"type": "javascript", "name": "j"}]}, 501, "javascript"),
     ({"queryType": "scan", "dataSource": "schedule_desc", "intervals": ALL, "resultFormat": "valueVector"},
      501, "valueVector"),
     ({"queryType": "groupBy", "dataSource": "schedule_desc", "intervals": ALL, "dimensions": ["event"],

@@ -455,7 +455,7 @@ def test_embedded_broker_uses_token_project_and_druid_error_bodies(sugo_client, 
         "aggregations": [{"type": "count", "name": "n"}]})
     assert response.status_code == 200
     assert response.get_json()[0]["result"]["n"] == users.count("R4")
-    unsupported = sugo_client.post("/druid/v2", json={"queryType": "segmentMetadata", "dataSource": "tag_bank"})
+    unsupported = sugo_client.post("/druid/v2", json={"queryType": "dataSourceMetadata", "dataSource": "tag_bank"})
     assert unsupported.status_code == 501
     assert unsupported.get_json()["errorClass"] == "java.lang.UnsupportedOperationException"
     bad = sugo_client.post("/druid/v2", data="{not json", content_type="application/json")

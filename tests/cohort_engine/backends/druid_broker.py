@@ -1,0 +1,74 @@
+"""The service's own embedded Druid-compatible broker (cohort_engine.broker) served over real HTTP in a thread.
+
+The Druid backend tests talk to it as to a cluster's broker: POST /druid/v2 answers from a
+source project's embedded store, DELETE /druid/v2/{queryId} is recorded. A test that needs the
+broker to fail sets `fail` to a callable(query) -> (status, body or bytes) | None.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cohort_engine.broker import DataSources, DataSourceSpec, respond
+
+EVENTS, PROFILES = "events_ds", "profiles_ds"
+
+
+class HttpBroker:
+    """A thread-served /druid/v2 over a source project's store; records every query and cancel."""
+
+    def __init__(self, config, source_project: str, key: str = "distinct_id"):
+        self.datasources = DataSources.for_config(config, {
+            EVENTS: DataSourceSpec(source_project, "events", key),
+            PROFILES: DataSourceSpec(source_project, "users", key)})
+        self.queries: list[dict] = []
+        self.cancels: list[str] = []
+        self.fail = None
+        broker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                """Quiet: tests read the recorded queries, not the access log."""
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                query = json.loads(raw)
+                broker.queries.append(query)
+                answer = broker.fail(query) if broker.fail else None
+                if answer is None:
+                    answer = respond(raw, broker.datasources)
+                self._answer(*answer)
+
+            def do_DELETE(self):
+                broker.cancels.append(self.path.rstrip("/").rsplit("/", 1)[-1])
+                self._answer(202, b"")
+
+            def _answer(self, status, body):
+                payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def backend(self, **extra) -> dict:
+        """A druid backend setting pointing at this broker."""
+        return {"kind": "druid", "brokers": f"http://{self.address}/druid/v2", "events": EVENTS,
+                "profiles": PROFILES, **extra}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
