@@ -203,6 +203,13 @@ class DeletedSchema(Schema):
     deleted = fields.Integer()
 
 
+class ProjectSchema(Schema):
+    name = fields.String()
+    timezone = fields.String()
+    backend = fields.Dict(metadata={"description": "the rule backend setting, without secrets (a druid "
+                                                   "backend shows password_set instead of its password)"})
+
+
 class HealthSchema(Schema):
     ok = fields.Boolean()
     checks = fields.Dict(keys=fields.String(), values=fields.Dict())

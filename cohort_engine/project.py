@@ -85,9 +85,15 @@ class ProjectEngine:
     def ingest_users(self, path, **columns) -> int:
         return self.store.ingest_users(path, self.encode, self.tz, **columns)
 
-    def compute(self, tree: dict, base_time=None, load_cohort=None, progress=None) -> Result:
-        """Evaluate a validated canonical tree at base_time (default: now)."""
+    def compute(self, tree: dict, base_time=None, load_cohort=None, progress=None, on_cancel=None) -> Result:
+        """Evaluate a validated canonical tree at base_time (default: now).
+
+        on_cancel(callback), when given, registers the session's cancel (a remote backend's running
+        queries) to be called if the job is cancelled meanwhile.
+        """
         session = self.open_session()
+        if on_cancel is not None and hasattr(session, "cancel"):
+            on_cancel(session.cancel)
         try:
             ctx = EvalContext(
                 session=session,

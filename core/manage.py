@@ -3,15 +3,21 @@
     python -m core.manage sugo-allow PROJECT --redis host:port/db --hproxy host:port --broker host:port
     python -m core.manage sugo-deny PROJECT --redis host:port/db ...   (or --all)
     python -m core.manage sugo-targets PROJECT
+    python -m core.manage druid-backend PROJECT --brokers http://broker:8082 --events DS [--profiles DS] ...
+    python -m core.manage druid-backend PROJECT --show | --embedded
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 from cohort_engine import db
 from core.data import projects, sugo_targets
+from core.errors import Invalid
+from core.services import backends
 from core.settings import Settings
 from dialects.sugo import schemas as dialect
 from dialects.sugo.redis_targets import format_address
@@ -44,6 +50,71 @@ def _targets(args, settings: Settings) -> list[tuple[str, str, int, int]]:
     return found
 
 
+def _druid_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("project")
+    parser.add_argument("--show", action="store_true", help="print the project's backend setting (no secrets)")
+    parser.add_argument("--embedded", action="store_true", help="go back to the embedded store")
+    parser.add_argument("--brokers", help="broker URL or host:port list; each allowed first with sugo-allow --broker")
+    parser.add_argument("--events", help="the events datasource")
+    parser.add_argument("--profiles", help="the profiles datasource (Sugo: the uindex datasource)")
+    parser.add_argument("--user-key", help="the user-key dimension (default distinct_id)")
+    parser.add_argument("--event-name", help="the event-name dimension (default event)")
+    parser.add_argument("--time-column", help="the event time column (default __time)")
+    parser.add_argument("--column", action="append", default=[], metavar="TABLE.PROPERTY=[COLUMN:]KIND",
+                        help="map a property: events.paid=boolean, profiles.signup=signup_ms:time; repeatable")
+    parser.add_argument("--username", help="basic auth user")
+    parser.add_argument("--password-env", metavar="VAR", help="the environment variable holding the password "
+                                                             "(never given on the command line)")
+    parser.add_argument("--timeout-ms", type=int, help="context.timeout of every query (default 60000)")
+    parser.add_argument("--page-size", type=int, help="rows per page of a large answer (default 500000)")
+
+
+def _druid_value(args) -> dict:
+    """The backend setting the flags describe; ValueError naming a malformed flag."""
+    value = {"kind": "druid"}
+    for flag in ("brokers", "events", "profiles", "user_key", "event_name", "time_column", "username",
+                 "timeout_ms", "page_size"):
+        if getattr(args, flag) is not None:
+            value[flag] = getattr(args, flag)
+    if args.password_env:
+        if args.password_env not in os.environ:
+            raise ValueError(f"--password-env {args.password_env}: that environment variable is not set")
+        value["password"] = os.environ[args.password_env]
+    columns: dict = {}
+    for text in args.column:
+        target, sep, spec = text.partition("=")
+        table, dot, prop = target.partition(".")
+        if not sep or not dot or not prop or not spec:
+            raise ValueError(f"--column {text}: expected TABLE.PROPERTY=[COLUMN:]KIND")
+        column, colon, kind = spec.rpartition(":")
+        columns.setdefault(table, {})[prop] = {"kind": kind, **({"column": column} if colon else {})}
+    if columns:
+        value["columns"] = columns
+    return value
+
+
+def _druid_backend(conn, args, settings, project) -> int:
+    if args.show:
+        print(json.dumps(backends.public_backend(projects.backend(conn, project["id"])), indent=1))
+        return 0
+    if args.embedded:
+        projects.set_backend(conn, project["id"], {"kind": "embedded"})
+        print(f"{args.project}: backend embedded")
+        return 0
+    try:
+        shown = backends.set_druid_backend(conn, settings, project["id"], _druid_value(args))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except Invalid as exc:
+        for field, messages in exc.errors.items():
+            print(f"--{field.split('.')[0].replace('_', '-')}: {'; '.join(messages)} ({field})", file=sys.stderr)
+        return 2
+    print(f"{args.project}: backend druid")
+    print(json.dumps(shown, indent=1))
+    return 0
+
+
 def _describe(kind: str, host: str, port: int, redis_db: int) -> str:
     return f"{kind} {format_address(host, port)}" + (f"/{redis_db}" if kind == "redis" else "")
 
@@ -61,6 +132,8 @@ def main(argv=None) -> int:
     deny.add_argument("--all", action="store_true", help="remove every Sugo target of the project")
     listing = sub.add_parser("sugo-targets", help="list the Sugo targets of a project")
     listing.add_argument("project")
+    druid = sub.add_parser("druid-backend", help="point a project's rules at a Druid (or Sugo) cluster")
+    _druid_flags(druid)
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "set-token" and len(args.token) < 8:
@@ -71,6 +144,8 @@ def main(argv=None) -> int:
         if project is None:
             print(f"project {args.project!r} does not exist", file=sys.stderr)
             return 2
+        if args.command == "druid-backend":
+            return _druid_backend(conn, args, settings, project)
         if args.command == "set-token":
             projects.set_token(conn, args.project, args.token)
             print(f"token set for project {args.project}")

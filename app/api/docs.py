@@ -56,7 +56,7 @@ def _operation(summary: str, responses: dict, parameters=(), body: str | None = 
     return operation
 
 
-RESPONSE_SCHEMAS = ("Job", "Cohort", "CohortWithJob", "CohortPage", "JobPage", "MembersPage", "Membership",
+RESPONSE_SCHEMAS = ("Project", "Job", "Cohort", "CohortWithJob", "CohortPage", "JobPage", "MembersPage", "Membership",
                     "Refresh", "Deleted", "Health", "Errors")
 
 
@@ -119,6 +119,9 @@ def build_spec() -> dict:
     spec.path("/api/v1/cohorts/{cohort_id}/members/{user_key}", operations={
         "get": _operation("Is this user a member?", _responses("200", "Membership", "member or not", "409"),
                           [cohort_id, user_key])})
+    spec.path("/api/v1/project", operations={
+        "get": _operation("The token's project: name, time zone and rule backend (without secrets)",
+                          _responses("200", "Project", "the project"))})
     spec.path("/api/v1/jobs", operations={
         "get": _operation("List jobs", _responses("200", "JobPage", "a page of jobs"),
                           [{"in": "query", "schema": schemas.JobListQuery}])})

@@ -20,7 +20,8 @@ from app.schemas import (
 from app.services import cohort_service
 from cohort_engine import bitmaps
 from cohort_engine.project import ProjectEngine
-from core.data import cohorts, jobs, versions
+from core.data import cohorts, jobs, projects, versions
+from core.services.backends import public_backend
 from core.services.cohorts import SETTING_FIELDS
 
 bp = Blueprint("native", __name__, url_prefix="/api/v1")
@@ -192,6 +193,14 @@ def is_member(cohort_id, user_key):
     bitmap = published_bitmap(cohort_id)
     uid = ProjectEngine(settings().engine, g.project["name"]).lookup(user_key)
     return jsonify({"member": uid is not None and uid in bitmap})
+
+
+@bp.get("/project")
+@require_project
+def get_project():
+    """The caller's project, its rule backend shown without secrets."""
+    backend = public_backend(projects.backend(get_db(), g.project["id"]))
+    return jsonify({"name": g.project["name"], "timezone": g.project["timezone"], "backend": backend})
 
 
 @bp.get("/jobs/<int:job_id>")

@@ -117,11 +117,8 @@ class EngineProjectAccess:
         return self.engine.store.snapshot()
 
     def decode(self, uids: list[int]) -> list[str | None]:
-        conn = db.connect(self.engine.config.database_url)
-        try:
+        with db.connection(self.engine.config.database_url) as conn:
             return UserKeyDictionary(conn, self.engine.project_id).decode(uids)
-        finally:
-            conn.close()
 
 
 class DataSources:
@@ -614,13 +611,13 @@ class _Plan:
         rows = self.fetch(lambda con: self.source_ctes(con, filter_sql, filter_uses_key)
                              + f"SELECT * FROM ({grouped}) g"
                              f" WHERE {having_sql} ORDER BY {order_sql}{limit_sql}", capped=True)
-        all_ts = self._all_timestamp() if self.granularity.is_all and rows else None
         if _truthy(self.context.get("resultAsArray")):
             # Druid's array rows: the bucket start in milliseconds unless granularity is all, then
             # the dimensions, aggregators and post-aggregators in query order.
             if self.granularity.is_all:
                 return [list(row[1:]) for row in rows]
             return [[row[0], *row[1:]] for row in rows]
+        all_ts = self._all_timestamp() if self.granularity.is_all and rows else None
         version_key = "v" if self.lucene else "version"
         names = [o.name for o in dims + aggs + posts]
         return [{version_key: "v1", "timestamp": self._timestamp(row[0], all_ts),

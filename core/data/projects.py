@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from psycopg2.extras import RealDictCursor
+from psycopg2.extras import Json, RealDictCursor
 
 
 def token_hash(token: str) -> str:
@@ -33,3 +33,16 @@ def by_id(conn, project_id: int) -> dict | None:
 def set_token(conn, name: str, token: str) -> None:
     with conn.cursor() as cur:
         cur.execute("UPDATE projects SET api_token_hash = %s WHERE name = %s", (token_hash(token), name))
+
+
+def backend(conn, project_id: int) -> dict:
+    """The project's `backend` setting as stored (secrets included: never show it as is)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT backend FROM projects WHERE id = %s", (project_id,))
+        row = cur.fetchone()
+    return dict(row[0]) if row and row[0] else {"kind": "embedded"}
+
+
+def set_backend(conn, project_id: int, value: dict) -> None:
+    with conn.cursor() as cur:
+        cur.execute("UPDATE projects SET backend = %s WHERE id = %s", (Json(value), project_id))

@@ -10,6 +10,7 @@ from cohort_engine.project import ProjectEngine
 from core.data import cohorts, versions
 from core.jobs.retention import drop_bitmaps, expire_old_versions
 from core.jobs.runner import JobRun, JobStopped
+from core.services.backends import check_outbound
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,13 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
     definition_version = cohort["definition_version"] if cohort else 0
     engine = ProjectEngine(run.settings.engine, project["name"], project_id=project["id"],
                            timezone=project["timezone"])
+    outbound = engine.backend.outbound()
+    if outbound:
+        # Checked at every run: an address allowed when the setting was written may have been denied since.
+        with db.connection(run.dsn) as conn:
+            problem = check_outbound(conn, run.settings, project["id"], outbound)
+        if problem:
+            raise JobStopped("not_allowed", f"{problem}; nothing was contacted")
     prefix = run.settings.engine.key_prefix
 
     def load_cohort(cohort_id: int):
@@ -30,7 +38,7 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
                                    lambda: durable_bitmap(run, cohort_id))
 
     result = engine.compute(parse_definition(definition), base_time=job["base_time"], load_cohort=load_cohort,
-                            progress=run.progress)
+                            progress=run.progress, on_cancel=run.on_cancel)
     if cohort is None:
         return run.finish(job, None, {"count": result.count})
     # One key per attempt: a stale earlier claim finishing late cannot overwrite this one's bitmap.

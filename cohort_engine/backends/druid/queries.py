@@ -102,7 +102,11 @@ def negate(spec: dict) -> dict:
 
 
 def all_of(specs: list[dict]) -> dict | None:
-    specs = [s for s in specs if s is not None]
+    flat = []
+    for spec in specs:
+        if spec is not None:
+            flat.extend(spec["fields"] if spec["type"] == "and" else [spec])
+    specs = flat
     if not specs:
         return None
     return specs[0] if len(specs) == 1 else {"type": "and", "fields": specs}

@@ -143,7 +143,7 @@ def load_into_druid_broker(engine, data: Dataset, directory):
     source = ProjectEngine(engine.config, create_project(engine.config.database_url, engine.info.timezone))
     load_into(source, data, directory)
     broker = HttpBroker(engine.config, source.name)
-    setting = broker.backend(columns=DRUID_KINDS, page_size=7)  # small pages: every leaf crosses page boundaries
+    setting = broker.backend(columns=DRUID_KINDS)
     with db.connection(engine.config.database_url) as conn, conn.cursor() as cur:
         cur.execute("UPDATE projects SET backend = %s WHERE id = %s", (json.dumps(setting), engine.project_id))
     return broker.close
