@@ -71,7 +71,7 @@ class DruidSettings:
         return cls(brokers=brokers, events=_text(raw, "events", required=True), profiles=_text(raw, "profiles"),
                    user_key=_text(raw, "user_key") or "distinct_id", event_name=_text(raw, "event_name") or "event",
                    time_column=_text(raw, "time_column") or "__time", columns=columns, username=username,
-                   password=password, timeout_ms=_int(raw, "timeout_ms", DEFAULT_TIMEOUT_MS, 1000, 3_600_000),
+                   password=password, timeout_ms=_int(raw, "timeout_ms", DEFAULT_TIMEOUT_MS, 100, 3_600_000),
                    page_size=_int(raw, "page_size", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE))
 
     def addresses(self) -> list[tuple[str, int]]:

@@ -2,7 +2,8 @@
 
 The Druid backend tests talk to it as to a cluster's broker: POST /druid/v2 answers from a
 source project's embedded store, DELETE /druid/v2/{queryId} is recorded. A test that needs the
-broker to fail sets `fail` to a callable(query) -> (status, body or bytes) | None.
+broker to fail sets `fail` to a callable(query) -> (status, body or bytes), "drop" (close the
+connection without answering) or None (answer normally).
 """
 
 from __future__ import annotations
@@ -52,6 +53,17 @@ class _CachedAccess(EngineProjectAccess):
         return self._snapshot
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A client that went away (timeout, cancel, dropped connection tests) is expected here, not an error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class HttpBroker:
     """A thread-served /druid/v2 over a source project's store; records every query and cancel."""
 
@@ -62,6 +74,7 @@ class HttpBroker:
         self.queries: list[dict] = []
         self.cancels: list[str] = []
         self.fail = None
+        self.on_delete = None  # callable(query_id), called after a DELETE is recorded
         broker = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,12 +89,19 @@ class HttpBroker:
                 query = json.loads(raw)
                 broker.queries.append(query)
                 answer = broker.fail(query) if broker.fail else None
+                if answer == "drop":
+                    # A broker that dies mid-request: the connection closes with no answer at all.
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
                 if answer is None:
                     answer = respond(raw, broker.datasources)
                 self._answer(*answer)
 
             def do_DELETE(self):
                 broker.cancels.append(self.path.rstrip("/").rsplit("/", 1)[-1])
+                if broker.on_delete:
+                    broker.on_delete(broker.cancels[-1])
                 self._answer(202, b"")
 
             def _answer(self, status, body):
@@ -92,8 +112,7 @@ class HttpBroker:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

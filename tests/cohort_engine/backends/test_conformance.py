@@ -7,6 +7,7 @@ many trees and base times against it. A new backend is one line in BACKENDS: its
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -157,7 +158,15 @@ BACKENDS = {
 }
 
 
-@pytest.fixture(scope="module", params=[(b, d) for b in sorted(BACKENDS) for d in sorted(DATASETS)],
+# Data sets per backend where not all: the Druid backend's queries cross HTTP (about 10 ms each here, some
+# 30 s a data set), so `make test` runs it on the zone with a DST change (Druid buckets days by the zone's
+# periods); COHORTS_DRUID_CONFORMANCE=all runs it on every data set (all passed when this was written).
+BACKEND_DATASETS = {"druid": tuple(DATASETS) if os.environ.get("COHORTS_DRUID_CONFORMANCE") == "all"
+                    else ("new-york-dst-end",)}
+
+
+@pytest.fixture(scope="module", params=[(b, d) for b in sorted(BACKENDS) for d in sorted(DATASETS)
+                                        if d in BACKEND_DATASETS.get(b, DATASETS)],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def world(request, database_url, redis_url, tmp_path_factory):
     backend, dataset = request.param
