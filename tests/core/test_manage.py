@@ -83,3 +83,46 @@ def test_the_retired_operator_wide_allowlist_is_reported_when_set(caplog):
     with caplog.at_level("WARNING", logger="core.settings"):
         Settings.from_env({"COHORTS_SUGO_ALLOWED_HOSTS": "10.0.0.1:6379"})
     assert "COHORTS_SUGO_ALLOWED_HOSTS is no longer read" in caplog.text
+
+
+def test_druid_backend_needs_allowed_brokers_and_never_shows_the_password(env, project, database_url, capsys,
+                                                                           monkeypatch):
+    from core.data import projects
+
+    name, project_id = project
+    flags = ["druid-backend", name, "--brokers", "http://Broker.example:8082/druid/v2", "--events", "ev",
+             "--profiles", "users", "--column", "events.paid=boolean", "--column", "profiles.signup=signup_ms:time",
+             "--username", "svc", "--password-env", "DRUID_TEST_PASSWORD"]
+    monkeypatch.setenv("DRUID_TEST_PASSWORD", "s3cret-pw")
+    assert manage.main(flags) == 2
+    err = capsys.readouterr().err
+    assert "broker.example:8082 is not allowed" in err and "sugo-allow" in err
+    with db.connection(database_url) as conn:
+        assert projects.backend(conn, project_id) == {"kind": "embedded"}  # nothing written
+    assert manage.main(["sugo-allow", name, "--broker", "broker.example:8082"]) == 0
+    assert manage.main(flags) == 0
+    out = capsys.readouterr().out
+    assert "backend druid" in out and "s3cret-pw" not in out
+    with db.connection(database_url) as conn:
+        stored = projects.backend(conn, project_id)
+    assert stored["password"] == "s3cret-pw" and stored["columns"] == {
+        "events": {"paid": {"kind": "boolean"}}, "profiles": {"signup": {"kind": "time", "column": "signup_ms"}}}
+    assert manage.main(["druid-backend", name, "--show"]) == 0
+    shown = capsys.readouterr().out
+    assert '"password_set": true' in shown and "s3cret-pw" not in shown and '"signup_ms"' in shown
+    assert manage.main(["druid-backend", name, "--brokers", "h:1", "--events", "e", "--page-size", "0"]) == 2
+    assert "page_size" in capsys.readouterr().err
+    own = urlsplit_port(env.engine.database_url)
+    assert manage.main(["sugo-allow", name, "--broker", own]) == 0
+    assert manage.main(["druid-backend", name, "--brokers", own, "--events", "e"]) == 2
+    assert "this service's own stores" in capsys.readouterr().err
+    assert manage.main(["druid-backend", name, "--embedded"]) == 0
+    with db.connection(database_url) as conn:
+        assert projects.backend(conn, project_id) == {"kind": "embedded"}
+
+
+def urlsplit_port(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5432}"
