@@ -393,3 +393,43 @@ def test_unsupported_and_bad_queries_answer_druid_errors(druid_store, query, sta
     assert set(body) == {"error", "errorMessage", "errorClass", "host"} and body["host"] is None
     assert fragment in body["errorMessage"]
     assert body["error"] == ("Unsupported operation" if status == 501 else "Json parse failed")
+
+
+def test_post_aggregations_having_and_array_rows_follow_druids_groupby(druid_store):
+    """avg as quotient(sum, non-null count), a having over the post-aggregator, rows as arrays (resultAsArray)."""
+    query = {"queryType": "groupBy", "dataSource": "schedule_desc", "intervals": ALL, "granularity": "all",
+             "dimensions": ["distinct_id"],
+             "aggregations": [{"type": "doubleSum", "name": "s", "fieldName": "price"},
+                              {"type": "filtered", "name": "n", "aggregator": {"type": "count", "name": "n"},
+                               "filter": {"type": "not", "field": {"type": "selector", "dimension": "price",
+                                                                   "value": None}}}],
+             "postAggregations": [{"type": "arithmetic", "name": "avg", "fn": "quotient", "fields": [
+                 {"type": "fieldAccess", "fieldName": "s"}, {"type": "fieldAccess", "fieldName": "n"}]},
+                 {"type": "arithmetic", "name": "half", "fn": "/", "fields": [
+                     {"type": "fieldAccess", "fieldName": "n"}, {"type": "constant", "name": "z", "value": 0}]}],
+             "having": {"type": "filter", "filter": {"type": "bound", "dimension": "avg", "ordering": "numeric",
+                                                     "lower": "20", "lowerStrict": True}},
+             "limitSpec": {"type": "default", "columns": ["distinct_id"]},
+             "context": {"resultAsArray": True}}
+    status, rows = execute(query, druid_store.datasources)
+    assert status == 200
+    prices = defaultdict(list)
+    for event in druid_store.events:
+        if event["price"] is not None:
+            prices[event["distinct_id"]].append(event["price"])
+    expected = sorted((k, sum(v) / len(v)) for k, v in prices.items() if sum(v) / len(v) > 20)
+    assert [r[0] for r in rows] == [k for k, _ in expected]
+    assert [r[3] for r in rows] == pytest.approx([v for _, v in expected])
+    assert all(len(r) == 5 and r[4] == 0 for r in rows)  # Druid's "/" answers 0 for a zero divisor
+    timed = execute({**query, "granularity": "day", "having": None, "postAggregations": []},
+                    druid_store.datasources)[1]
+    assert all(isinstance(r[0], int) and r[0] % 86_400_000 == 0 and len(r) == 4 for r in timed)
+
+
+def test_segment_metadata_answers_every_column_with_its_type(druid_store):
+    status, body = execute({"queryType": "segmentMetadata", "dataSource": "schedule_desc", "intervals": [ALL],
+                            "merge": True, "analysisTypes": []}, druid_store.datasources)
+    assert status == 200 and len(body) == 1 and body[0]["numRows"] == len(druid_store.events)
+    types = {name: column["type"] for name, column in body[0]["columns"].items()}
+    assert types == {"__time": "LONG", "distinct_id": "STRING", "event": "STRING", "sugo_province": "STRING",
+                     "age": "LONG", "price": "DOUBLE", "item": "STRING"}

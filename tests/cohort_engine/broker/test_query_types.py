@@ -9,7 +9,7 @@ USER_GROUP = {"queryType": "user_group", "dataSource": "tag_bank", "granularity"
 
 
 def test_the_broker_alone_knows_druids_query_types_only(druid_store):
-    assert set(broker.DRUID_QUERY_TYPES) == {"groupBy", "timeseries", "topN", "scan"}
+    assert set(broker.DRUID_QUERY_TYPES) == {"groupBy", "timeseries", "topN", "scan", "segmentMetadata"}
     status, body = broker.execute(USER_GROUP, druid_store.datasources)
     assert status == 400 and "Could not resolve type id" in body["errorMessage"]
 
