@@ -313,6 +313,21 @@ class UserKeyDictionary:
         if len(ids) == 0:
             return []
         ids = [int(i) for i in ids]
+        if len(ids) >= CACHE_THRESHOLD:
+            # Bulk decodes (the embedded broker decodes every user a query reaches) read the
+            # process cache that bulk encodes keep, refreshed with the blocks added since.
+            cache = _process_cache(self.conn.dsn, self.project_id, create=True)
+            with cache.lock:
+                try:
+                    with self.conn.cursor() as cur:
+                        cache.refresh(cur, self.project_id)
+                    self.conn.commit()
+                except BaseException:
+                    self.conn.rollback()
+                    raise
+                keys = cache.keys
+                size = len(keys)
+                return [keys[i] if 0 <= i < size else None for i in ids]
         blocks = self._blocks({i // BLOCK_SIZE for i in ids if 0 <= i < int(MISSING)})
         out: list[str | None] = []
         for i in ids:

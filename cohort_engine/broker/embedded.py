@@ -614,9 +614,8 @@ class _Plan:
         if _truthy(self.context.get("resultAsArray")):
             # Druid's array rows: the bucket start in milliseconds unless granularity is all, then
             # the dimensions, aggregators and post-aggregators in query order.
-            if self.granularity.is_all:
-                return [list(row[1:]) for row in rows]
-            return [[row[0], *row[1:]] for row in rows]
+            # Tuples encode as JSON arrays; slicing off the bucket is the only per-row work.
+            return [row[1:] for row in rows] if self.granularity.is_all else rows
         all_ts = self._all_timestamp() if self.granularity.is_all and rows else None
         version_key = "v" if self.lucene else "version"
         names = [o.name for o in dims + aggs + posts]
