@@ -173,6 +173,7 @@ def druid_section(ctx: BenchContext) -> list[Row]:
                     f"({timer.keys:,} keys); first run with an empty dictionary {first_seconds:.2f} s")
         rows.append(row)
         print(f"  druid cohort: {druid_seconds:.2f} s vs embedded {embedded_seconds:.2f} s; {row.note}", flush=True)
+        rows.append(_sequence_row(embedded, druid, label))
         rows.append(_key_rate(druid, broker))
     finally:
         broker.close()
@@ -203,3 +204,20 @@ def _key_rate(druid: ProjectEngine, broker: _Broker) -> Row:
                note=f"{client_seconds:.2f} s after the broker's {broker.seconds:.2f} s (end to end "
                     f"{len(bitmap) / seconds:,.0f} keys/s); JSON parse {timer.parse:.2f} s, dictionary encode "
                     f"{timer.encode:.2f} s, bitmap and HTTP the rest")
+
+
+# Three steps in the last 7 days: the Druid backend fetches each step's per-user times and joins them here.
+SEQUENCE = {"type": "sequence", "window": {"last": 7, "offset": 0, "unit": "day"},
+            "steps": [{"event": "player_register"}, {"event": "fight_success"}, {"event": "pay"}]}
+
+
+def _sequence_row(embedded: ProjectEngine, druid: ProjectEngine, label: str) -> Row:
+    tree = parse_definition(SEQUENCE)
+    embedded_seconds, expected = _best_of(lambda: embedded.compute(tree, base_time=BASE_TIME), runs=1)
+    druid_seconds, got = _best_of(lambda: druid.compute(tree, base_time=BASE_TIME), runs=1)
+    got_keys, expected_keys = set(druid.iter_keys(got.bitmap)), set(embedded.iter_keys(expected.bitmap))
+    if got_keys != expected_keys:
+        raise AssertionError(f"sequence: druid {len(got_keys)} users, embedded {len(expected_keys)}")
+    return Row(f"sequence (3 steps, last 7 days), {label}: Druid backend, steps joined in the worker",
+               druid_seconds, "s", embedded_seconds, "embedded backend (one SQL statement)",
+               note=f"same {len(got_keys):,} users")
