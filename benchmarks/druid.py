@@ -13,12 +13,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import requests
-
 from cohort_engine import db
 from cohort_engine.backends.druid import DruidSession
 from cohort_engine.broker import DataSources, DataSourceSpec, respond
 from cohort_engine.definition import parse_definition
+from cohort_engine.druid import client as client_module
 from cohort_engine.project import ProjectEngine
 
 from . import BenchContext, Row, section
@@ -73,18 +72,18 @@ class _Timed:
     def __init__(self, session: DruidSession):
         self.http = self.parse = self.encode = 0.0
         self.keys = 0
-        original_json = requests.models.Response.json
+        original_parse = client_module.parse_body
         timer = self
 
-        def timed_json(response, **kwargs):
+        def timed_parse(response):
             started = time.perf_counter()
             try:
-                return original_json(response, **kwargs)
+                return original_parse(response)
             finally:
                 timer.parse += time.perf_counter() - started
 
-        self._restore = lambda: setattr(requests.models.Response, "json", original_json)
-        requests.models.Response.json = timed_json
+        self._restore = lambda: setattr(client_module, "parse_body", original_parse)
+        client_module.parse_body = timed_parse
         query, encode = session.client.query, session._encode
 
         def timed_query(*args, **kwargs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -11,7 +12,7 @@ import requests
 from ..http import EndpointsClient, endpoint_urls
 from .protocol import DruidError, PagedQueries, RowParser
 
-__all__ = ["DruidClient", "DruidError", "broker_endpoints", "parse_error"]
+__all__ = ["DruidClient", "DruidError", "broker_endpoints", "parse_body", "parse_error"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,18 @@ def parse_error(status: int, body) -> DruidError:
                           error_class=body.get("errorClass"), host=body.get("host"), body=body)
     text = body if isinstance(body, str) else repr(body)
     return DruidError(f"HTTP {status}", text[:2000], status, body=body)
+
+
+def parse_body(response: requests.Response):
+    """The JSON of a response, or its text when it is not JSON.
+
+    Parsed from the bytes: requests' own .json() first guesses the text encoding of a body with no
+    charset by scanning it, which took longer than parsing a 250,000-key answer.
+    """
+    try:
+        return json.loads(response.content)
+    except ValueError:  # includes UnicodeDecodeError
+        return response.text
 
 
 def broker_endpoints(broker: str) -> list[str]:
@@ -88,10 +101,7 @@ class DruidClient(EndpointsClient, PagedQueries):
         """The parsed JSON result of one native query; DruidError on any failure."""
         query, query_id = self.with_query_id(query, query_id)
         response = self._send("POST", "", query, self._read_timeout(query))
-        try:
-            body = response.json()
-        except ValueError:
-            body = response.text
+        body = parse_body(response)
         if response.status_code != 200:
             raise parse_error(response.status_code, body)
         if isinstance(body, str):
