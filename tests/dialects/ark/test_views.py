@@ -235,7 +235,7 @@ def test_errors_in_arks_shape_and_nothing_written(ark, client, database_url):
         "name": "native-one", "definition": {"type": "ids", "keys": []}}).get_json()["cohort"]["id"]
     before = cohort_rows(database_url, project_id)
     duplicate = call(client, "POST", "", token, body)
-    assert duplicate.status_code == 501 and duplicate.get_json()["code"] == 50101
+    assert duplicate.status_code == 400 and duplicate.get_json()["code"] == 50101
     assert "name" in duplicate.get_json()["data"]
     bad = call(client, "POST", "", token, {**body, "name": "bad", "content": content(
         ([user("user.city", "GT", [1, 2]), event(relative="0,6,day")], "AND"))})
