@@ -60,11 +60,12 @@ ARK_EXAMPLE = {
 def _answers(docs, success: str, description: str, *errors: str) -> dict:
     answers = {"200": {"description": description, "content": {"application/json": {"schema": {
         "$ref": f"#/components/schemas/{success}"}}}}}
+    ark, service = {"$ref": "#/components/schemas/ArkError"}, {"$ref": "#/components/schemas/Errors"}
     for code in sorted({"400", "401", "404", "503", *errors}):
-        # A path the router does not know is answered by the service, in its own shape.
-        schema = "Errors" if code == "404" else "ArkError"
-        answers[code] = {"description": ARK_ERROR_ANSWERS[code],
-                         "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+        # A path the router does not match (an id of more than 18 digits, no such path) is answered by the
+        # service in its own shape, also when the app-wide input rules refuse it first (400).
+        schema = service if code == "404" else {"anyOf": [ark, service]} if code == "400" else ark
+        answers[code] = {"description": ARK_ERROR_ANSWERS[code], "content": {"application/json": {"schema": schema}}}
     return answers
 
 
