@@ -28,7 +28,7 @@ class _SharedSnapshot(Snapshot):
     """
 
     def __init__(self, snapshot: Snapshot):
-        super().__init__(snapshot.root, snapshot.manifest, snapshot.threads)
+        super().__init__(snapshot.root, snapshot.manifest, snapshot.limits)
         self._shared = None
         self._lock = threading.Lock()
 
