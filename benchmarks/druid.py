@@ -27,6 +27,10 @@ from .engine import BASE_TIME, COHORT, _best_of, _config, _existing_project, _fr
 SIZES = {"full": (20_000_000, 1_000_000), "small": (1_000_000, 50_000)}
 
 
+def label_of(events: int, users: int) -> str:
+    return f"{events / 1e6:g}M events / {users / 1e6:g}M users"
+
+
 class _Broker:
     """POST /druid/v2 answered by the embedded broker, with the time spent in it recorded."""
 
@@ -125,7 +129,9 @@ def druid_section(ctx: BenchContext) -> list[Row]:
     if os.environ.get("BENCH_DRUID_EVENTS"):
         events = int(os.environ["BENCH_DRUID_EVENTS"])
         users = events // 20
-    label = f"{events / 1e6:g}M events / {users / 1e6:g}M users"
+        ctx.notes.append(f"run at {label_of(events, users)} (BENCH_DRUID_EVENTS) instead of 20M / 1M: the machine "
+                         "was shared and loaded")
+    label = label_of(events, users)
     name = f"bench_{ctx.scale}_{events // 1_000_000}m"
     embedded = _existing_project(ctx, name, events)
     if embedded is None:
@@ -171,6 +177,10 @@ def druid_section(ctx: BenchContext) -> list[Row]:
                     f"rest of the client {client_other:.2f} s, key encoding {timer.encode:.2f} s "
                     f"({timer.keys:,} keys); first run with an empty dictionary {first_seconds:.2f} s")
         rows.append(row)
+        part = max([("the broker", server), ("JSON parsing", timer.parse), ("key encoding", timer.encode),
+                    ("HTTP", client_other)], key=lambda p: p[1])
+        ctx.notes.append(f"what the Druid path adds over the embedded backend is mostly {part[0]} ({part[1]:.2f} s of "
+                         f"{druid_seconds - embedded_seconds:.2f} s extra)")
         print(f"  druid cohort: {druid_seconds:.2f} s vs embedded {embedded_seconds:.2f} s; {row.note}", flush=True)
         rows.append(_sequence_row(embedded, druid, label))
         rows.append(_key_rate(druid, broker))

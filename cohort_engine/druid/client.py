@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from ..gcpause import gc_paused
 from ..http import EndpointsClient, endpoint_urls
 from .protocol import DruidError, PagedQueries, RowParser
 
@@ -39,7 +40,8 @@ def parse_body(response: requests.Response):
     charset by scanning it, which took longer than parsing a 250,000-key answer.
     """
     try:
-        return json.loads(response.content)
+        with gc_paused():
+            return json.loads(response.content)
     except ValueError:  # includes UnicodeDecodeError
         return response.text
 
