@@ -21,8 +21,6 @@ from itertools import repeat
 
 import numpy as np
 
-from .gcpause import gc_paused
-
 MISSING = np.uint32(0xFFFFFFFF)
 BLOCK_SIZE = 65536
 BUCKETS = 2048
@@ -329,8 +327,7 @@ class UserKeyDictionary:
                     raise
                 keys = cache.keys
                 size = len(keys)
-                with gc_paused():
-                    return [keys[i] if 0 <= i < size else None for i in ids]
+                return [keys[i] if 0 <= i < size else None for i in ids]
         blocks = self._blocks({i // BLOCK_SIZE for i in ids if 0 <= i < int(MISSING)})
         out: list[str | None] = []
         for i in ids:

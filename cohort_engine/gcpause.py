@@ -1,4 +1,4 @@
-"""Pausing Python's cyclic garbage collector while building large acyclic results (JSON rows, fetched tuples)."""
+"""Pausing Python's cyclic garbage collector while building a large acyclic result (a parsed broker answer)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,6 @@ import pyarrow as pa
 from .. import db
 from ..backends.embedded.store import Snapshot, quote
 from ..dictionary import UserKeyDictionary
-from ..gcpause import gc_paused
 from .errors import BadQuery, DruidQueryError, UnknownType, Unsupported, require, type_id
 from .filters import (
     DOUBLE,
@@ -196,11 +195,6 @@ def _refused(exc: DruidQueryError, pretty: bool) -> tuple[int, bytes]:
 
 def encode(body, limits: QueryLimits = UNLIMITED, pretty: bool = False) -> bytes:
     """body as UTF-8 JSON (indented when pretty), refused once it passes limits.max_response_bytes."""
-    with gc_paused():
-        return _encode(body, limits, pretty)
-
-
-def _encode(body, limits: QueryLimits, pretty: bool) -> bytes:
     indent = 2 if pretty else None
     if not isinstance(body, list) or not body:
         data = json.dumps(body, ensure_ascii=False, indent=indent).encode("utf-8", "backslashreplace")
@@ -425,8 +419,7 @@ class _Plan:
         try:
             sql = build(con)
             self.deadline.check()
-            with gc_paused():
-                rows = con.execute(sql, _bind(sql, self.params.values)).fetchall()
+            rows = con.execute(sql, _bind(sql, self.params.values)).fetchall()
         except duckdb.InterruptException:
             raise self.deadline.timeout() from None
         except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.BinderException,

@@ -133,3 +133,21 @@ def test_decoded_keys_come_from_the_database_not_the_caller(dictionary_of, datab
         assert other.decode(ids[::-1].tolist()) == keys[::-1]
     finally:
         conn.close()
+
+
+def test_a_bulk_decode_reads_the_process_cache_and_its_new_blocks(dictionary_of, database_url):
+    first = [f"bulk-{i}" for i in range(CACHE_THRESHOLD)]
+    ids = dictionary_of.encode(first).tolist()
+    assert dictionary_of.decode(ids[::-1] + [len(first) + 5]) == first[::-1] + [None]  # bulk: from the cache
+    conn = psycopg2.connect(database_url)
+    try:
+        # Keys another connection (another process, in production) added after the cache was loaded.
+        later = [f"later-{i}" for i in range(10)]
+        added = UserKeyDictionary(conn, dictionary_of.project_id)._encode_by_buckets(conn.cursor(), later, True)
+        conn.commit()
+    finally:
+        conn.close()
+    wanted = ids[:CACHE_THRESHOLD - 3] + added.tolist()
+    assert dictionary_of.decode(wanted) == first[:CACHE_THRESHOLD - 3] + later
+    dictionary.clear_process_caches()
+    assert dictionary_of.decode(added.tolist()) == later  # small: from the blocks, as before
