@@ -345,7 +345,11 @@ class _Plan:
         self.columns = SourceColumns(self.spec, self.snapshot)
         self.params = SqlParams()
         self.filters = FilterTranslator(self.columns, self.params)
-        self.intervals = parse_intervals(query.get("intervals"))
+        # segmentMetadata's intervals are optional (all time); the answer does not depend on them here.
+        intervals = query.get("intervals")
+        if intervals is None and self.query_type == "segmentMetadata":
+            intervals = "1000/3000"
+        self.intervals = parse_intervals(intervals)
         self.granularity = parse_granularity(query.get("granularity"))
         for field in ("virtualColumns", "subtotalsSpec"):
             if query.get(field):
