@@ -113,8 +113,11 @@ def _druid_backend(conn, args, settings, project) -> int:
         print(exc, file=sys.stderr)
         return 2
     except Invalid as exc:
+        flags = {"columns": "column", "password": "password-env"}
         for field, messages in exc.errors.items():
-            print(f"--{field.split('.')[0].replace('_', '-')}: {'; '.join(messages)} ({field})", file=sys.stderr)
+            head = field.split(".")[0]
+            flag = flags.get(head, head.replace("_", "-"))
+            print(f"--{flag}: {'; '.join(messages)} ({field})", file=sys.stderr)
         return 2
     print(f"{args.project}: backend druid")
     print(json.dumps(shown, indent=1))
