@@ -7,6 +7,7 @@ the user keys they answer are encoded into the project's dictionary in bulk. doc
 
 from __future__ import annotations
 
+from ...errors import EngineError
 from .. import Backend, ProjectInfo, register
 from .session import DruidSession
 from .settings import BackendSettingError, DruidSettings, public_backend
@@ -32,8 +33,6 @@ class DruidBackend(Backend):
 
 
 def _factory(project: ProjectInfo, config) -> DruidBackend:
-    from ...errors import EngineError
-
     try:
         return DruidBackend(project, config)
     except BackendSettingError as exc:

@@ -269,11 +269,11 @@ class LeafQueries:
             return None, positive != leaf["cmp"]
         return self.users(self.settings.profiles, filter_=spec), positive != leaf["cmp"]
 
-    def event_value(self, agg: dict) -> tuple[list, list, dict | None, dict | None]:
-        """(aggregations, post-aggregations, guard having, value column) of an aggregate; the value is named VALUE."""
+    def event_value(self, agg: dict) -> tuple[list, list, dict | None]:
+        """(aggregations, post-aggregations, guard having) of an aggregate; the value is named VALUE."""
         fn = agg["fn"]
         if fn == "count":
-            return [{"type": "count", "name": VALUE}], [], None, None
+            return [{"type": "count", "name": VALUE}], [], None
         f = self.field(agg["property"], self.catalog.events, "event")
         if f.kind != "number":
             raise EngineError("type_mismatch", f"{fn} needs a numeric property; {agg['property']!r} is {f.kind}")
@@ -282,20 +282,20 @@ class LeafQueries:
                     "aggregator": {"type": "count", "name": NON_NULL}, "name": NON_NULL}
         has_values = numeric_bound(NON_NULL, lower=0, lower_strict=True)
         if fn == "sum":
-            return [{"type": f"{family}Sum", "name": VALUE, "fieldName": f.column}], [], None, None
+            return [{"type": f"{family}Sum", "name": VALUE, "fieldName": f.column}], [], None
         if fn in ("min", "max"):
             return ([{"type": f"{family}{fn.title()}", "name": VALUE, "fieldName": f.column}, non_null], [],
-                    has_values, None)
+                    has_values)
         # avg: sum over the non-null values divided by their number.
         return ([{"type": "doubleSum", "name": "sum", "fieldName": f.column}, non_null],
                 [{"type": "arithmetic", "name": VALUE, "fn": "quotient",
                   "fields": [{"type": "fieldAccess", "fieldName": "sum"},
-                             {"type": "fieldAccess", "fieldName": NON_NULL}]}], has_values, None)
+                             {"type": "fieldAccess", "fieldName": NON_NULL}]}], has_values)
 
     def event(self, leaf: dict, complement: bool) -> dict:
         """The users whose aggregate passes the comparison (failing it when complement) among those with rows."""
         intervals, filter_ = self.event_scope(leaf["event"], leaf.get("filter"), leaf["window"])
-        aggregations, posts, guard, _ = self.event_value(leaf["agg"])
+        aggregations, posts, guard = self.event_value(leaf["agg"])
         test = compare_values(VALUE, leaf["cmp"], leaf["values"], numeric=True)
         if complement:
             # A null sum (no non-null value) is 0, which passes: it never fails the comparison.
@@ -327,7 +327,6 @@ class LeafQueries:
         if how in ("min", "max"):
             return self.group_by(self.settings.events, intervals, filter_, [key],
                                  [{"type": f"long{how.title()}", "name": VALUE, "fieldName": time_column}])
-        query = self.group_by(self.settings.events, intervals, filter_,
-                              [key, {"type": "default", "dimension": time_column, "outputName": VALUE,
-                                     "outputType": "LONG"}])
-        return query
+        return self.group_by(self.settings.events, intervals, filter_,
+                             [key, {"type": "default", "dimension": time_column, "outputName": VALUE,
+                                    "outputType": "LONG"}])

@@ -180,7 +180,7 @@ class DruidSession:
         """The uids of the first dimension (the user key) of every row."""
         found = BitMap()
         for rows in self._pages(query):
-            found.update(_as_buffer(self._encode([r[0] for r in rows if r[0] is not None])))
+            found |= to_bitmap(self._encode([r[0] for r in rows if r[0] is not None]))
         return found
 
     def _times(self, query: dict) -> dict[str, int]:
@@ -220,25 +220,17 @@ class DruidSession:
                     current, count = key, 0
                 count += 1
             if picked:
-                bitmap.update(_as_buffer(self._encode(picked)))
+                bitmap |= to_bitmap(self._encode(picked))
                 picked.clear()
         settle(current, count)
         if picked:
-            bitmap.update(_as_buffer(self._encode(picked)))
+            bitmap |= to_bitmap(self._encode(picked))
         return self.universe() - bitmap if zero_passes else bitmap
 
     def _encode(self, keys: list[str]) -> np.ndarray:
         """uint32 ids of user keys (new keys get ids), in bulk."""
         with db.connection(self.config.database_url) as conn:
             return UserKeyDictionary(conn, self.project.id).encode(keys)
-
-
-def _as_buffer(ids: np.ndarray):
-    import array
-
-    buffer = array.array("I")
-    buffer.frombytes(np.sort(ids.astype(np.uint32)).tobytes())
-    return buffer
 
 
 def druid_failure(exc: DruidError, settings: DruidSettings, query: dict) -> EngineError:
