@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ READ_CHUNK = 1 << 20
 MAX_REPORTED_ERRORS = 20
 # Surrogate escapes stand for bytes that are not UTF-8 (decoded with errors="surrogateescape").
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_LINE = re.compile("[^\n]*\n")
 
 
 @dataclass(frozen=True)
@@ -115,17 +117,17 @@ def iter_stream(stream, size: int = READ_CHUNK) -> Iterator[bytes]:
         yield chunk
 
 
-def _bounded_lines(text: io.TextIOBase, max_line: int, bad: Callable[[int, str], None]) -> Iterator[str]:
-    """The lines of text (without their ends), read a block at a time; a line over max_line characters is
-    reported and replaced by an empty one, so that csv's line count stays in step."""
-    number = 0
+def _blocks(text: io.TextIOBase, max_line: int, bad: Callable[[int, str], None]) -> Iterator[tuple[int, str]]:
+    """(number of its first line, text) of successive blocks of whole lines (ends kept), read a chunk at a
+    time; a line over max_line characters is reported and replaced by an empty one, keeping the count."""
+    number = 1
     rest = ""
     skipping = False
     while True:
         block = text.read(READ_CHUNK)
         if not block:
             if rest and not skipping:
-                yield rest
+                yield number, rest
             return
         if skipping:
             cut = block.find("\n")
@@ -133,20 +135,126 @@ def _bounded_lines(text: io.TextIOBase, max_line: int, bad: Callable[[int, str],
                 continue
             block, skipping = block[cut + 1:], False
         block = rest + block
-        # split("\n"), not splitlines(): that also splits at \v, \x1c, \u2028, ... where csv does not.
-        lines = block.split("\n")
-        rest = lines.pop()
+        cut = block.rfind("\n") + 1
+        block, rest = block[:cut], block[cut:]
         if len(rest) > max_line:
-            lines.append(rest)
-            rest = ""
-            skipping = True
-        for line in lines:
-            number += 1
-            if len(line) > max_line and len(line.rstrip("\r")) > max_line:
-                bad(number, f"longer than {max_line} characters")
-                yield ""
-            else:
-                yield line
+            bad(number + block.count("\n"), f"longer than {max_line} characters")
+            block, rest, skipping = block + "\n", "", True
+        if block and max(map(len, block.split("\n"))) > max_line:
+            lines = []
+            for offset, line in enumerate(_LINE.findall(block)):
+                if len(line.rstrip("\r\n")) > max_line:
+                    bad(number + offset, f"longer than {max_line} characters")
+                    line = "\n"
+                lines.append(line)
+            block = "".join(lines)
+        if block:
+            yield number, block
+            number += block.count("\n")
+
+
+class _Collector:
+    """The rows of one upload as they are read: distinct IDs (first seen first), last values, counts."""
+
+    def __init__(self, kind: str, header: str, header_names: set[str], limits: Limits):
+        self.kind, self.width, self.limits = kind, (1 if kind == "cohort" else 2), limits
+        self.header_mode, self.header_names = header, header_names
+        self.header: list[str] | None = None
+        self.first = True
+        self.seen: dict[str, str | None] = {}
+        self.rows = self.empty_values = self.bad_rows = 0
+        self.errors: list[dict] = []
+
+    def bad(self, line: int, message: str) -> None:
+        self.bad_rows += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append({"line": line, "message": message})
+
+    def is_header(self, record: list[str]) -> bool:
+        """Whether the first record of the file is a header (called once)."""
+        self.first = False
+        if self.header_mode == "true" or (self.header_mode == "auto" and record[0].strip().lower() in self.header_names):
+            self.header = record
+            return True
+        return False
+
+    def count_rows(self, n: int) -> None:
+        self.rows += n
+        if self.rows > self.limits.max_rows:
+            raise UploadError(f"the upload has more than {self.limits.max_rows} rows (the import limit)")
+
+    def fast_block(self, block: str) -> bool:
+        """Take a block of plain lines (no quotes, nothing to report) in bulk; False to read it field by field."""
+        if '"' in block or _UNSTORABLE.search(block):
+            return False
+        lines = [line.strip() for line in block.split("\n")]
+        lines = [line for line in lines if line]
+        if self.first and lines:
+            if self.is_header(lines[0].split(",")):
+                lines = lines[1:]
+        if not lines:
+            return True
+        if self.kind == "cohort":
+            if "," in block or max(map(len, lines)) > self.limits.max_key:
+                return False
+            self.count_rows(len(lines))
+            self.seen.update(dict.fromkeys(lines))
+            return True
+        pairs = [line.split(",") for line in lines]
+        if any(len(pair) != 2 for pair in pairs):
+            return False
+        keys = [pair[0].strip() for pair in pairs]
+        values = [pair[1].strip() for pair in pairs]
+        if not all(keys) or max(map(len, keys)) > self.limits.max_key or max(map(len, values)) > self.limits.max_value:
+            return False
+        self.count_rows(len(keys))
+        self.empty_values += values.count("")
+        self.seen.update(zip(keys, values, strict=True))
+        return True
+
+    def record(self, line: int, record: list[str]) -> None:
+        """Take one CSV record starting at line."""
+        if not record or (len(record) == 1 and not record[0].strip()):
+            return  # an empty line (or a reported long one)
+        if self.first and self.is_header(record):
+            return
+        width = self.width
+        if len(record) != width:
+            self.bad(line, f"expected {width} field{'s' if width > 1 else ''} ("
+                           f"{'one ID' if width == 1 else 'ID,value'}), got {len(record)}")
+            return
+        key = record[0].strip()
+        value = record[1].strip() if width == 2 else None
+        if not key:
+            self.bad(line, "empty ID")
+        elif len(key) > self.limits.max_key:
+            self.bad(line, f"ID longer than {self.limits.max_key} characters")
+        elif _UNSTORABLE.search(key) or (value is not None and _UNSTORABLE.search(value)):
+            self.bad(line, "not UTF-8 text, or holds a NUL character")
+        elif value is not None and len(value) > self.limits.max_value:
+            self.bad(line, f"value longer than {self.limits.max_value} characters")
+        else:
+            self.count_rows(1)
+            if value == "":
+                self.empty_values += 1
+            # A repeated ID keeps its first place; for a tag its last value wins.
+            self.seen[key] = value
+
+
+def _csv_records(first_line: int, blocks: Iterable[str]) -> Iterator[tuple[int, list[str] | Exception]]:
+    """(line, record or csv.Error) of the CSV text of blocks, the first starting at first_line."""
+    reader = csv.reader((line for block in blocks for line in _LINE.findall(block)), strict=True)
+    offset = first_line - 1
+    while True:
+        start = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield offset + reader.line_num, exc
+            continue
+        yield offset + start, record
 
 
 def parse(chunks: Iterable[bytes], kind: str = "cohort", *, header: str = "auto", match_column: str | None = None,
@@ -156,92 +264,39 @@ def parse(chunks: Iterable[bytes], kind: str = "cohort", *, header: str = "auto"
     header: "auto" (the first row is a header if its first field names an ID column: HEADER_NAMES or
     match_column), "true" or "false". UTF-8 with or without a BOM, LF or CRLF line ends, empty lines
     skipped, fields quoted as in CSV (RFC 4180). Duplicated IDs are counted, the first occurrence
-    kept; for tags the last value of an ID wins.
+    kept; for tags the last value of an ID wins. Blocks of plain lines are taken in bulk; from the
+    first block that needs it (a quote, a bad row) on, the rest is read by the csv module.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
     raw = _ChunkReader(chunks, limits.max_bytes)
     text = io.TextIOWrapper(io.BufferedReader(raw, READ_CHUNK), encoding="utf-8-sig", errors="surrogateescape",
                             newline="")
-    errors: list[dict] = []
-    tally = [0]  # bad rows, including those not reported one by one
-
-    def bad(line: int, message: str) -> None:
-        tally[0] += 1
-        if len(errors) < MAX_REPORTED_ERRORS:
-            errors.append({"line": line, "message": message})
-
-    reader = csv.reader(_bounded_lines(text, limits.max_line, bad), strict=True)
-    width = 1 if kind == "cohort" else 2
     header_names = {n.lower() for n in HEADER_NAMES} | ({match_column.lower()} if match_column else set())
-    seen: dict[str, int] = {}
-    values: list[str] | None = [] if kind == "tag" else None
-    parsed = Parsed(kind, [], values)
-    first = True
-    line_no = 0
-    while True:
-        start = reader.line_num + 1
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            bad(reader.line_num, f"malformed CSV: {exc}")
-            if tally[0] > 10 * MAX_REPORTED_ERRORS:
-                break
+    rows = _Collector(kind, header, header_names, limits)
+    blocks = _blocks(text, limits.max_line, rows.bad)
+    for number, block in blocks:
+        if rows.fast_block(block):
             continue
-        line_no = start
-        if not record or (len(record) == 1 and not record[0].strip()):
-            continue  # an empty line (or a skipped long one)
-        if first:
-            first = False
-            is_header = header == "true" or (
-                header == "auto" and record[0].strip().lower() in header_names)
-            if is_header:
-                parsed.header = record
-                continue
-        if len(record) != width:
-            bad(line_no, f"expected {width} field{'s' if width > 1 else ''} ("
-                         f"{'one ID' if width == 1 else 'ID,value'}), got {len(record)}")
-            continue
-        key = record[0].strip()
-        if not key:
-            bad(line_no, "empty ID")
-            continue
-        if len(key) > limits.max_key:
-            bad(line_no, f"ID longer than {limits.max_key} characters")
-            continue
-        if _UNSTORABLE.search(key) or (width == 2 and _UNSTORABLE.search(record[1])):
-            bad(line_no, "not UTF-8 text, or holds a NUL character")
-            continue
-        parsed.rows += 1
-        if parsed.rows > limits.max_rows:
-            raise UploadError(f"the upload has more than {limits.max_rows} rows (the import limit)")
-        if width == 2:
-            value = record[1].strip()
-            if len(value) > limits.max_value:
-                bad(line_no, f"value longer than {limits.max_value} characters")
-                parsed.rows -= 1
-                continue
-            if not value:
-                parsed.empty_values += 1
-        position = seen.get(key)
-        if position is None:
-            seen[key] = len(parsed.keys)
-            parsed.keys.append(key)
-            if values is not None:
-                values.append(value)
-        else:
-            parsed.duplicates += 1
-            if values is not None:
-                values[position] = value
-    parsed.bytes = raw.total
-    if tally[0]:
-        raise UploadError(f"{tally[0]} bad row{'s' if tally[0] > 1 else ''}; nothing was imported", errors, tally[0])
-    if not parsed.rows:
+        rest = (b for _, b in blocks)
+        for line, record in _csv_records(number, itertools.chain([block], rest)):
+            if isinstance(record, Exception):
+                rows.bad(line, f"malformed CSV: {record}")
+                if rows.bad_rows > 10 * MAX_REPORTED_ERRORS:
+                    break
+            else:
+                rows.record(line, record)
+        break
+    if rows.bad_rows:
+        raise UploadError(f"{rows.bad_rows} bad row{'s' if rows.bad_rows > 1 else ''}; nothing was imported",
+                          sorted(rows.errors, key=lambda e: e["line"]), rows.bad_rows)
+    if not rows.rows:
         raise UploadError("the upload holds no IDs; nothing was imported",
                           [{"line": None, "message": "no ID rows (only empty lines or a header)"}])
-    return parsed
+    keys = list(rows.seen)
+    values = list(rows.seen.values()) if kind == "tag" else None
+    return Parsed(kind, keys, values, rows=rows.rows, duplicates=rows.rows - len(keys), empty_values=rows.empty_values,
+                  bytes=raw.total, header=rows.header)
 
 
 def parse_bytes(data: bytes, kind: str = "cohort", **kwargs) -> Parsed:

@@ -21,7 +21,7 @@ from cohort_engine.definition import import_leaves
 from cohort_engine.errors import EngineError
 from cohort_engine.imports import Limits, Parsed, UploadError
 from core.data import sugo_targets, uploads
-from core.errors import Invalid, NotFound
+from core.errors import Invalid
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,7 @@ def check_imports(conn, project_id: int, settings, definition: dict) -> None:
         if "upload_id" in leaf:
             upload = uploads.get(conn, project_id, leaf["upload_id"])
             if upload is None:
-                raise NotFound(f"upload {leaf['upload_id']} not found",
-                               {"definition.upload_id": ["no such upload in this project"]})
+                raise Invalid({"definition.upload_id": [f"no upload {leaf['upload_id']} in this project"]})
             if upload["kind"] != "cohort":
                 raise Invalid({"definition.upload_id": [f"upload {upload['id']} is a {upload['kind']} upload "
                                                         "(key,value rows); a cohort needs one ID a line"]})
