@@ -376,3 +376,17 @@ def match(session, encode: Callable, keys: Sequence[str], column: str | None = N
     uids = np.asarray(uids, dtype=np.uint32)
     matched = int(len(np.unique(index)))
     return Match(to_bitmap(uids), matched, len(keys) - matched, 0, (index, uids))
+
+
+def tag_values(values: Sequence[str], found: Match) -> tuple[np.ndarray, list[str]]:
+    """(unique ascending uids, their values) of a tag upload: each matched user gets its ID's value.
+
+    values are aligned with the IDs given to match(); empty values give no value (counted by the
+    parser as empty_values). A user matches at most one ID (one key, one property value).
+    """
+    index, uids = found.pairs
+    order = np.argsort(uids, kind="stable")
+    index, uids = index[order], uids[order]
+    picked = [values[i] for i in index.tolist()]
+    keep = np.fromiter((bool(v) for v in picked), dtype=bool, count=len(picked))
+    return uids[keep], [v for v, k in zip(picked, keep.tolist(), strict=True) if k]
