@@ -184,13 +184,16 @@ class TagColumn:
         uids = self.present()
         for start in range(0, len(uids), batch):
             chunk = uids[start:start + batch]
-            cells = self.column[chunk]
-            if self.labels is not None:
-                yield chunk, [self.labels[c] for c in cells.tolist()]
-            elif self.value_type == "time":
-                yield chunk, [micros_to_datetime(c) for c in cells.tolist()]
-            else:
-                yield chunk, [_number(c) for c in cells.tolist()]
+            yield chunk, self.values_at(chunk)
+
+    def values_at(self, uids: np.ndarray) -> list:
+        """The values of uids that all have one (present() or a subset of it)."""
+        cells = self.column[uids]
+        if self.labels is not None:
+            return [self.labels[c] for c in cells.tolist()]
+        if self.value_type == "time":
+            return [micros_to_datetime(c) for c in cells.tolist()]
+        return [_number(c) for c in cells.tolist()]
 
     def as_dict(self) -> dict[int, object]:
         """{uid: value} (for tests and small tags)."""
@@ -294,8 +297,9 @@ class TagColumn:
         return {"kind": "histogram", **summary, "bins": bins}
 
     def _render(self, value):
+        # JSON-ready (the distribution is stored as jsonb): times as ISO 8601 in UTC.
         if self.value_type == "time":
-            return micros_to_datetime(int(value))
+            return micros_to_datetime(int(value)).isoformat()
         return _number(float(value))
 
 
