@@ -100,7 +100,7 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
         outcome = {"count": result.count, "version_id": version["id"], "published": is_newest,
                    "leaves": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()}
                               for t in result.timings]}
-        if result.imports:
+        if getattr(result, "imports", None):  # a cohort's import leaves (a TagResult has none)
             outcome["imports"] = result.imports
         # Also locks the job row, so the reaper cannot take the job before this commits.
         run.mark_succeeded(conn, outcome, version["id"])

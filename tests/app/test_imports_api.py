@@ -280,3 +280,53 @@ def test_sources_are_confined_before_anything_is_contacted(client, loaded, serve
     assert table_count(pg, "cohorts", project_id) == before
     with db.connection(service_settings.engine.database_url) as conn:
         assert sugo_targets.for_project(conn, project_id) == []
+
+
+# -- import tags ------------------------------------------------------------------------------------
+
+
+def tag_values(client, headers, tag_id) -> dict:
+    page = client.get(f"/api/v1/tags/{tag_id}/values", query_string={"format": "json", "per_page": 100},
+                      headers=headers).get_json()
+    return {row["key"]: row["value"] for row in page["values"]}
+
+
+def test_import_tag_on_a_profile_property_then_replaced(client, worker, loaded):
+    _, _, headers = loaded
+    text = "#account_id,value\r\nA1,gold\r\nA2,\r\nA3,silver\r\nA1,platinum\r\nA9,bronze\r\n"
+    response = client.post("/api/v1/tags/import", query_string={"name": "tier", "type": "string",
+                                                                "match": "#account_id"},
+                           data=text.encode(), headers={**headers, "Content-Type": "text/csv"})
+    assert response.status_code == 202, response.get_json()
+    answer = response.get_json()
+    rows = [line.split(",") for line in text.split("\r\n")[1:] if line]
+    last = dict(rows)  # the last value of each ID wins
+    expected = {user: last[account] for user, account in ACCOUNTS.items() if last.get(account)}
+    assert answer["counts"]["rows"] == len(rows) and answer["counts"]["duplicates"] == 1
+    assert answer["counts"]["empty_values"] == sum(1 for _, v in rows if not v)
+    assert answer["counts"]["unmatched_ids"] == 1  # A9
+    job, _ = poll_job(client, headers, answer["job"]["id"])
+    assert job["status"] == "succeed", job
+    tag_id = answer["tag"]["id"]
+    assert tag_values(client, headers, tag_id) == expected == {"u1": "platinum", "u5": "platinum", "u3": "silver"}
+    replaced = client.put(f"/api/v1/tags/{tag_id}/import", data=b"u2,bronze\nu6,gold\n",
+                          headers={**headers, "Content-Type": "text/csv"})
+    assert replaced.status_code == 202, replaced.get_json()
+    job, _ = poll_job(client, headers, replaced.get_json()["job"]["id"])
+    assert job["status"] == "succeed", job
+    assert tag_values(client, headers, tag_id) == {"u2": "bronze", "u6": "gold"}
+
+
+def test_import_tag_values_must_fit_the_type(client, worker, loaded, pg):
+    _, project_id, headers = loaded
+    before = table_count(pg, "uploads", project_id)
+    bad = client.post("/api/v1/tags/import", query_string={"name": "score", "type": "number"},
+                      data=b"u1,3.5\nu2,lots\nu3,\nu4,1e400\n", headers={**headers, "Content-Type": "text/csv"})
+    assert bad.status_code == 400
+    assert [m.split(":")[0] for m in bad.get_json()["errors"]["file"]] == ["line 2", "line 4"]
+    assert table_count(pg, "uploads", project_id) == before
+    good = client.post("/api/v1/tags/import", query_string={"name": "score", "type": "number"},
+                       data=b"u1,3.5\nu2,-2\nu3,\n", headers={**headers, "Content-Type": "text/csv"}).get_json()
+    job, _ = poll_job(client, headers, good["job"]["id"])
+    assert job["status"] == "succeed", job
+    assert tag_values(client, headers, good["tag"]["id"]) == {"u1": 3.5, "u2": -2}
