@@ -116,15 +116,20 @@ def check_source(conn, project_id: int, settings, source: dict) -> None:
         check_url(conn, project_id, source["url"])
 
 
-def check_imports(conn, project_id: int, settings, definition: dict) -> None:
-    """Invalid for an import leaf (or import tag) naming another project's upload or a source it may not read."""
+def check_imports(conn, project: dict, settings, definition: dict) -> None:
+    """Invalid for an import leaf (or import tag) naming another project's upload, a source it may not
+    read, or a match column that is not a string or number profile property."""
+    project_id = project["id"]
     if "kind" in definition:  # a tag definition (cohort_engine.tag_definition)
         if definition["kind"] == "import":
             _check_tag_source(conn, project_id, definition)
+            check_match_columns(settings, project, {definition["source"].get("match")}, "definition.source.match")
         for tree in trees_of(definition):
-            check_imports(conn, project_id, settings, tree)
+            check_imports(conn, project, settings, tree)
         return
-    for leaf in import_leaves(definition):
+    leaves = import_leaves(definition)
+    check_match_columns(settings, project, {leaf.get("match") for leaf in leaves}, "definition.match")
+    for leaf in leaves:
         if "upload_id" in leaf:
             upload = uploads.get(conn, project_id, leaf["upload_id"])
             if upload is None:
@@ -138,6 +143,28 @@ def check_imports(conn, project_id: int, settings, definition: dict) -> None:
             except ValueError as exc:
                 field = "path" if "path" in leaf["source"] else "url"
                 raise Invalid({f"definition.source.{field}": [str(exc)]}) from None
+
+
+def check_match_columns(settings, project: dict, columns: set, field: str) -> None:
+    """Invalid unless each named match column is a string or number profile property of the project now."""
+    columns = {c for c in columns if c}
+    if not columns:
+        return
+    from cohort_engine.project import ProjectEngine  # loads DuckDB: only where IDs are matched
+
+    engine = ProjectEngine(settings.engine, project["name"], project_id=project["id"], timezone=project["timezone"])
+    session = engine.open_session()
+    try:
+        known = session.columns()["profile"]
+    finally:
+        session.close()
+    for column in sorted(columns):
+        if column not in known:
+            raise Invalid({field: [f"profile property {column!r} does not exist (profile properties: "
+                                   f"{', '.join(sorted(known)) or 'none'}); IDs cannot be matched on it"]})
+        if known[column] not in ("string", "number"):
+            raise Invalid({field: [f"profile property {column!r} is a {known[column]}; IDs match string or number "
+                                   "properties only"]})
 
 
 TAG_SOURCE_FIELDS = {"upload_id", "match", "keep_unmatched"}

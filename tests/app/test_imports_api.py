@@ -276,8 +276,19 @@ def test_sources_are_confined_before_anything_is_contacted(client, loaded, serve
             "name": "escape", "definition": {"type": "import", "source": source}})
         assert response.status_code == 400, (source, response.get_json())
         assert field in response.get_json()["errors"], response.get_json()
+    sugo_targets.add(pg, project_id, "import", served.host, served.port)
+    pg.commit()
+    unknown = client.post("/api/v1/cohorts", headers=headers, json={"name": "escape", "definition": {
+        "type": "import", "source": {"url": served.url()}, "match": "#nope"}})
+    assert unknown.status_code == 400 and "definition.match" in unknown.get_json()["errors"]
+    rule = sensors_rule(client, headers, {"id": 0, "name": "vip_nope", "cname": "VIP", "type": 6,
+                                          "scheduler": {"running": False, "cron": "0 0 1 * * ?"},
+                                          "import": {"url": served.url(), "match": "#nope"}})
+    assert rule.status_code == 400 and "import.match" in rule.get_json()["errors"], rule.get_json()
     assert served.requests == []
     assert table_count(pg, "cohorts", project_id) == before
+    sugo_targets.remove_all(pg, project_id)
+    pg.commit()
     with db.connection(service_settings.engine.database_url) as conn:
         assert sugo_targets.for_project(conn, project_id) == []
 
