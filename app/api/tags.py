@@ -173,3 +173,63 @@ def user_value(tag_id, user_key):
     version, value = service.value_of(tag, user_key)
     return jsonify({"key": user_key, "value": render(value, service.tz), "value_type": tag["value_type"],
                     "version_id": version["id"]})
+
+
+# -- /openapi.json ---------------------------------------------------------------------------------
+
+EXAMPLE_TAG = {"name": "spend_30d", "display_name": "Spend in the last 30 days", "definition": {
+    "kind": "metric", "event": "pay", "agg": {"fn": "count"}, "window": {"last": 30},
+    "buckets": [{"label": "none", "high": 1}, {"label": "some", "low": 1, "high": 5}, {"label": "many", "low": 5}]}}
+EXAMPLE_PUT = {**EXAMPLE_TAG, "dynamic": True, "cron": "0 3 * * *", "owner": None}
+
+
+def add_paths(spec, docs) -> None:
+    """The tag paths into the apispec spec (called by app/api/docs.py; docs gives operation, responses)."""
+    from app import tag_schemas as schemas
+
+    for name in ("TagCreate", "TagUpdate", "TagPatch", "Tag", "TagWithJob", "TagPage", "TagValuesPage",
+                 "TagUserValue", "Distribution"):
+        spec.components.schema(name, schema=getattr(schemas, name + "Schema"))
+    tag_id = {"name": "tag_id", "in": "path", "required": True,
+              "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}}
+    user_key = {"name": "user_key", "in": "path", "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[^\\x00/]+$"}}
+    change = docs.responses("202", "TagWithJob", "updated; the job computes the new definition", "403", "409",
+                            body=True)
+    change["200"] = {"description": "updated; the definition is unchanged, so no job (job: null)",
+                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TagWithJob"}}}}
+    spec.path("/api/v1/tags", operations={
+        "post": docs.operation("Create a tag (docs/definition.md \"Tags\"); its first version is computed by a job",
+                               docs.responses("202", "TagWithJob", "tag created, job queued", "403", "409", body=True),
+                               body="TagCreate", example=EXAMPLE_TAG),
+        "get": docs.operation("List tags (paged, filter by latest version status)",
+                              docs.responses("200", "TagPage", "a page of tags"),
+                              [{"in": "query", "schema": schemas.TagListQuery}]),
+    })
+    spec.path("/api/v1/tags/{tag_id}", operations={
+        "get": docs.operation("A tag with its latest version", docs.responses("200", "Tag", "the tag"), [tag_id]),
+        "put": docs.operation("Replace the whole tag; a changed definition gets a job", change, [tag_id],
+                              body="TagUpdate", example=EXAMPLE_PUT),
+        "patch": docs.operation("Change only the fields given; a changed definition gets a job", change, [tag_id],
+                                body="TagPatch", example={"display_name": "Spend, last 30 days"}),
+        "delete": docs.operation("Delete a tag and its versions", docs.responses("200", "Deleted", "deleted", "409"),
+                                 [tag_id]),
+    })
+    spec.path("/api/v1/tags/{tag_id}/refresh", operations={"post": docs.operation(
+        "Recompute now (coalesced with a running computation)",
+        docs.responses("202", "Refresh", "job queued, or the running one joined"), [tag_id])})
+    spec.path("/api/v1/tags/{tag_id}/cancel", operations={"post": docs.operation(
+        "Cancel the tag's running job (it ends failed/cancelled)",
+        docs.responses("202", "Job", "cancel requested", "409"), [tag_id])})
+    spec.path("/api/v1/tags/{tag_id}/distribution", operations={"get": docs.operation(
+        "value -> user count (or a histogram for many distinct numbers/times) of the published version",
+        docs.responses("200", "Distribution", "the distribution", "409"), [tag_id])})
+    values = docs.responses("200", "TagValuesPage", "values", "409")
+    values["200"]["content"]["text/csv"] = {"schema": {"type": "string", "description": "key,value rows after a"
+                                                                                         " header row"}}
+    spec.path("/api/v1/tags/{tag_id}/values", operations={"get": docs.operation(
+        "Every user's value: text/csv stream (key,value) or JSON pages (format=json); filter by value or range",
+        values, [tag_id, {"in": "query", "schema": schemas.TagValuesQuery}])})
+    spec.path("/api/v1/tags/{tag_id}/values/{user_key}", operations={"get": docs.operation(
+        "One user's value (null: none)", docs.responses("200", "TagUserValue", "the value", "409"),
+        [tag_id, user_key])})

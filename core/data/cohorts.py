@@ -6,20 +6,20 @@ from psycopg2.extras import Json, RealDictCursor
 
 COLUMNS = ("id, project_id, name, display_name, dialect, request_body, definition, definition_version, dynamic,"
            " cron, scheduler_running, last_fire_at, error_count, retry_after, owner, latest_version_id,"
-           " created_at, updated_at, schedule_error, schedule_error_at, entity, value_type, daily_refresh")
+           " created_at, updated_at, schedule_error, schedule_error_at, daily_refresh, entity, value_type")
 
 
 def insert(conn, project_id: int, name: str, definition: dict, *, display_name=None, dialect="native",
-           request_body=None, dynamic=False, cron=None, scheduler_running=False, owner=None, entity="cohort",
-           value_type=None, daily_refresh=False) -> dict:
+           request_body=None, dynamic=False, cron=None, scheduler_running=False, owner=None,
+           daily_refresh=False, entity="cohort", value_type=None) -> dict:
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(
             "INSERT INTO cohorts (project_id, name, display_name, dialect, request_body, definition, dynamic, cron,"
-            " scheduler_running, owner, entity, value_type, daily_refresh)"
+            " scheduler_running, owner, daily_refresh, entity, value_type)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             f" RETURNING {COLUMNS}",
             (project_id, name, display_name, dialect, Json(request_body), Json(definition), dynamic, cron,
-             scheduler_running, owner, entity, value_type, daily_refresh))
+             scheduler_running, owner, daily_refresh, entity, value_type))
         return cur.fetchone()
 
 
@@ -75,8 +75,8 @@ def update_definition(conn, cohort_id: int, definition: dict, request_body=None,
     sets = ["definition = %s", "definition_version = definition_version + 1", "updated_at = now()",
             "request_body = coalesce(%s, request_body)"]
     params = [Json(definition), Json(request_body) if request_body is not None else None]
-    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner", "value_type",
-                   "daily_refresh"):
+    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner", "daily_refresh",
+                   "value_type"):
         if column in fields:
             sets.append(f"{column} = %s")
             params.append(fields[column])

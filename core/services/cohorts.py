@@ -80,11 +80,12 @@ class CohortService:
 
     def create(self, name: str, definition: dict, *, dialect: str = "native", request_body=None,
                display_name=None, dynamic: bool = False, cron=None, scheduler_running: bool = False,
-               owner=None, value_type=None, daily_refresh: bool = False) -> dict:
+               owner=None, daily_refresh: bool = False, value_type=None) -> dict:
         """Check the definition and insert the cohort (uncommitted); DuplicateName if the name is taken.
 
         daily_refresh: recompute it every day at the project's daily refresh time (overrides cron and
         makes it dynamic and running); `core.manage set-refresh-time` moves such cohorts along.
+        value_type: a tag's (TagService).
         """
         self.check_definition(None, definition)
         if daily_refresh:
@@ -92,8 +93,8 @@ class CohortService:
         try:
             return cohorts.insert(self.conn, self.project["id"], name, definition, display_name=display_name,
                                   dialect=dialect, request_body=request_body, dynamic=dynamic, cron=cron,
-                                  scheduler_running=scheduler_running, owner=owner, entity=self.entity,
-                                  value_type=value_type, daily_refresh=daily_refresh)
+                                  scheduler_running=scheduler_running, owner=owner, daily_refresh=daily_refresh,
+                                  entity=self.entity, value_type=value_type)
         except psycopg2.errors.UniqueViolation:
             raise DuplicateName(name) from None
 

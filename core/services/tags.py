@@ -15,7 +15,6 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from cohort_engine import bitmaps
-from cohort_engine.definition import DefinitionError
 from cohort_engine.errors import EngineError
 from cohort_engine.project import ProjectEngine
 from cohort_engine.tag_column import CATEGORICAL, TagColumn, cell_value, read_layout
@@ -127,29 +126,11 @@ class TagService(CohortService):
         """(version, the user's value or None): one fixed-size cell read from the durable payload."""
         version = self.published(tag)
         uid = self.engine().lookup(user_key)
-        meta = version["tag_meta"]
-        layout = meta["layout"]
-        if uid is None or uid >= layout["length"]:
-            return version, None
-        width = np.dtype(layout["dtype"]).itemsize
-        raw = versions.payload_range(self.conn, version["id"], layout["column_offset"] + uid * width, width)
-        if raw is None:
-            raise Conflict(f"tag {tag['id']}'s published version lost its payload; POST /api/v1/tags/{tag['id']}/refresh")
-        cell = np.frombuffer(raw, dtype=np.dtype(layout["dtype"]))[0]
-        if layout["type"] not in CATEGORICAL:
-            return version, cell_value(cell, layout["type"], None)
-        code = int(cell)
-        if code < 0:
-            return version, None
-        labels = meta.get("labels")
-        if labels is not None:
-            return version, labels[code]
-        # Many labels: their offsets, then the label's bytes.
-        bounds = np.frombuffer(versions.payload_range(self.conn, version["id"], layout["offsets_offset"] + code * 8, 16),
-                               dtype=np.uint64)
-        text = versions.payload_range(self.conn, version["id"], layout["labels_offset"] + int(bounds[0]),
-                                      int(bounds[1] - bounds[0])).decode()
-        return version, (text == "true") if layout["type"] == "boolean" else text
+        try:
+            return version, value_at(self.conn, version, uid)
+        except LookupError:
+            raise Conflict(f"tag {tag['id']}'s published version lost its payload; "
+                           f"POST /api/v1/tags/{tag['id']}/refresh") from None
 
     def column(self, tag: dict) -> tuple[dict, TagColumn]:
         """(version, the whole published column), from the Redis cache or the durable copy."""
@@ -188,6 +169,33 @@ class TagService(CohortService):
             yield from zip(keys, column.values_at(chunk), strict=True)
 
 
-def definition_problem(exc: DefinitionError) -> Invalid:
-    """A DefinitionError of a tag's definition as Invalid with paths under `definition`."""
-    return Invalid({f"definition.{k}" if k != "_root" else "definition": v for k, v in exc.errors.items()})
+def value_at(conn, version: dict, uid: int | None):
+    """The value of uid in a tag version (None: no value), reading only its cell (and label) from PostgreSQL.
+
+    LookupError when the version's payload is gone (expired).
+    """
+    meta = version["tag_meta"]
+    layout = meta["layout"]
+    if uid is None or uid >= layout["length"]:
+        return None
+
+    def read(offset: int, length: int) -> bytes:
+        raw = versions.payload_range(conn, version["id"], offset, length)
+        if raw is None:
+            raise LookupError(version["id"])
+        return raw
+
+    dtype = np.dtype(layout["dtype"])
+    cell = np.frombuffer(read(layout["column_offset"] + uid * dtype.itemsize, dtype.itemsize), dtype=dtype)[0]
+    if layout["type"] not in CATEGORICAL:
+        return cell_value(cell, layout["type"], None)
+    code = int(cell)
+    if code < 0:
+        return None
+    labels = meta.get("labels")
+    if labels is not None:
+        return labels[code]
+    # Many labels (not listed in the meta): the label's two offsets, then its bytes.
+    low, high = np.frombuffer(read(layout["offsets_offset"] + code * 8, 16), dtype=np.uint64).tolist()
+    text = read(layout["labels_offset"] + low, high - low).decode() if high > low else ""
+    return (text == "true") if layout["type"] == "boolean" else text

@@ -25,6 +25,7 @@ STATUSES: Counter = Counter()
 CROSS_FIELD_BODIES = {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}", "PATCH /api/v1/cohorts/{cohort_id}",
                       "POST /segmenter/rule", "POST /segmenter/execute", "POST /segmenter/status",
                       "POST /uba/api/cohort",
+                      "POST /api/v1/tags", "PUT /api/v1/tags/{tag_id}", "PATCH /api/v1/tags/{tag_id}",
                       # A random string is rarely an ID file whose IDs match users, nor a free cohort name.
                       "POST /api/v1/uploads", "POST /api/v1/cohorts/import", "PUT /api/v1/cohorts/{cohort_id}/import",
                       "POST /api/v1/tags/import", "PUT /api/v1/tags/{tag_id}/import"}
