@@ -26,6 +26,8 @@ CROSS_FIELD_BODIES = {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}",
                       "POST /segmenter/rule", "POST /segmenter/execute", "POST /segmenter/status",
                       "POST /uba/api/cohort",
                       "POST /api/v1/tags", "PUT /api/v1/tags/{tag_id}", "PATCH /api/v1/tags/{tag_id}",
+                      # Its hproxy must be on the project's allowlist, which a generated body's is not.
+                      "POST /api/v1/tags/{tag_id}/push/sugo",
                       # A random string is rarely an ID file whose IDs match users, nor a free cohort name.
                       "POST /api/v1/uploads", "POST /api/v1/cohorts/import", "PUT /api/v1/cohorts/{cohort_id}/import",
                       "POST /api/v1/tags/import", "PUT /api/v1/tags/{tag_id}/import"}
