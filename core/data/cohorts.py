@@ -158,3 +158,39 @@ def record_outcome(conn, cohort_id: int, failed: bool, backoff_base: float, back
                 (backoff_max, backoff_base, cohort_id))
         else:
             cur.execute("UPDATE cohorts SET error_count = 0, retry_after = NULL WHERE id = %s", (cohort_id,))
+
+
+def with_status(conn, project_id: int, dialect: str, *, cohort_id=None, name=None, name_contains=None,
+                body_values: dict | None = None, limit=None, offset=0) -> tuple[int, list[dict]]:
+    """A dialect's cohorts (oldest first) with their newest job (job_status, job_progress), latest published
+    version (users_num, refreshed_at, base_time) and number of computed versions, and the total.
+
+    name_contains: a case-insensitive substring of the name; body_values: {request_body field: [values]}.
+    """
+    where, params = ["c.project_id = %s", "c.dialect = %s"], [project_id, dialect]
+    if cohort_id is not None:
+        where.append("c.id = %s")
+        params.append(cohort_id)
+    if name is not None:
+        where.append("c.name = %s")
+        params.append(name)
+    if name_contains:
+        where.append("strpos(lower(c.name), lower(%s)) > 0")
+        params.append(name_contains)
+    for key, values in (body_values or {}).items():
+        where.append("c.request_body ->> %s = ANY(%s)")
+        params.extend([key, list(values)])
+    condition = " AND ".join(where)
+    page = "" if limit is None else " LIMIT %s OFFSET %s"
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"SELECT count(*) AS n FROM cohorts c WHERE {condition}", params)
+        total = cur.fetchone()["n"]
+        cur.execute(
+            f"SELECT {', '.join('c.' + c.strip() for c in COLUMNS.split(','))}, j.status AS job_status,"
+            " j.progress AS job_progress, v.count AS users_num, v.finished_at AS refreshed_at, v.base_time,"
+            " (SELECT count(*) FROM cohort_versions cv WHERE cv.cohort_id = c.id AND cv.status = 'succeed') AS versions"
+            " FROM cohorts c LEFT JOIN cohort_versions v ON v.id = c.latest_version_id"
+            " LEFT JOIN LATERAL (SELECT status, progress FROM jobs WHERE cohort_id = c.id ORDER BY id DESC LIMIT 1) j"
+            f" ON true WHERE {condition} ORDER BY c.id{page}",
+            params + ([] if limit is None else [limit, offset]))
+        return total, cur.fetchall()
