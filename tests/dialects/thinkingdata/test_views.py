@@ -1,0 +1,252 @@
+"""The ThinkingData /open API end to end: seed 002's requests as written -> real worker -> answers in the seed's shape.
+
+Counts are checked against the brute-force reference (tests/cohort_engine/reference.py) evaluating the
+same rules written by hand as native canonical trees over the same sample rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from urllib.parse import quote
+
+import pytest
+
+from cohort_engine.project import ProjectEngine
+from tests.cohort_engine.reference import Reference
+from tests.dialects.thinkingdata.sample import SEED, seed_request, write_dataset
+from tests.dialects.thinkingdata.test_translate import CASES, count, profile
+from tests.services import create_token_project, wait_until
+
+SEED_CLUSTER = profile("user_level", "eq", 3)
+SEED_NATIVE = {"op": "and", "children": [count("consume_item", "gt", 4, last=7, offset=1), SEED_CLUSTER]}
+OK = {"return_code": 0, "return_message": "success"}
+
+
+@pytest.fixture(scope="module")
+def td(database_url, service_settings, tmp_path_factory):
+    """A token project holding the sample data; the same rows as a reference."""
+    name, project_id, token = create_token_project(database_url, "td")
+    written, data = write_dataset(tmp_path_factory.mktemp("td-views"))
+    engine = ProjectEngine(service_settings.engine, name)
+    engine.ingest_users(written["users"])
+    for part in written["events"]:
+        engine.ingest_events(part)
+    return SimpleNamespace(name=name, id=project_id, token=token, ref=Reference(data, UTC, datetime.now(UTC)))
+
+
+def seed_url(path: str, td, cluster_id: int | None = None) -> str:
+    """The seed's URL for path, as written, with this test's token, project id and cluster id."""
+    (url,) = [u for u in SEED["urls"] if u.split("?")[0] == path and (cluster_id is None) == ("clusterId" not in u)]
+    url = url.replace("token=xxx", f"token={td.token}")
+    url = re.sub(r"projectId=(102|xxx)", f"projectId={td.id}", url)
+    if cluster_id is not None:
+        url = url.replace("clusterId=970", f"clusterId={cluster_id}")
+    return url.replace(" ", quote(" "))
+
+
+def by_name_url(path: str, td) -> str:
+    """The seed's by-name URL of path (its clusterName as written, with the blank the seed has)."""
+    (url,) = [u for u in SEED["urls"] if u.split("?")[0] == path and "clusterName" in u]
+    url = re.sub(r"projectId=(102|xxx)", f"projectId={td.id}", url.replace("token=xxx", f"token={td.token}"))
+    return url.replace(" ", quote(" "))
+
+
+def post(client, url, body=None):
+    response = client.post(url, json=body)
+    return response.status_code, response.get_json()
+
+
+def get(client, url):
+    response = client.get(url)
+    return response.status_code, response.get_json()
+
+
+def add(client, td, body) -> int:
+    status, answer = post(client, f"/open/user-cluster-add?token={td.token}", body)
+    assert status == 200 and answer["return_code"] == 0, answer
+    assert set(answer) == set(SEED["answers"]["add"]) and isinstance(answer["data"], int)
+    return answer["data"]
+
+
+def wait_done(client, td, cluster_id, expect=100) -> None:
+    url = f"/open/user-cluster-refresh-progress?token={td.token}&projectId={td.id}&clusterId={cluster_id}"
+
+    def ended():
+        status, answer = get(client, url)
+        assert status == 200, answer
+        return answer["data"]["progress"] in (100, -1) and answer["data"]["progress"]
+    assert wait_until(ended, timeout=60, interval=0.05, what=f"cluster {cluster_id}") == expect
+
+
+def detail(client, td, cluster_id) -> dict:
+    status, answer = get(client, f"/open/user-cluster-detail?token={td.token}&projectId={td.id}&clusterId={cluster_id}")
+    assert status == 200 and answer["return_code"] == 0, answer
+    return answer["data"]
+
+
+def cluster_body(name, qp, kind="cluster_by_static_condition", project_id=None) -> dict:
+    return {"projectId": project_id, "clusterName": name, "clusterCatalog": "catalog_cluster", "clusterType": kind,
+            "displayName": name, "qp": qp}
+
+
+def test_seed_cluster_through_every_cluster_endpoint(client, worker, td):
+    cluster_id = add(client, td, seed_request("add_condition_cluster", td.id))
+    status, answer = get(client, seed_url("/open/user-cluster-refresh-progress", td, cluster_id))
+    assert status == 200 and set(answer) == set(SEED["answers"]["progress"])
+    wait_done(client, td, cluster_id)
+    status, by_id = get(client, seed_url("/open/user-cluster-detail", td, cluster_id))
+    status_name, by_name = get(client, seed_url("/open/user-cluster-detail", td))
+    assert status == status_name == 200 and by_id == by_name
+    data = by_id["data"]
+    assert set(data) == set(SEED["answers"]["detail"]["data"])
+    assert data["usersNum"] == len(td.ref.members(SEED_NATIVE)) and data["progress"] == 100
+    assert (data["id"], data["projectId"], data["clusterName"]) == (cluster_id, td.id, "recent_7_days_consume")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", data["refreshTime"])
+    today = datetime.now(UTC).date()
+    (seen,) = data["userClusterDef"]["events"]
+    assert (seen["startTime"], seen["endTime"]) == (f"{today - timedelta(days=7)} 00:00:00",
+                                                   f"{today - timedelta(days=1)} 00:00:00")
+    assert data["userClusterDef"]["filts"] == seed_request("add_condition_cluster")["qp"]["filts"]
+    status, answer = get(client, by_name_url("/open/user-cluster-refresh-progress-by-name", td))
+    assert (status, answer) == (200, {"data": {"progress": 100}, **OK})
+
+    # The seed's update bodies carry the resolved absolute times, which win over recentDay.
+    absolute = {"op": "and", "children": [
+        {**count("consume_item", "gt", 4), "window": {"start": "2020-01-03", "end": "2020-01-09"}}, SEED_CLUSTER]}
+    assert post(client, seed_url("/open/user-cluster-update", td, cluster_id), seed_request("update", td.id)) == (200, OK)
+    wait_done(client, td, cluster_id)
+    assert detail(client, td, cluster_id)["usersNum"] == len(td.ref.members(absolute))
+    renamed = {**seed_request("update_by_name", td.id), "displayName": "seven days"}
+    assert post(client, by_name_url("/open/user-cluster-update-by-name", td), renamed) == (200, OK)
+    wait_done(client, td, cluster_id)
+    assert detail(client, td, cluster_id)["displayName"] == "seven days"
+
+    assert post(client, seed_url("/open/user-cluster-refresh", td, cluster_id)) == (200, OK)
+    wait_done(client, td, cluster_id)
+    assert post(client, by_name_url("/open/user-cluster-refresh-by-name", td)) == (200, OK)
+    wait_done(client, td, cluster_id)
+
+    status, listed = post(client, f"/open/user-cluster-list?token={td.token}", seed_request("list", td.id))
+    assert status == 200 and listed["data"] == {"pagerResult": {"pageNum": 1, "pageSize": 10, "totalNum": 0},
+                                                "userClusters": []}
+    status, listed = post(client, f"/open/user-cluster-list?token={td.token}",
+                          {**seed_request("list", td.id), "clusterName": "RECENT_7"})
+    (entry,) = listed["data"]["userClusters"]
+    assert set(entry) == set(SEED["answers"]["list"]["data"]["userClusters"][0])
+    assert (entry["id"], entry["displayName"], entry["progress"], entry["historyDataStatus"]) == (
+        cluster_id, "seven days", 100, 1)
+    assert listed["data"]["pagerResult"]["totalNum"] == 1
+
+    assert post(client, by_name_url("/open/delete-user-cluster-by-name", td)) == (200, OK)
+    status, answer = get(client, seed_url("/open/user-cluster-detail", td, cluster_id))
+    assert status == 404 and answer["return_code"] == -1004
+
+
+def test_cluster_counts_equal_the_native_rules(client, worker, td):
+    names = ["SUM", "filters joined by or", "events or, then and with users", "notInclude"]
+    ids = {name: add(client, td, cluster_body(f"counts{index}", CASES[name][0], project_id=td.id))
+           for index, name in enumerate(names)}
+    for name, cluster_id in ids.items():
+        wait_done(client, td, cluster_id)
+        assert detail(client, td, cluster_id)["usersNum"] == len(td.ref.members(CASES[name][1])), name
+    for cluster_id in ids.values():
+        url = f"/open/user-cluster-delete?token={td.token}&projectId={td.id}&clusterId={cluster_id}"
+        assert post(client, url) == (200, OK)
+
+
+def test_dynamic_clusters_refresh_daily_and_failures_show_minus_one(client, worker, td, pg):
+    dynamic = add(client, td, cluster_body("daily", CASES["SUM"][0], "cluster_by_dynamic_condition", td.id))
+    with pg.cursor() as cur:
+        cur.execute("SELECT dynamic, cron, scheduler_running FROM cohorts WHERE id = %s", (dynamic,))
+        assert cur.fetchone() == (True, "0 3 * * *", True)
+    pg.commit()
+    failing = add(client, td, cluster_body("failing", {"filts": [
+        {"columnName": "no_such_column", "comparator": "equal", "ftv": ["1"], "tableType": "user"}]}, project_id=td.id))
+    wait_done(client, td, failing, expect=-1)
+    wait_done(client, td, dynamic)
+    status, listed = post(client, f"/open/user-cluster-list?token={td.token}", {
+        "projectId": td.id, "clusterCatalog": "catalog_cluster", "clusterTypes": ["cluster_by_dynamic_condition"],
+        "pagerHeader": {"pageNum": 1, "pageSize": 1}})
+    assert [c["id"] for c in listed["data"]["userClusters"]] == [dynamic]
+    status, listed = post(client, f"/open/user-cluster-list?token={td.token}", {
+        "projectId": td.id, "pagerHeader": {"pageNum": 2, "pageSize": 1}})
+    assert listed["data"]["pagerResult"]["totalNum"] >= 2 and len(listed["data"]["userClusters"]) == 1
+
+
+def cluster_rows(pg, project_id) -> int:
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM cohorts WHERE project_id = %s", (project_id,))
+        (n,) = cur.fetchone()
+    pg.commit()
+    return n
+
+
+@pytest.mark.parametrize("url, body, status, code, words", [
+    ("/open/user-cluster-add", "seed", 401, -1008, "参数(token)为空"),
+    ("/open/user-cluster-add?token=nobodys", "seed", 401, -1002, "invalid token"),
+    ("/open/user-cluster-add?token={token}", {"projectId": 999999}, 403, -1003, "not the token's project"),
+    ("/open/user-cluster-add?token={token}", {"clusterName": "no spaces"}, 400, -1001, "clusterName"),
+    ("/open/user-cluster-add?token={token}", {"displayName": "x" * 51}, 400, -1001, "displayName"),
+    ("/open/user-cluster-add?token={token}", {"qp": {"events": [{"eventName": "pay"}]}}, 400, -1001,
+     "qp.events[0].taPropQuota"),
+    ("/open/user-cluster-add?token={token}", {"clusterType": "cluster_by_static_sql"}, 400, -1006, "SQL"),
+    ("/open/user-cluster-add?token={token}", {"clusterType": "cluster_by_result"}, 400, -1006, "result"),
+    ("/open/user-cluster-add?token={token}", {"clusterType": "cluster_by_import"}, 400, -1006,
+     "/open/import-id-cluster-add"),
+    ("/open/user-cluster-add?token={token}", {"qp": None}, 400, -1001, "qp"),
+    ("/open/user-cluster-detail?token={token}&projectId={id}&clusterId=2147483000", None, 404, -1004, "no cluster"),
+    ("/open/user-cluster-detail?token={token}&projectId={id}&clusterId=abc", None, 400, -1001, "clusterId"),
+    ("/open/user-cluster-detail?token={token}&projectId={id}", None, 400, -1001, "clusterId or clusterName"),
+    ("/open/user-cluster-detail?token={token}&clusterId=1", None, 400, -1001, "projectId"),
+    ("/open/user-cluster-refresh?token={token}&projectId={id}&clusterName=x", None, 400, -1001, "clusterId"),
+    ("/open/user-cluster-delete?token={token}&projectId={id}&clusterId=2147483000", None, 404, -1004, "no cluster"),
+    ("/open/user-cluster-list?token={token}", {"projectId": "{id}", "pagerHeader": {"pageSize": 0}}, 400, -1001,
+     "pagerHeader.pageSize"),
+])
+def test_refusals_answer_a_code_and_write_nothing(client, td, pg, url, body, status, code, words):
+    url = url.format(token=td.token, id=td.id)
+    before = cluster_rows(pg, td.id)
+    if body == "seed":
+        body = seed_request("add_condition_cluster", td.id)
+    elif isinstance(body, dict) and "user-cluster-add" in url:
+        body = {**seed_request("add_condition_cluster", td.id), "clusterName": "refused", **body}
+    elif isinstance(body, dict):
+        body = {key: (td.id if value == "{id}" else value) for key, value in body.items()}
+    response = client.get(url) if "detail" in url else client.post(url, json=body)
+    answer = response.get_json()
+    assert response.status_code == status and answer["return_code"] == code, answer
+    assert set(answer) == {"return_code", "return_message"} and words in answer["return_message"]
+    assert cluster_rows(pg, td.id) == before
+
+
+def test_missing_token_answers_the_seed_body(client):
+    response = client.get("/open/user-cluster-detail?projectId=1&clusterId=1")
+    assert response.get_json() == SEED["answers"]["error"]
+
+
+def test_names_are_unique_and_projects_confined(client, worker, td, api_project, service_settings, celery_app):
+    cluster_id = add(client, td, cluster_body("mine", CASES["SUM"][0], project_id=td.id))
+    status, answer = post(client, f"/open/user-cluster-add?token={td.token}",
+                          cluster_body("mine", CASES["SUM"][0], project_id=td.id))
+    assert (status, answer["return_code"]) == (409, -1005)
+    other_id, other_headers = api_project[1], api_project[2]
+    other_token = other_headers["Authorization"].split()[1]
+    for url in (f"/open/user-cluster-detail?token={other_token}&projectId={other_id}&clusterId={cluster_id}",
+                f"/open/user-cluster-detail?token={other_token}&projectId={other_id}&clusterName=mine"):
+        status, answer = get(client, url)
+        assert (status, answer["return_code"]) == (404, -1004)
+    status, answer = post(client, f"/open/user-cluster-delete?token={other_token}&projectId={td.id}"
+                                  f"&clusterId={cluster_id}")
+    assert (status, answer["return_code"]) == (403, -1003)
+    assert detail(client, td, cluster_id)["clusterName"] == "mine"
+
+    # A deployment whose clients' HTTP library throws on 4xx answers every error 200 (the body still says).
+    from app import create_app
+
+    settings = dataclasses.replace(service_settings, thinkingdata_error_status=200)
+    forced = create_app({"TESTING": True, "SETTINGS": settings, "CELERY": celery_app}).test_client()
+    response = forced.get(f"/open/user-cluster-detail?token={td.token}&projectId={td.id}&clusterId=2147483000")
+    assert response.status_code == 200 and response.get_json()["return_code"] == -1004
