@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cohort_engine.definition import MAX_COHORT_ID
 from dialects.thinkingdata.answers import CODES
-from dialects.thinkingdata.translate import CATALOGS, CLUSTER_TYPES, NAME_PATTERN
+from dialects.thinkingdata.translate import CATALOGS, CLUSTER_TYPES, NAME_PATTERN, TAG_KINDS
 
 TOKEN = {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
          "description": "the project's token (or Authorization: Bearer); missing: return_code -1008"}
@@ -44,7 +44,8 @@ CLUSTER = {
         "clusterCatalog": {"type": "string", "enum": list(CATALOGS)},
         "clusterType": {"type": "string", "enum": list(CLUSTER_TYPES)},
         "displayName": {"type": "string", "minLength": 1, "maxLength": 50},
-        "remarks": {"type": "string"}, "subConditionTabType": {"type": "string"},
+        "remarks": {"type": "string", "maxLength": 500},
+        "subConditionTabType": {"type": "string", "enum": list(TAG_KINDS)},
         "qp": {"$ref": "#/components/schemas/TdQp"}, "tagQp": {"type": "object"}},
 }
 UPDATE = {**CLUSTER, "required": ["projectId"]}

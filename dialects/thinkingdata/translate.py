@@ -11,7 +11,14 @@ from datetime import date, datetime, timedelta
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from cohort_engine.definition import MAX_DATE, MAX_UNITS, MIN_DATE, DefinitionError, check_values, parse_definition
+from cohort_engine.definition import (
+    MAX_DATE,
+    MAX_UNITS,
+    MIN_DATE,
+    DefinitionError,
+    check_values,
+    parse_definition,
+)
 
 CATALOGS = ("catalog_cluster", "catalog_tag")
 # clusterType -> (catalog, how it is built). Condition kinds compute here; import kinds are built by

@@ -21,9 +21,12 @@ SEED = int(os.environ.get("COHORTS_FUZZ_SEED", "8"))
 STATUSES: Counter = Counter()
 # A random object is rarely a valid rule tree, and JSON Schema cannot state the rules between a
 # definition's fields (docs/definition.md) or the text forms of Sensors base times and crons, so
-# positive bodies of these may be answered 400.
+# positive bodies of these may be answered 400. Nor can it say that a ThinkingData detail names
+# clusterId or clusterName (one of two optional query parameters).
 CROSS_FIELD_BODIES = {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}", "PATCH /api/v1/cohorts/{cohort_id}",
-                      "POST /segmenter/rule", "POST /segmenter/execute", "POST /segmenter/status"}
+                      "POST /segmenter/rule", "POST /segmenter/execute", "POST /segmenter/status",
+                      "POST /open/user-cluster-add", "POST /open/user-cluster-update",
+                      "POST /open/user-cluster-update-by-name", "GET /open/user-cluster-detail"}
 
 
 @pytest.fixture

@@ -13,7 +13,14 @@ from marshmallow import ValidationError
 
 from cohort_engine.definition import flatten_errors
 from dialects.thinkingdata.answers import resolved_qp
-from dialects.thinkingdata.translate import load_cluster, load_list, load_qp, recent_days, resolved_days, window
+from dialects.thinkingdata.translate import (
+    load_cluster,
+    load_list,
+    load_qp,
+    recent_days,
+    resolved_days,
+    window,
+)
 from tests.cohort_engine.reference import Reference
 from tests.dialects.thinkingdata.sample import seed_request, write_dataset
 
