@@ -433,3 +433,115 @@ def load_list(body) -> dict:
     pager = PagerSchema().load(data.pop("pagerHeader") or {})
     return {**data, "clusterName": (data["clusterName"] or "").strip() or None,
             "clusterTypes": data["clusterTypes"] or [], **pager}
+
+
+# -- tags (tagQp) -> the canonical tag definition (docs/definition.md "Tags") -----------------------
+
+
+class TagValueDefSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    tagValue = Text(required=True, validate=validate.Length(min=1, max=1000))  # noqa: N815
+    userClusterDef = fields.Raw(required=True)  # noqa: N815
+
+
+class PropertyRefSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    columnName = Text(required=True, validate=validate.Length(min=1, max=200))  # noqa: N815
+    tableType = fields.String(load_default="event", validate=_one_of(("event",)))  # noqa: N815
+
+
+class CalcPropSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    property = fields.Nested(PropertyRefSchema, required=True)
+
+
+class FirstLastEventSchema(Schema):
+    """userTagConFirstLastEventDef.userTagConFirstLastEvent."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    eventName = Text(required=True, validate=validate.Length(min=1, max=200))  # noqa: N815
+    isFirstEvent = fields.Boolean(required=True, truthy={True}, falsy={False})  # noqa: N815
+    recentDay = fields.String(load_default=None, allow_none=True)  # noqa: N815
+    startTime = fields.String(load_default=None, allow_none=True)  # noqa: N815
+    endTime = fields.String(load_default=None, allow_none=True)  # noqa: N815
+    calcPropVo = fields.Nested(CalcPropSchema, required=True)  # noqa: N815
+    filts = fields.List(fields.Nested(FilterSchema), load_default=list)
+    relation = fields.String(load_default="and", validate=_one_of(RELATIONS))
+
+
+class QuotaEventSchema(Schema):
+    """userTagConQuotaDef.userTagConQuotaEvent."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    eventName = Text(required=True, validate=validate.Length(min=1, max=200))  # noqa: N815
+    analysis = fields.String(load_default="TIMES", validate=_one_of(tuple(ANALYSES)))
+    quota = fields.String(load_default="")
+    recentDay = fields.String(load_default=None, allow_none=True)  # noqa: N815
+    startTime = fields.String(load_default=None, allow_none=True)  # noqa: N815
+    endTime = fields.String(load_default=None, allow_none=True)  # noqa: N815
+    filts = fields.List(fields.Nested(FilterSchema), load_default=list)
+    relation = fields.String(load_default="and", validate=_one_of(RELATIONS))
+
+
+def _event_part(data: dict) -> dict:
+    """event, window and filter of a tag's event (first/last or metric), as an event leaf has them."""
+    part = {"event": data["eventName"], "window": window(data)}
+    conditions = _filters(data["filts"], data["relation"], "event", "filts")
+    if conditions:
+        part["filter"] = _combine(conditions, data["relation"])
+    return part
+
+
+def _nested(data, key: str, schema: Schema, path: str) -> dict:
+    if not isinstance(data, dict) or not isinstance(data.get(key), dict):
+        raise ValidationError({path: [f"must be an object with {key}"]})
+    try:
+        return schema.load(data[key])
+    except ValidationError as exc:
+        raise ValidationError({path: {key: exc.messages}}) from None
+
+
+def tag_definition(kind: str | None, tag_qp) -> dict:
+    """The canonical tag definition of a tagQp of kind subConditionTabType (default: custom values)."""
+    if not isinstance(tag_qp, dict):
+        raise ValidationError({"tagQp": ["a condition tag needs tagQp (an object)"]})
+    kind = kind or "tag_condition_default"
+    if kind == "tag_condition_default":
+        defs = tag_qp.get("userTagValueDefs")
+        if not isinstance(defs, list) or not defs:
+            raise ValidationError({"tagQp.userTagValueDefs": ["give at least one {tagValue, userClusterDef}"]})
+        values = []
+        for index, item in enumerate(defs):
+            where = f"tagQp.userTagValueDefs[{index}]"
+            try:
+                loaded = TagValueDefSchema().load(item if isinstance(item, dict) else {})
+            except ValidationError as exc:
+                raise ValidationError({where: exc.messages}) from None
+            values.append({"value": loaded["tagValue"],
+                           "definition": load_qp(loaded["userClusterDef"], f"{where}.userClusterDef")})
+        return {"kind": "values", "values": values}
+    if kind == "tag_condition_by_firstlast_event":
+        data = _nested(tag_qp.get("userTagConFirstLastEventDef"), "userTagConFirstLastEvent", FirstLastEventSchema(),
+                       "tagQp.userTagConFirstLastEventDef")
+        try:
+            part = _event_part(data)
+        except ValidationError as exc:
+            raise ValidationError({"tagQp.userTagConFirstLastEventDef.userTagConFirstLastEvent": exc.messages}) from None
+        return {"kind": "first_last", "which": "first" if data["isFirstEvent"] else "last", **part,
+                "property": data["calcPropVo"]["property"]["columnName"]}
+    data = _nested(tag_qp.get("userTagConQuotaDef"), "userTagConQuotaEvent", QuotaEventSchema(),
+                   "tagQp.userTagConQuotaDef")
+    try:
+        return {"kind": "metric", **_event_part(data), "agg": aggregate(data)}
+    except ValidationError as exc:
+        raise ValidationError({"tagQp.userTagConQuotaDef.userTagConQuotaEvent": exc.messages}) from None
