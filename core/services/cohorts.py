@@ -18,6 +18,7 @@ import psycopg2
 
 from cohort_engine import bitmaps
 from cohort_engine.definition import MAX_COHORT_ID, check_no_cycle
+from core.crons import daily_cron
 from core.data import cohorts, jobs, versions
 from core.errors import Conflict, DuplicateName, Forbidden, NotFound
 from core.queue import submit_cohort_job, time_partition
@@ -73,13 +74,19 @@ class CohortService:
 
     def create(self, name: str, definition: dict, *, dialect: str = "native", request_body=None,
                display_name=None, dynamic: bool = False, cron=None, scheduler_running: bool = False,
-               owner=None) -> dict:
-        """Check the definition and insert the cohort (uncommitted); DuplicateName if the name is taken."""
+               owner=None, daily_refresh: bool = False) -> dict:
+        """Check the definition and insert the cohort (uncommitted); DuplicateName if the name is taken.
+
+        daily_refresh: recompute it every day at the project's daily refresh time (overrides cron and
+        makes it dynamic and running); `core.manage set-refresh-time` moves such cohorts along.
+        """
         self.check_definition(None, definition)
+        if daily_refresh:
+            dynamic, cron, scheduler_running = True, daily_cron(self.project), True
         try:
             return cohorts.insert(self.conn, self.project["id"], name, definition, display_name=display_name,
                                   dialect=dialect, request_body=request_body, dynamic=dynamic, cron=cron,
-                                  scheduler_running=scheduler_running, owner=owner)
+                                  scheduler_running=scheduler_running, owner=owner, daily_refresh=daily_refresh)
         except psycopg2.errors.UniqueViolation:
             raise DuplicateName(name) from None
 
