@@ -9,6 +9,10 @@ COLUMNS = ("id, project_id, name, display_name, dialect, request_body, definitio
            " created_at, updated_at, schedule_error, schedule_error_at, daily_refresh")
 
 
+# The settings an update may change besides the definition.
+SETTING_COLUMNS = ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner", "daily_refresh")
+
+
 def insert(conn, project_id: int, name: str, definition: dict, *, display_name=None, dialect="native",
            request_body=None, dynamic=False, cron=None, scheduler_running=False, owner=None,
            daily_refresh=False) -> dict:
@@ -66,7 +70,7 @@ def update_definition(conn, cohort_id: int, definition: dict, request_body=None,
     sets = ["definition = %s", "definition_version = definition_version + 1", "updated_at = now()",
             "request_body = coalesce(%s, request_body)"]
     params = [Json(definition), Json(request_body) if request_body is not None else None]
-    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner"):
+    for column in SETTING_COLUMNS:
         if column in fields:
             sets.append(f"{column} = %s")
             params.append(fields[column])
@@ -79,7 +83,7 @@ def update_settings(conn, cohort_id: int, request_body=None, **fields) -> dict:
     """Change name, display name, owner or schedule without touching the definition (no new definition_version)."""
     sets, params = ["updated_at = now()", "request_body = coalesce(%s, request_body)"], [
         Json(request_body) if request_body is not None else None]
-    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner"):
+    for column in SETTING_COLUMNS:
         if column in fields:
             sets.append(f"{column} = %s")
             params.append(fields[column])

@@ -25,7 +25,7 @@ from core.queue import submit_cohort_job, time_partition
 
 log = logging.getLogger(__name__)
 
-SETTING_FIELDS = ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner")
+SETTING_FIELDS = cohorts.SETTING_COLUMNS
 
 
 @dataclass

@@ -22,6 +22,7 @@ from app.db import get_db, settings
 from app.errors import ApiError
 from app.services import cohort_service
 from cohort_engine.definition import MAX_COHORT_ID, DefinitionError, flatten_errors
+from core.crons import daily_cron
 from core.data import cohorts
 from core.errors import Conflict, DomainError, DuplicateName, Forbidden, NotFound, Unavailable
 from dialects.thinkingdata.answers import (
@@ -49,8 +50,6 @@ bp = Blueprint("thinkingdata", __name__, url_prefix="/open")
 DIALECT = "thinkingdata"
 # TA clients send ?token=; a Bearer header works too (as on every API of this service).
 AUTH = TokenPolicy(query_token=True)
-# Dynamic clusters recompute once a day at this local time (docs/dialects/thinkingdata.md "Refresh").
-DAILY_REFRESH_CRON = "0 3 * * *"
 MAX_PAGE_SIZE = 1000
 DOMAIN_CODES = ((DuplicateName, -1005), (NotFound, -1004), (Conflict, -1007), (Forbidden, -1003),
                 (Unavailable, -1009))
@@ -223,8 +222,10 @@ def condition_definition(data: dict, body: dict, current: dict | None = None) ->
 
 
 def schedule(kind: str) -> dict:
+    """Dynamic clusters recompute every day at the project's daily refresh time (docs/jobs.md)."""
     dynamic = kind in DYNAMIC_TYPES
-    return {"dynamic": dynamic, "cron": DAILY_REFRESH_CRON if dynamic else None, "scheduler_running": dynamic}
+    return {"dynamic": dynamic, "cron": daily_cron(g.project) if dynamic else None, "scheduler_running": dynamic,
+            "daily_refresh": dynamic}
 
 
 # -- add, update -----------------------------------------------------------------------------------
@@ -238,8 +239,9 @@ def add():
     check_project(data["projectId"], "body")
     definition = condition_definition(data, body)
     service = cohort_service(noun="cluster")
+    daily = schedule(data["clusterType"])["daily_refresh"]
     cohort = service.create(data["clusterName"], definition, dialect=DIALECT, request_body=body,
-                            display_name=data["displayName"], **schedule(data["clusterType"]))
+                            display_name=data["displayName"], daily_refresh=daily)
     submitted = service.submit(cohort, "create")
     service.commit_and_enqueue([submitted])
     log.info("cluster=%s project=%s type=%s created", cohort["id"], g.project["id"], data["clusterType"])

@@ -14,7 +14,9 @@ from urllib.parse import quote
 
 import pytest
 
+from cohort_engine import db
 from cohort_engine.project import ProjectEngine
+from core.data import projects
 from tests.cohort_engine.reference import Reference
 from tests.dialects.thinkingdata.sample import SEED, seed_request, write_dataset
 from tests.dialects.thinkingdata.test_translate import CASES, count, profile
@@ -29,6 +31,8 @@ OK = {"return_code": 0, "return_message": "success"}
 def td(database_url, service_settings, tmp_path_factory):
     """A token project holding the sample data; the same rows as a reference."""
     name, project_id, token = create_token_project(database_url, "td")
+    with db.connection(database_url) as conn:
+        projects.set_daily_refresh_time(conn, project_id, "05:30")
     written, data = write_dataset(tmp_path_factory.mktemp("td-views"))
     engine = ProjectEngine(service_settings.engine, name)
     engine.ingest_users(written["users"])
@@ -159,10 +163,15 @@ def test_cluster_counts_equal_the_native_rules(client, worker, td):
 
 def test_dynamic_clusters_refresh_daily_and_failures_show_minus_one(client, worker, td, pg):
     dynamic = add(client, td, cluster_body("daily", CASES["SUM"][0], "cluster_by_dynamic_condition", td.id))
-    with pg.cursor() as cur:
-        cur.execute("SELECT dynamic, cron, scheduler_running FROM cohorts WHERE id = %s", (dynamic,))
-        assert cur.fetchone() == (True, "0 3 * * *", True)
-    pg.commit()
+    static = add(client, td, cluster_body("static", CASES["SUM"][0], project_id=td.id))
+    # The project's daily refresh time is 05:30 (td): its dynamic clusters fire then, in its zone.
+    assert schedules(pg, dynamic, static) == [(True, "30 5 * * *", True, True), (False, None, False, False)]
+    for cluster_id, kind in ((static, "cluster_by_dynamic_condition"), (dynamic, "cluster_by_static_condition")):
+        body = {**cluster_body("x", CASES["SUM"][0], kind, td.id), "clusterName": None}
+        del body["clusterName"]
+        url = f"/open/user-cluster-update?token={td.token}&clusterId={cluster_id}"
+        assert post(client, url, body) == (200, OK)
+    assert schedules(pg, static, dynamic) == [(True, "30 5 * * *", True, True), (False, None, False, False)]
     failing = add(client, td, cluster_body("failing", {"filts": [
         {"columnName": "no_such_column", "comparator": "equal", "ftv": ["1"], "tableType": "user"}]}, project_id=td.id))
     wait_done(client, td, failing, expect=-1)
@@ -170,10 +179,19 @@ def test_dynamic_clusters_refresh_daily_and_failures_show_minus_one(client, work
     status, listed = post(client, f"/open/user-cluster-list?token={td.token}", {
         "projectId": td.id, "clusterCatalog": "catalog_cluster", "clusterTypes": ["cluster_by_dynamic_condition"],
         "pagerHeader": {"pageNum": 1, "pageSize": 1}})
-    assert [c["id"] for c in listed["data"]["userClusters"]] == [dynamic]
+    assert [c["id"] for c in listed["data"]["userClusters"]] == [static]
     status, listed = post(client, f"/open/user-cluster-list?token={td.token}", {
         "projectId": td.id, "pagerHeader": {"pageNum": 2, "pageSize": 1}})
     assert listed["data"]["pagerResult"]["totalNum"] >= 2 and len(listed["data"]["userClusters"]) == 1
+
+
+def schedules(pg, *cluster_ids) -> list[tuple]:
+    with pg.cursor() as cur:
+        cur.execute("SELECT id, dynamic, cron, scheduler_running, daily_refresh FROM cohorts WHERE id = ANY(%s)",
+                    (list(cluster_ids),))
+        found = {row[0]: row[1:] for row in cur.fetchall()}
+    pg.commit()
+    return [found[cluster_id] for cluster_id in cluster_ids]
 
 
 def cluster_rows(pg, project_id) -> int:
