@@ -253,12 +253,54 @@ class IdsLeafSchema(Schema):
     keys = fields.List(fields.String(validate=validate.Length(min=1, max=512)), required=True)
 
 
+MAX_UPLOAD_ID = 2**63 - 1  # uploads ids are PostgreSQL bigints
+
+
+def _strict_bool(value) -> None:
+    if not isinstance(value, bool):
+        raise ValidationError("must be true or false")
+
+
+class ImportSourceSchema(Schema):
+    """Where a routine import re-reads its IDs: a path under the import directory, or a URL."""
+
+    path = fields.String(validate=validate.Length(min=1, max=1024))
+    url = fields.String(validate=validate.Length(min=1, max=2048))
+
+    @validates_schema
+    def _one(self, data, **kwargs):
+        if len(data) != 1:
+            raise ValidationError("give exactly one of path (under the import directory) or url", "_schema")
+
+
+class ImportLeafSchema(Schema):
+    """Users named by an ID import (docs/imports.md): an uploaded file by id, or a source re-read per compute."""
+
+    type = fields.Constant("import", required=True)
+    upload_id = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_UPLOAD_ID))
+    source = fields.Nested(ImportSourceSchema)
+    # A profile property the IDs are values of (ThinkingData's mainColumnName); none: the user key.
+    match = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=200))
+    keep_unmatched = fields.Raw(load_default=False, validate=_strict_bool)
+    header = fields.String(load_default="auto", validate=validate.OneOf(("auto", "true", "false")))
+
+    @validates_schema
+    def _one_origin(self, data, **kwargs):
+        if ("upload_id" in data) == ("source" in data):
+            raise ValidationError("give exactly one of upload_id (an uploaded file) or source (re-read on "
+                                  "every compute)", "upload_id")
+        if data.get("keep_unmatched") is True and data.get("match"):
+            raise ValidationError("keeping unmatched IDs as new users needs matching on the user key "
+                                  "(leave match out)", "keep_unmatched")
+
+
 LEAF_SCHEMAS = {
     "profile": ProfileLeafSchema,
     "event": EventLeafSchema,
     "sequence": SequenceLeafSchema,
     "cohort": CohortLeafSchema,
     "ids": IdsLeafSchema,
+    "import": ImportLeafSchema,
 }
 
 
@@ -360,6 +402,11 @@ def iter_leaves(node):
 def cohort_references(tree) -> set[int]:
     """The cohort ids a tree refers to through `cohort` leaves."""
     return {leaf["cohort_id"] for leaf in iter_leaves(tree) if leaf.get("type") == "cohort"}
+
+
+def import_leaves(tree) -> list[dict]:
+    """The `import` leaves of a tree, left to right."""
+    return [leaf for leaf in iter_leaves(tree) if leaf.get("type") == "import"]
 
 
 def check_no_cycle(cohort_id: int | None, tree, load_definition) -> None:

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from pyroaring import BitMap
 
+from . import imports
 from .backends import Session
 from .bitmaps import to_bitmap
 from .errors import EngineError
@@ -32,12 +33,16 @@ class EvalContext:
     encode_keys: Callable[[list[str]], object] | None = None
     load_cohort: Callable[[int], BitMap | None] | None = None
     progress: Callable[[int, int], None] | None = None
+    # The distinct IDs of an `import` leaf (its stored upload, or its source read now).
+    load_import: Callable[[dict], list[str]] | None = None
 
 
 @dataclass
 class Result:
     bitmap: BitMap
     timings: list[dict] = field(default_factory=list)
+    # One entry per `import` leaf: its match counts (docs/imports.md).
+    imports: list[dict] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -50,7 +55,7 @@ def evaluate(tree: dict, ctx: EvalContext) -> Result:
         ctx = replace(ctx, base_time=ctx.base_time.replace(tzinfo=ctx.tz))
     evaluator = _Evaluator(ctx)
     bitmap = evaluator.node(tree, "")
-    return Result(bitmap, evaluator.timings)
+    return Result(bitmap, evaluator.timings, evaluator.imports)
 
 
 def count_steps(tree: dict) -> int:
@@ -68,6 +73,7 @@ class _Evaluator:
         self.total = 0
         self.done = 0
         self.timings: list[dict] = []
+        self.imports: list[dict] = []
 
     def step(self) -> None:
         self.done += 1
@@ -102,6 +108,8 @@ class _Evaluator:
             return self.leaf_ids(leaf)
         if kind == "cohort":
             return self.leaf_cohort(leaf)
+        if kind == "import":
+            return self.leaf_import(leaf)
         if kind in BACKEND_LEAVES:
             return getattr(self.ctx.session, kind)(leaf, self.ctx)
         raise EngineError("unsupported", f"leaf type {kind!r} is not supported")
@@ -119,3 +127,17 @@ class _Evaluator:
             raise EngineError("cohort_not_ready",
                               f"cohort {leaf['cohort_id']} has no computed version yet; compute it first")
         return bitmap
+
+    def leaf_import(self, leaf: dict) -> BitMap:
+        if self.ctx.load_import is None or self.ctx.encode_keys is None:
+            raise EngineError("unsupported", "import leaves need an import loader and a user-key dictionary")
+        keys = self.ctx.load_import(leaf)
+        found = imports.match(self.ctx.session, self.ctx.encode_keys, keys, leaf.get("match"),
+                              leaf.get("keep_unmatched", False))
+        origin = {"upload_id": leaf["upload_id"]} if "upload_id" in leaf else {"source": leaf["source"]}
+        self.imports.append({**origin, "ids": len(keys), **found.counts()})
+        if not len(found.bitmap):
+            by = f"profile property {leaf['match']!r}" if leaf.get("match") else "user key"
+            raise EngineError("import_no_match", f"none of the {len(keys)} imported IDs matched a user by {by}; "
+                                                 "check the file and the match column")
+        return found.bitmap

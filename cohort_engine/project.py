@@ -85,7 +85,7 @@ class ProjectEngine:
     def ingest_users(self, path, **columns) -> int:
         return self.store.ingest_users(path, self.encode, self.tz, **columns)
 
-    def compute(self, tree: dict, base_time=None, load_cohort=None, progress=None) -> Result:
+    def compute(self, tree: dict, base_time=None, load_cohort=None, progress=None, load_import=None) -> Result:
         """Evaluate a validated canonical tree at base_time (default: now)."""
         session = self.open_session()
         try:
@@ -96,6 +96,7 @@ class ProjectEngine:
                 encode_keys=self.encode,
                 load_cohort=load_cohort,
                 progress=progress,
+                load_import=load_import,
             )
             return evaluate(tree, ctx)
         finally:

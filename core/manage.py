@@ -3,6 +3,7 @@
     python -m core.manage set-refresh-time PROJECT HH:MM   (local time in the project's zone; default 04:00)
     python -m core.manage set-app-key PROJECT APP_KEY      (or --clear; the name Ark's appKey header may use)
     python -m core.manage sugo-allow PROJECT --redis host:port/db --hproxy host:port --broker host:port
+                                             --import host:port   (routine ID-import URLs, docs/imports.md)
     python -m core.manage sugo-deny PROJECT --redis host:port/db ...   (or --all)
     python -m core.manage sugo-targets PROJECT
 """
@@ -31,6 +32,8 @@ def _target_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hproxy", action="append", default=[], metavar="HOST:PORT", help="repeatable")
     parser.add_argument("--broker", action="append", default=[], metavar="HOST:PORT",
                         help="a remote Druid broker; repeatable (the embedded /druid/v2 needs none)")
+    parser.add_argument("--import", action="append", default=[], metavar="HOST:PORT",
+                        help="a host routine ID imports may fetch http(s) URLs from; repeatable")
 
 
 def _targets(args, settings: Settings) -> list[tuple[str, str, int, int]]:
@@ -135,7 +138,7 @@ def main(argv=None) -> int:
                 print(f"removed {sugo_targets.remove_all(conn, project['id'])} Sugo targets of {args.project}")
                 return 0
             if not targets:
-                print("name at least one --redis, --hproxy or --broker", file=sys.stderr)
+                print("name at least one --redis, --hproxy, --broker or --import", file=sys.stderr)
                 return 2
             change = sugo_targets.add if args.command == "sugo-allow" else sugo_targets.remove
             for target in targets:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import importlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+import numpy as np
 from pyroaring import BitMap
 
 from ..errors import EngineError
@@ -59,6 +60,16 @@ class Session(Protocol):
     def event(self, leaf: dict, ctx: EvalContext) -> BitMap: ...
 
     def sequence(self, leaf: dict, ctx: EvalContext) -> BitMap: ...
+
+    def match_profile(self, column: str, values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The users whose profile property `column` equals one of values (ID imports, docs/imports.md).
+
+        values are distinct strings. Returns two aligned arrays, (index into values as int64, uid as
+        uint32), one pair per matching user: a value may match several users, a user matches at most
+        one value (its property has one value). A string property compares as text, exactly; a number
+        property compares numerically with each value read as a number (values that are not numbers
+        match nobody). The caller checks that column is a string or number profile property.
+        """
 
     def close(self) -> None: ...
 

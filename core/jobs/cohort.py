@@ -10,6 +10,7 @@ from cohort_engine.project import ProjectEngine
 from core.data import cohorts, versions
 from core.jobs.retention import drop_bitmaps, expire_old_versions
 from core.jobs.runner import JobRun, JobStopped
+from core.services import imports
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,11 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
         return bitmaps.load_cached(run.redis, bitmaps.cohort_key(prefix, project["id"], cohort_id),
                                    lambda: durable_bitmap(run, cohort_id))
 
+    load_import = imports.loader(lambda: db.connection(run.dsn), project["id"], run.settings)
     result = engine.compute(parse_definition(definition), base_time=job["base_time"], load_cohort=load_cohort,
-                            progress=run.progress)
+                            progress=run.progress, load_import=load_import)
     if cohort is None:
-        return run.finish(job, None, {"count": result.count})
+        return run.finish(job, None, {"count": result.count, **({"imports": result.imports} if result.imports else {})})
     # One key per attempt: a stale earlier claim finishing late cannot overwrite this one's bitmap.
     version_key = bitmaps.cohort_key(prefix, project["id"], cohort["id"], f"j{job['id']}a{job['attempts']}")
     payload = bitmaps.publish(run.redis, version_key, result.bitmap)
@@ -75,6 +77,8 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
         outcome = {"count": result.count, "version_id": version["id"], "published": is_newest,
                    "leaves": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()}
                               for t in result.timings]}
+        if result.imports:
+            outcome["imports"] = result.imports
         # Also locks the job row, so the reaper cannot take the job before this commits.
         run.mark_succeeded(conn, outcome, version["id"])
         if is_newest:

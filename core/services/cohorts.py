@@ -22,6 +22,7 @@ from core.crons import daily_cron
 from core.data import cohorts, jobs, versions
 from core.errors import Conflict, DuplicateName, Forbidden, NotFound
 from core.queue import submit_cohort_job, time_partition
+from core.services import imports
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,10 @@ class CohortService:
             raise Forbidden(f"the token belongs to project {self.project['name']!r}, not {named!r}")
 
     def check_definition(self, cohort_id: int | None, definition: dict) -> None:
-        """Before writing a (new) definition: no cohort cycle (DefinitionError), and the broker answers."""
+        """Before writing a (new) definition: no cohort cycle (DefinitionError), imports it may read, the broker answers."""
         project_id = self.project["id"]
         check_no_cycle(cohort_id, definition, lambda ref: cohorts.definition_of(self.conn, project_id, ref))
+        imports.check_imports(self.conn, project_id, self.settings, definition)
         self.check_broker()
 
     def references(self, cohort_id: int) -> list[int]:

@@ -597,6 +597,39 @@ def _validate_type(value: int) -> None:
         raise ValidationError("must be one of: 0 (run once), 1 (routine), 5 (import once), 6 (import routine)")
 
 
+class ImportSchema(Schema):
+    """Where an import rule's IDs come from (docs/dialects/sensors.md "Import rules")."""
+
+    upload_id = fields.Integer(strict=True, metadata={"description": "type 5: a file stored by POST /api/v1/uploads"})
+    path = fields.String(metadata={"description": "type 6: a file under the service's import directory"})
+    url = fields.String(metadata={"description": "type 6: an http(s) URL allowed for the project"})
+    match = fields.String(load_default=None, allow_none=True,
+                          metadata={"description": "a profile property the IDs are values of; default the user key"})
+    keep_unmatched = StrictBoolean(load_default=False)
+    header = fields.String(load_default="auto", validate=validate.OneOf(("auto", "true", "false")))
+
+
+def import_definition(kind: int, spec: dict) -> dict:
+    """The canonical `import` leaf of a type 5 (upload_id) or type 6 (path or url) rule; ValidationError."""
+    origins = [name for name in ("upload_id", "path", "url") if name in spec]
+    wanted = ("upload_id",) if kind == IMPORT_ONCE else ("path", "url")
+    if len(origins) != 1 or origins[0] not in wanted:
+        raise ValidationError({"import": ["type 5 (import once) takes upload_id, a file stored by POST "
+                                          "/api/v1/uploads" if kind == IMPORT_ONCE else
+                                          "type 6 (routine import) re-reads a source on its cron: give path "
+                                          "(under the import directory) or url (allowed for the project)"]})
+    leaf = {"type": "import", "match": spec["match"], "keep_unmatched": spec["keep_unmatched"],
+            "header": spec["header"]}
+    if kind == IMPORT_ONCE:
+        leaf["upload_id"] = spec["upload_id"]
+    else:
+        leaf["source"] = {origins[0]: spec[origins[0]]}
+    try:
+        return parse_definition(leaf)
+    except DefinitionError as exc:
+        raise ValidationError({"import": [m for messages in exc.errors.values() for m in messages]}) from None
+
+
 class SegmenterRuleSchema(_DialectSchema):
     """Body of POST /segmenter/rule; loads to the body plus `definition` (canonical tree, or None for imports)."""
 
@@ -610,6 +643,7 @@ class SegmenterRuleSchema(_DialectSchema):
     dir_id = fields.Integer(strict=True, allow_none=True)
     scheduler = fields.Nested(SchedulerSchema)
     content = fields.Raw(load_default=None)
+    import_ = fields.Nested(ImportSchema, data_key="import", load_default=None)
 
     @pre_load
     def _drop_listing_fields(self, data, **kwargs):
@@ -644,6 +678,13 @@ class SegmenterRuleSchema(_DialectSchema):
             if content is not None and not (isinstance(content, dict) and not content.get("rules")):
                 errors["content"] = ["import cohorts (type 5, 6) take their members from imported files;"
                                      " leave content out or give it no rules"]
+            if data.get("import_") is not None:
+                try:
+                    data["definition"] = import_definition(kind, data["import_"])
+                except ValidationError as exc:
+                    errors.update(exc.messages)
+        elif data.get("import_") is not None:
+            errors["import"] = ["only import rules (type 5, 6) take an import"]
         elif content is None:
             errors["content"] = ["Missing data for required field."]
         else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import operator
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 from pyroaring import BitMap
 
 from ...bitmaps import to_bitmap
@@ -48,6 +50,25 @@ class EmbeddedSession:
 
     def sequence(self, leaf: dict, ctx) -> BitMap:
         return _Compiler(self, ctx).sequence(leaf)
+
+    def match_profile(self, column: str, values) -> tuple[np.ndarray, np.ndarray]:
+        sql_type = self.snapshot.user_columns.get(column)
+        if sql_type is None:
+            return np.empty(0, np.int64), np.empty(0, np.uint32)
+        wanted = pa.table({"i": pa.array(np.arange(len(values), dtype=np.int64)), "v": pa.array(values, pa.string())})
+        number = property_kind(sql_type) == "number"
+        # A number property: each value is read as a number, so "7" and "7.0" both match 7.
+        target = "TRY_CAST(w.v AS DOUBLE)" if number else "w.v"
+        name = "match_values"
+        self.con.register(name, wanted)
+        try:
+            found = self.con.execute(
+                f"SELECT w.i AS i, u.uid AS uid FROM {name} w JOIN users u ON u.{quote(column)} = {target}").fetchnumpy()
+        except duckdb.Error as exc:
+            raise EngineError("backend_error", f"the event store rejected a query: {exc}") from None
+        finally:
+            self.con.unregister(name)
+        return np.asarray(found["i"], dtype=np.int64), np.asarray(found["uid"], dtype=np.uint32)
 
     def close(self) -> None:
         if self._con is not None:
