@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from datetime import datetime
 from functools import wraps
 from zoneinfo import ZoneInfo
@@ -17,6 +18,7 @@ from flask import Blueprint, g, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from app.api.imports import body_chunks
 from app.auth import TokenPolicy, current_project
 from app.db import get_db, settings
 from app.errors import ApiError
@@ -25,6 +27,7 @@ from cohort_engine.definition import MAX_COHORT_ID, DefinitionError, flatten_err
 from core.crons import daily_cron
 from core.data import cohorts
 from core.errors import Conflict, DomainError, DuplicateName, Forbidden, NotFound, Unavailable
+from core.services import imports
 from dialects.thinkingdata.answers import (
     CODES,
     MISSING_TOKEN,
@@ -50,7 +53,8 @@ bp = Blueprint("thinkingdata", __name__, url_prefix="/open")
 DIALECT = "thinkingdata"
 # TA clients send ?token=; a Bearer header works too (as on every API of this service).
 AUTH = TokenPolicy(query_token=True)
-MAX_PAGE_SIZE = 1000
+# mainColumnName values that mean the user key itself (TA's distinct id) rather than a profile property.
+USER_KEY_COLUMNS = ("#distinct_id", "distinct_id")
 DOMAIN_CODES = ((DuplicateName, -1005), (NotFound, -1004), (Conflict, -1007), (Forbidden, -1003),
                 (Unavailable, -1009))
 STATUS_CODES = {400: -1001, 401: -1002, 403: -1003, 404: -1004, 405: -1001, 409: -1007, 413: -1001, 503: -1009}
@@ -91,7 +95,8 @@ def _definition(exc):
 @bp.errorhandler(DomainError)
 def _domain(exc):
     code = next((code for kind, code in DOMAIN_CODES if isinstance(exc, kind)), -1001)
-    return refused(code, exc.message)
+    details = f": {_invalid_message(exc.errors)}" if exc.errors else ""
+    return refused(code, exc.message + details)
 
 
 @bp.errorhandler(ApiError)
@@ -99,7 +104,7 @@ def _api_error(exc):
     message = exc.body.get("error", "")
     if exc.body.get("errors"):
         message += ": " + _invalid_message(exc.body["errors"])
-    return refused(STATUS_CODES.get(exc.status, -1001), message)
+    return answer(error_body(STATUS_CODES.get(exc.status, -1001), message), exc.status)
 
 
 @bp.errorhandler(HTTPException)
@@ -373,3 +378,85 @@ def delete_by_id():
 @require_token
 def delete_by_name():
     return delete(by_name=True)
+
+
+# -- ID uploads (text/csv, one ID a line) ------------------------------------------------------------
+
+
+def main_column(text: str) -> str | None:
+    """The match of mainColumnName: None (the user key) for TA's `#distinct_id`, else that profile property."""
+    return None if text in USER_KEY_COLUMNS else text
+
+
+def import_settings(*, creating: bool, stored: dict | None = None) -> dict:
+    """The upload's query parameters: displayName, mainColumnName, clusterCatalog, clusterName, remarks."""
+    args = {key: value.strip() for key, value in request.args.items()}
+    stored = stored or {}
+    display = args.get("displayName") or (None if creating else stored.get("displayName"))
+    if not display:
+        raise TdError(-1001, "参数(displayName)为空")
+    column = args.get("mainColumnName") or (None if creating else stored.get("mainColumnName"))
+    if not column:
+        raise TdError(-1001, "参数(mainColumnName)为空: name the user property the IDs are values of")
+    checks = ((len(display) > 50, "displayName must be at most 50 characters"),
+              (len(column) > 200, "mainColumnName must be at most 200 characters"),
+              (len(args.get("remarks", "")) > 500, "remarks must be at most 500 characters"))
+    for failed, message in checks:
+        if failed:
+            raise TdError(-1001, message)
+    catalog = args.get("clusterCatalog") or stored.get("clusterCatalog") or "catalog_cluster"
+    if catalog not in ("catalog_cluster", "catalog_tag"):
+        raise TdError(-1001, f"clusterCatalog must be catalog_cluster or catalog_tag, got {catalog!r}")
+    if catalog == "catalog_tag":
+        raise TdError(-1006, "ID-upload tags (catalog_tag: id,value rows) are not available yet on this service")
+    name = args.get("clusterName") if creating else None
+    if name and not re.fullmatch(NAME_PATTERN, name):
+        raise TdError(-1001, "clusterName: letters, digits and _ only, at most 24 characters")
+    return {"clusterName": name or f"import_{uuid.uuid4().hex[:12]}", "displayName": display,
+            "mainColumnName": column, "clusterCatalog": catalog, "clusterType": "cluster_by_import",
+            "remarks": args.get("remarks", stored.get("remarks", ""))}
+
+
+def upload_answer(outcome) -> dict:
+    counts = outcome.counts
+    return {"clusterId": outcome.cohort["id"], "tagValueNullNum": counts.get("empty_values", 0),
+            "unmatchedNum": counts["unmatched_ids"], "uploadNum": counts["rows"], "userNum": counts["users"]}
+
+
+@bp.post("/import-id-cluster-add")
+@require_token
+def import_add():
+    query_project()
+    body = import_settings(creating=True)
+    outcome = imports.import_ids(cohort_service(noun="cluster"), body_chunks(), match=main_column(body["mainColumnName"]),
+                                 name=body["clusterName"], display_name=body["displayName"], header="auto",
+                                 dialect=DIALECT, request_body=body)
+    return answer(envelope(upload_answer(outcome)))
+
+
+def import_modify(by_name: bool):
+    query_project()
+    row = target(by_name)
+    stored = row["request_body"] or {}
+    if stored.get("clusterType") not in ("cluster_by_import", "tag_by_import"):
+        raise TdError(-1007, f"cluster {row['id']} is a {stored.get('clusterType')} cluster, not an ID upload;"
+                             " change it with /open/user-cluster-update")
+    body = {**stored, **import_settings(creating=False, stored=stored), "clusterName": row["name"]}
+    service = cohort_service(noun="cluster")
+    cohort = service.get(row["id"], lock=True, dialect=DIALECT)
+    outcome = imports.import_ids(service, body_chunks(), match=main_column(body["mainColumnName"]), cohort=cohort,
+                                 display_name=body["displayName"], header="auto", dialect=DIALECT,
+                                 request_body=body)
+    return answer(envelope(upload_answer(outcome)))
+
+
+@bp.post("/import-id-cluster-modify")
+@require_token
+def import_modify_by_id():
+    return import_modify(by_name=False)
+
+
+@bp.post("/import-id-cluster-modify-by-name")
+@require_token
+def import_modify_by_name():
+    return import_modify(by_name=True)

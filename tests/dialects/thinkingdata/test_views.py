@@ -268,3 +268,76 @@ def test_names_are_unique_and_projects_confined(client, worker, td, api_project,
     forced = create_app({"TESTING": True, "SETTINGS": settings, "CELERY": celery_app}).test_client()
     response = forced.get(f"/open/user-cluster-detail?token={td.token}&projectId={td.id}&clusterId=2147483000")
     assert response.status_code == 200 and response.get_json()["return_code"] == -1004
+
+
+# -- ID uploads ---------------------------------------------------------------------------------------
+
+
+def upload(client, url, lines) -> tuple[int, dict]:
+    response = client.post(url, data="\n".join(lines) + "\n", content_type="text/csv")
+    return response.status_code, response.get_json()
+
+
+def seed_import_url(td, path="/open/import-id-cluster-add", **params) -> str:
+    """The seed's curl URL of path (mainColumnName=%23account_id), with this test's token and project."""
+    params = {"token": td.token, "projectId": td.id, "displayName": "xxxx", "mainColumnName": "#account_id", **params}
+    return path + "?" + "&".join(f"{key}={quote(str(value))}" for key, value in params.items())
+
+
+def test_id_uploads_match_on_a_property_or_the_user_key(client, worker, td):
+    # The seed's file as written: none of its IDs is an account id of the sample data.
+    status, answer = upload(client, seed_import_url(td), SEED["csv"])
+    assert status == 200 and set(answer) == set(SEED["answers"]["import_add"])
+    data = answer["data"]
+    assert set(data) == set(SEED["answers"]["import_add"]["data"])
+    assert (data["uploadNum"], data["userNum"], data["unmatchedNum"], data["tagValueNullNum"]) == (5, 0, 5, 0)
+    cluster_id = data["clusterId"]
+    wait_done(client, td, cluster_id, expect=-1)  # a file that matches nobody fails its version (import_no_match)
+
+    accounts = sorted({p["#account_id"] for p in td.ref.data.profiles if p.get("#account_id")})[:6]
+    lines = [*accounts, accounts[0], "acc_nobody"]
+    url = seed_import_url(td, "/open/import-id-cluster-modify", clusterId=cluster_id, remarks="six")
+    status, answer = upload(client, url, lines)
+    native = profile("#account_id", "eq", *accounts)
+    assert status == 200 and answer["data"] == {"clusterId": cluster_id, "tagValueNullNum": 0, "unmatchedNum": 1,
+                                                "uploadNum": len(lines), "userNum": len(td.ref.members(native))}
+    wait_done(client, td, cluster_id)
+    seen = detail(client, td, cluster_id)
+    assert (seen["usersNum"], seen["clusterType"]) == (len(td.ref.members(native)), "cluster_by_import")
+
+    keys = sorted(p["key"] for p in td.ref.data.profiles)[:4]
+    status, listed = post(client, f"/open/user-cluster-list?token={td.token}", {
+        "projectId": td.id, "clusterTypes": ["cluster_by_import"]})
+    (entry,) = [c for c in listed["data"]["userClusters"] if c["id"] == cluster_id]
+    assert (entry["mainColumnName"], entry["remarks"], entry["usersNum"]) == ("#account_id", "six", len(accounts))
+    url = (f"/open/import-id-cluster-modify-by-name?token={td.token}&projectId={td.id}"
+           f"&clusterName=%20{entry['clusterName']}&mainColumnName=%23distinct_id")
+    status, answer = upload(client, url, keys)
+    assert status == 200 and (answer["data"]["userNum"], answer["data"]["unmatchedNum"]) == (4, 0), answer
+    wait_done(client, td, cluster_id)
+    assert detail(client, td, cluster_id)["usersNum"] == 4
+    status, answer = post(client, f"/open/user-cluster-refresh?token={td.token}&projectId={td.id}"
+                                  f"&clusterId={cluster_id}")
+    assert (status, answer["return_code"]) == (409, -1007)
+
+
+@pytest.mark.parametrize("params, lines, status, code, words", [
+    ({"clusterCatalog": "catalog_tag"}, ["a,1"], 400, -1006, "catalog_tag"),
+    ({"displayName": ""}, ["a"], 400, -1001, "displayName"),
+    ({"mainColumnName": "no_such_column"}, ["a"], 400, -1001, "no_such_column"),
+    ({"clusterName": "bad name"}, ["a"], 400, -1001, "clusterName"),
+    ({}, [], 400, -1001, "no IDs"),
+])
+def test_bad_uploads_are_refused_and_write_nothing(client, td, pg, params, lines, status, code, words):
+    before = cluster_rows(pg, td.id)
+    url = seed_import_url(td, **params)
+    got, answer = upload(client, url, lines)
+    assert (got, answer["return_code"]) == (status, code) and words in answer["return_message"], answer
+    assert cluster_rows(pg, td.id) == before
+
+
+def test_condition_clusters_are_not_modified_by_upload(client, worker, td):
+    cluster_id = add(client, td, cluster_body("notupload", CASES["SUM"][0], project_id=td.id))
+    status, answer = upload(client, seed_import_url(td, "/open/import-id-cluster-modify", clusterId=cluster_id),
+                            SEED["csv"])
+    assert (status, answer["return_code"]) == (409, -1007)
