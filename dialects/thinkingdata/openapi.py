@@ -6,7 +6,9 @@ from cohort_engine.definition import MAX_COHORT_ID
 from dialects.thinkingdata.answers import CODES
 from dialects.thinkingdata.translate import CATALOGS, CLUSTER_TYPES, NAME_PATTERN, TAG_KINDS
 
-TOKEN = {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
+# Query text may not carry NUL or lone surrogates (app/input_rules.py refuses them everywhere).
+TEXT = "^[^\\x00]*$"
+TOKEN = {"name": "token", "in": "query", "required": False, "schema": {"type": "string", "pattern": TEXT},
          "description": "the project's token (or Authorization: Bearer); missing: return_code -1008"}
 PROJECT = {"name": "projectId", "in": "query", "required": True,
            "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}, "description": "the token's project id"}
@@ -28,6 +30,14 @@ FILTER = {
                    "calcuSymbol": {"type": "string"}, "ftv": {"type": "array", "items": {"type": "string"}},
                    "tableType": {"type": "string", "enum": ["event", "user"]}},
 }
+UPLOAD_SETTINGS = [
+    {"name": "displayName", "in": "query", "schema": {"type": "string", "minLength": 1, "maxLength": 50,
+                                                      "pattern": TEXT}},
+    {"name": "mainColumnName", "in": "query", "schema": {"type": "string", "minLength": 1, "maxLength": 200,
+                                                         "pattern": TEXT},
+     "description": "the profile property the IDs are values of (#account_id), or #distinct_id for the user key"},
+    {"name": "remarks", "in": "query", "schema": {"type": "string", "maxLength": 500, "pattern": TEXT}},
+]
 QP = {
     "type": "object", "description": "a condition cluster (docs/dialects/thinkingdata.md)",
     "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/TdEvent"}},
@@ -85,6 +95,15 @@ def _responses(description: str) -> dict:
             for status, entry in answers.items()}
 
 
+def _upload(summary: str, parameters: list) -> dict:
+    """An ID-upload operation: query settings and a text/csv body, one ID a line."""
+    operation = _operation(summary, [*parameters, *UPLOAD_SETTINGS])
+    operation["requestBody"] = {"required": True, "content": {"text/csv": {
+        "schema": {"type": "string", "description": "one ID a line (UTF-8; a header line naming the column is skipped)"},
+        "example": "acc0000001\nacc0000002\n"}}}
+    return operation
+
+
 def _operation(summary: str, parameters: list, body: str | None = None, example=None) -> dict:
     operation = {"summary": summary, "tags": ["ThinkingData"], "security": [{"bearer": []}, {}],
                  "parameters": [TOKEN, *parameters], "responses": _responses("success (return_code 0)")}
@@ -124,5 +143,11 @@ def add_paths(spec, docs) -> None:
             "progress: 0-99 computing, 100 done, -1 failed", [PROJECT, *by_id])},
         "/open/user-cluster-refresh-progress-by-name": {"get": _operation("The same, by name", [PROJECT, *by_name])},
     }
+    new_upload = [PROJECT, {"name": "clusterName", "in": "query", "schema": {"type": "string", "pattern": f"^{NAME_PATTERN}$"}},
+                  {"name": "clusterCatalog", "in": "query", "schema": {"type": "string", "enum": ["catalog_cluster"]}}]
+    paths["/open/import-id-cluster-add"] = {"post": _upload(
+        "A cluster of the uploaded IDs (data: clusterId, uploadNum, userNum, unmatchedNum, tagValueNullNum)", new_upload)}
+    paths["/open/import-id-cluster-modify"] = {"post": _upload("Replace an upload cluster's IDs", [PROJECT, *by_id])}
+    paths["/open/import-id-cluster-modify-by-name"] = {"post": _upload("The same, by name", [PROJECT, *by_name])}
     for path, operations in paths.items():
         spec.path(path, operations=operations)
