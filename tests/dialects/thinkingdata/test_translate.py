@@ -19,6 +19,7 @@ from dialects.thinkingdata.translate import (
     load_qp,
     recent_days,
     resolved_days,
+    tag_definition,
     window,
 )
 from tests.cohort_engine.reference import Reference
@@ -233,3 +234,55 @@ def test_settings_defaults_and_every_seed_body_loads():
     listed = load_list(seed_request("list"))
     assert (listed["pageNum"], listed["pageSize"], listed["clusterName"]) == (1, 10, "test001")
     assert load_list({"projectId": 1})["clusterTypes"] == []
+
+
+# -- tags ---------------------------------------------------------------------------------------------
+
+
+def seed_tag(name):
+    body = seed_request(name)
+    return tag_definition(body["subConditionTabType"], body["tagQp"])
+
+
+ANDROID = {"property": "#os", "cmp": "eq", "values": ["android"]}
+TWO_DAYS = {"last": 2, "offset": 0, "unit": "day"}
+
+
+def test_seed_condition_tag_is_an_ordered_values_tag(reference):
+    ref, _ = reference
+    tag = seed_tag("add_condition_tag")
+    assert tag["kind"] == "values" and [v["value"] for v in tag["values"]] == ["标签值1", "标签值2"]
+    natives = [count("player_register", "gt", 4, last=30, offset=1), count("fight_success", "gt", 0, last=30, offset=1)]
+    for value, native in zip(tag["values"], natives, strict=True):
+        assert ref.members(value["definition"]) == ref.members(native)
+    assert ref.members(natives[1])  # the second value (uceCalcuSymbol) selects someone
+
+
+def test_seed_first_last_and_metric_tags():
+    assert seed_tag("add_first_last_tag") == {"kind": "first_last", "which": "first", "event": "pay",
+                                               "window": TWO_DAYS, "filter": ANDROID, "property": "#vp@test_num"}
+    assert seed_tag("add_metric_tag") == {"kind": "metric", "event": "activity_attend", "window": TWO_DAYS,
+                                          "filter": ANDROID,
+                                          "agg": {"fn": "count_distinct", "property": "activity_reward"}}
+    last = seed_request("add_first_last_tag")["tagQp"]
+    last["userTagConFirstLastEventDef"]["userTagConFirstLastEvent"]["isFirstEvent"] = False
+    assert tag_definition("tag_condition_by_firstlast_event", last)["which"] == "last"
+
+
+@pytest.mark.parametrize("kind, tag_qp, path", [
+    ("tag_condition_default", {"userTagValueDefs": []}, "tagQp.userTagValueDefs"),
+    ("tag_condition_default", {"userTagValueDefs": [{"tagValue": "a"}]}, "tagQp.userTagValueDefs[0].userClusterDef"),
+    ("tag_condition_default", {"userTagValueDefs": [{"tagValue": "a", "userClusterDef": {"events": []}}]},
+     "tagQp.userTagValueDefs[0].userClusterDef.events"),
+    ("tag_condition_by_firstlast_event", {}, "tagQp.userTagConFirstLastEventDef"),
+    ("tag_condition_by_firstlast_event", {"userTagConFirstLastEventDef": {"userTagConFirstLastEvent": {
+        "eventName": "pay", "isFirstEvent": "yes", "recentDay": "0-1", "calcPropVo": {"property": {
+            "columnName": "x"}}}}}, "tagQp.userTagConFirstLastEventDef.userTagConFirstLastEvent.isFirstEvent"),
+    ("tag_condition_by_quotation", {"userTagConQuotaDef": {"userTagConQuotaEvent": {
+        "eventName": "pay", "analysis": "SUM", "recentDay": "0-1"}}},
+     "tagQp.userTagConQuotaDef.userTagConQuotaEvent.quota"),
+])
+def test_bad_tag_bodies_name_the_field(kind, tag_qp, path):
+    with pytest.raises(ValidationError) as caught:
+        tag_definition(kind, tag_qp)
+    assert path in flatten_errors(caught.value.messages), flatten_errors(caught.value.messages)
