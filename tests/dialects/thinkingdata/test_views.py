@@ -341,3 +341,26 @@ def test_condition_clusters_are_not_modified_by_upload(client, worker, td):
     status, answer = upload(client, seed_import_url(td, "/open/import-id-cluster-modify", clusterId=cluster_id),
                             SEED["csv"])
     assert (status, answer["return_code"]) == (409, -1007)
+
+
+def test_the_openapi_examples_are_accepted(client, worker, td):
+    spec = client.get("/openapi.json").get_json()
+    examples = {path: next(iter(op["requestBody"]["content"].values()))["example"]
+                for path, ops in spec["paths"].items() if path.startswith("/open/")
+                for op in ops.values() if "requestBody" in op}
+    assert set(examples) == {"/open/user-cluster-add", "/open/user-cluster-update", "/open/user-cluster-update-by-name",
+                             "/open/user-cluster-list", "/open/import-id-cluster-add", "/open/import-id-cluster-modify",
+                             "/open/import-id-cluster-modify-by-name"}
+    mine = {"projectId": td.id}
+    cluster_id = add(client, td, {**examples["/open/user-cluster-add"], **mine, "clusterName": "example"})
+    assert post(client, f"/open/user-cluster-update?token={td.token}&clusterId={cluster_id}",
+                {**examples["/open/user-cluster-update"], **mine}) == (200, OK)
+    assert post(client, f"/open/user-cluster-update-by-name?token={td.token}&projectId={td.id}&clusterName=example",
+                {**examples["/open/user-cluster-update-by-name"], **mine}) == (200, OK)
+    status, listed = post(client, f"/open/user-cluster-list?token={td.token}", {**examples["/open/user-cluster-list"],
+                                                                               **mine})
+    assert status == 200 and listed["return_code"] == 0
+    lines = examples["/open/import-id-cluster-add"].splitlines()
+    status, answer = upload(client, seed_import_url(td), lines)
+    assert status == 200 and answer["data"]["userNum"] == len(lines)
+    wait_done(client, td, cluster_id)
