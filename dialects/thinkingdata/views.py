@@ -245,7 +245,10 @@ def add():
     definition = condition_definition(data, body)
     service = cohort_service(noun="cluster")
     daily = schedule(data["clusterType"])["daily_refresh"]
-    cohort = service.create(data["clusterName"], definition, dialect=DIALECT, request_body=body,
+    # Stored with its defaults filled in, so that list filters and detail see the catalog and type.
+    stored = {**body, "clusterName": data["clusterName"], "clusterCatalog": data["clusterCatalog"],
+              "clusterType": data["clusterType"]}
+    cohort = service.create(data["clusterName"], definition, dialect=DIALECT, request_body=stored,
                             display_name=data["displayName"], daily_refresh=daily)
     submitted = service.submit(cohort, "create")
     service.commit_and_enqueue([submitted])
@@ -255,9 +258,9 @@ def add():
 
 def update(by_name: bool):
     body = body_json()
-    current = target(by_name)
     data = load_cluster(body, creating=False)
     check_project(data["projectId"], "body")
+    current = target(by_name)
     stored = current["request_body"] or {}
     if data["clusterCatalog"] != stored.get("clusterCatalog", "catalog_cluster"):
         raise TdError(-1007, f"cluster {current['id']} is a {stored.get('clusterCatalog')}; its catalog cannot change")

@@ -180,6 +180,15 @@ def test_dynamic_clusters_refresh_daily_and_failures_show_minus_one(client, work
         "projectId": td.id, "clusterCatalog": "catalog_cluster", "clusterTypes": ["cluster_by_dynamic_condition"],
         "pagerHeader": {"pageNum": 1, "pageSize": 1}})
     assert [c["id"] for c in listed["data"]["userClusters"]] == [static]
+    # Catalog and type default when a body leaves them out, and the list sees the defaults.
+    bare = {key: value for key, value in cluster_body("bare", CASES["SUM"][0], project_id=td.id).items()
+            if key not in ("clusterCatalog", "clusterType")}
+    bare_id = add(client, td, bare)
+    status, listed = post(client, f"/open/user-cluster-list?token={td.token}", {
+        "projectId": td.id, "clusterCatalog": "catalog_cluster", "clusterTypes": ["cluster_by_static_condition"],
+        "clusterName": "bare"})
+    assert [(c["id"], c["clusterCatalog"], c["clusterType"]) for c in listed["data"]["userClusters"]] == [
+        (bare_id, "catalog_cluster", "cluster_by_static_condition")]
     status, listed = post(client, f"/open/user-cluster-list?token={td.token}", {
         "projectId": td.id, "pagerHeader": {"pageNum": 2, "pageSize": 1}})
     assert listed["data"]["pagerResult"]["totalNum"] >= 2 and len(listed["data"]["userClusters"]) == 1
