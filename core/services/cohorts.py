@@ -99,6 +99,8 @@ class CohortService:
         check: check a changed definition first (False when the caller checked it already).
         restart_schedule: a new or resumed cron fires from now on, not for the fires it missed.
         """
+        if cohort.get("daily_refresh") and "cron" in fields and fields["cron"] != cohort["cron"]:
+            fields = {**fields, "daily_refresh": False}  # a cron set by hand stops following the daily time
         redefine = definition != cohort["definition"]
         if redefine and check:
             self.check_definition(cohort["id"], definition)

@@ -5,15 +5,15 @@ from __future__ import annotations
 # The routes' ids have at most 18 digits (app/input_rules.py); beyond a cohort id they are answered 400.
 MAX_PATH_INT = 10**18 - 1
 
-ARK_SECURITY = [{"arkToken": [], "arkAppKey": []}]
+# Ark clients send `token`; a Bearer token works too (app/auth.py). appKey goes with either.
+ARK_SECURITY = [{"arkToken": [], "arkAppKey": []}, {"bearer": [], "arkAppKey": []}]
 ARK_ERROR_ANSWERS = {
-    "400": "invalid input, or no such cohort of this project (Ark answers a missing object with 400); nothing "
-           "was written",
+    "400": "invalid input, no such cohort of this project (Ark answers a missing object with 400), or (code 50101)"
+           " a cohort of the project already has this name; nothing was written",
     "401": "missing or wrong token / appKey pair",
     "404": "no such API (a path that is not one of these)",
     "413": "request body larger than COHORTS_MAX_BODY_BYTES",
     "415": "the body is not sent as Content-Type: application/json",
-    "501": "code 50101: a cohort of this project already has this name",
     "503": "PostgreSQL or Redis unreachable; nothing was written",
 }
 ARK_ERROR = {
@@ -60,11 +60,12 @@ ARK_EXAMPLE = {
 def _answers(docs, success: str, description: str, *errors: str) -> dict:
     answers = {"200": {"description": description, "content": {"application/json": {"schema": {
         "$ref": f"#/components/schemas/{success}"}}}}}
+    ark, service = {"$ref": "#/components/schemas/ArkError"}, {"$ref": "#/components/schemas/Errors"}
     for code in sorted({"400", "401", "404", "503", *errors}):
-        # A path the router does not know is answered by the service, in its own shape.
-        schema = "Errors" if code == "404" else "ArkError"
-        answers[code] = {"description": ARK_ERROR_ANSWERS[code],
-                         "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+        # A path the router does not match (an id of more than 18 digits, no such path) is answered by the
+        # service in its own shape, also when the app-wide input rules refuse it first (400).
+        schema = service if code == "404" else {"anyOf": [ark, service]} if code == "400" else ark
+        answers[code] = {"description": ARK_ERROR_ANSWERS[code], "content": {"application/json": {"schema": schema}}}
     return answers
 
 
@@ -98,14 +99,14 @@ def add_paths(spec, docs) -> None:
     cohort_id = {"name": "cohort_id", "in": "path", "required": True,
                  "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PATH_INT}}
     need_more = {"name": "needMore", "in": "query", "required": False,
-                 "schema": {"type": "string", "enum": ["true", "false"]}}
+                 "schema": {"type": "string", "enum": ["true", "True", "TRUE", "1", "false", "False", "FALSE", "0", ""]}}
     login_user = {"name": "loginUser", "in": "query", "required": False,
                   "schema": {"type": "string", "maxLength": 200}, "description": "the acting user (creator)"}
     status = {"name": "status", "in": "query", "required": False,
-              "schema": {"type": "string", "enum": ["success", "failed", "calculating"]}}
+              "schema": {"type": "string", "enum": ["success", "failed", "calculating", ""]}}
     spec.path("/uba/api/cohort", operations={
         "post": _operation(docs, "Create a cohort from Ark rules; it is computed now (and daily when dynamic)",
-                           _answers(docs, "ArkCreated", "created; being computed", "413", "415", "501"),
+                           _answers(docs, "ArkCreated", "created; being computed", "413", "415"),
                            [login_user], body="ArkCohortCreate"),
         "get": _operation(docs, "Every Ark cohort of the project, optionally by status",
                           _answers(docs, "ArkCohorts", "the cohorts"), [need_more, status]),

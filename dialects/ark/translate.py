@@ -426,7 +426,7 @@ def _rule(rule, path: str, problems: Problems) -> dict | None:
         problems.add(path, "must be an object")
         return None
     kind = rule.get("type")
-    if kind not in RULE_FIELDS:
+    if not isinstance(kind, str) or kind not in RULE_FIELDS:
         problems.add(f"{path}.type", "must be user (a user property rule) or event (an event rule)")
         return None
     for key in sorted(set(rule) - set(RULE_FIELDS[kind])):

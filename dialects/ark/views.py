@@ -35,9 +35,14 @@ STATUS = {"new": "calculating", "computing": "calculating", "succeed": "success"
 STATUSES = ("success", "failed", "calculating")
 SOURCE = "自定义分群"  # a cohort built from rules ("custom cohort"), as the seed calls it
 API_OWNER = "API"  # createdUser of a cohort created without loginUser: Ark's "belongs to the API"
-# Ark's `code` of a 501 whose object already exists (a taken cohort name); other errors carry their status.
+# Ark's `code` for an object that already exists (a taken cohort name); other errors carry their status.
 CODE_EXISTS = 50101
-TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+# Ark 4.5.1+ sends that code with HTTP 501; this service answers no client error with a 5xx (a 5xx says
+# "our fault, retry", and retrying a taken name never helps), so it is a 400 carrying Ark's code
+# (docs/dialects/ark.md, "Errors").
+EXISTS_STATUS = 400
+# How a Boolean query parameter may be spelled (as Java clients write it); empty = not given.
+TRUE_WORDS, FALSE_WORDS = ("true", "True", "TRUE", "1"), ("false", "False", "FALSE", "0", "")
 
 AUTH = TokenPolicy(token_header="token", project_header="appKey",
                    missing="missing token header: send 'token: <project API token>' and 'appKey: <project>'")
@@ -71,10 +76,10 @@ def _api_error(exc):
 
 @bp.errorhandler(DomainError)
 def _domain(exc):
-    # Ark answers a missing object, like any request it cannot carry out, with 400, and an existing one
-    # (a taken name) with 501 / 50101; it has no 403, 404 (that is "no such API") or 409.
+    # Ark answers a missing object, like any request it cannot carry out, with 400; it has no 403, 404
+    # (that is "no such API") or 409.
     if isinstance(exc, DuplicateName):
-        return ark_error(501, exc.message, {"name": ["a cohort of this project already has this name"]}, CODE_EXISTS)
+        return ark_error(EXISTS_STATUS, exc.message, {"name": ["a cohort of this project already has this name"]}, CODE_EXISTS)
     if isinstance(exc, Unavailable):
         return ark_error(503, exc.message, exc.errors)
     return ark_error(400, exc.message, exc.errors)
@@ -112,11 +117,11 @@ def local_text(moment: datetime | None) -> str | None:
 
 
 def flag(name: str) -> bool:
-    """A Boolean query parameter (default false); 400 for anything but true/false (1/0, yes/no, on/off)."""
-    text = request.args.get(name, "").strip().lower()
+    """A Boolean query parameter (default false); 400 for anything but true / false (or 1 / 0)."""
+    text = request.args.get(name, "")
     if text in TRUE_WORDS:
         return True
-    if text in FALSE_WORDS or text == "":
+    if text in FALSE_WORDS:
         return False
     raise ValidationError({name: [f"must be true or false, got {request.args[name]!r}"]})
 
@@ -187,7 +192,7 @@ def get_one(cohort_id):
 @require_ark
 def list_all():
     more = flag("needMore")
-    wanted = request.args.get("status", "").strip().lower()
+    wanted = request.args.get("status", "")
     if wanted and wanted not in STATUSES:
         raise ValidationError({"status": [f"must be one of: {', '.join(STATUSES)}"]})
     rows = cohorts.list_by_dialect(get_db(), g.project["id"], DIALECT)

@@ -27,6 +27,10 @@ CROSS_FIELD_BODIES = {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}",
                       "POST /segmenter/rule", "POST /segmenter/execute", "POST /segmenter/status",
                       "POST /uba/api/cohort", "POST /open/user-cluster-add", "POST /open/user-cluster-update",
                       "POST /open/user-cluster-update-by-name", "GET /open/user-cluster-detail"}
+# Ark answers a cohort that does not exist with 400, its documented code for a missing object (docs/dialects/ark.md),
+# so a schema-valid id is refused there too.
+MISSING_IS_400 = {"GET /uba/api/cohort/{cohort_id}", "DELETE /uba/api/cohort/{cohort_id}",
+                  "POST /uba/api/cohort/{cohort_id}/recalculate"}
 
 
 @pytest.fixture
@@ -58,7 +62,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @settings(deadline=None, max_examples=MAX_EXAMPLES, derandomize=True)
 def test_api_conforms_to_its_openapi_document(case):
     excluded = []
-    if case.operation.label in CROSS_FIELD_BODIES and case.meta.generation.mode.is_positive:
+    if case.operation.label in CROSS_FIELD_BODIES | MISSING_IS_400 and case.meta.generation.mode.is_positive:
         excluded = [CHECKS.get_one("positive_data_acceptance")]
     response = case.call_and_validate(excluded_checks=excluded)
     STATUSES[response.status_code] += 1

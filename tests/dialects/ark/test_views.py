@@ -216,6 +216,7 @@ def test_token_and_app_key_must_be_a_pair(ark, client, database_url):
     cases = [({}, "missing"), ({"token": token}, "appKey"), ({"appKey": SEED_APP_KEY}, "missing token"),
              ({"token": "nope-nope", "appKey": SEED_APP_KEY}, "invalid token"),
              ({"token": token, "appKey": other}, "does not belong"),
+             ({"token": " ", "Authorization": f"Bearer {token}", "appKey": name}, "empty token header"),
              ({"token": other_token, "appKey": SEED_APP_KEY}, "does not belong")]
     for sent, words in cases:
         response = client.get(BASE_URL, headers=sent)
@@ -235,7 +236,7 @@ def test_errors_in_arks_shape_and_nothing_written(ark, client, database_url):
         "name": "native-one", "definition": {"type": "ids", "keys": []}}).get_json()["cohort"]["id"]
     before = cohort_rows(database_url, project_id)
     duplicate = call(client, "POST", "", token, body)
-    assert duplicate.status_code == 501 and duplicate.get_json()["code"] == 50101
+    assert duplicate.status_code == 400 and duplicate.get_json()["code"] == 50101
     assert "name" in duplicate.get_json()["data"]
     bad = call(client, "POST", "", token, {**body, "name": "bad", "content": content(
         ([user("user.city", "GT", [1, 2]), event(relative="0,6,day")], "AND"))})
@@ -310,3 +311,22 @@ def test_daily_refresh_time_reaches_new_cohorts(ark, client, database_url):
     finally:
         with db.connection(database_url) as conn:
             projects.set_daily_refresh_time(conn, project_id, "04:00")
+
+
+def test_the_readme_ark_example_is_accepted(ark, client):
+    """The README's Ark calls, as written but for the token (dev-token) and appKey (default) of `make run`."""
+    import json
+    import re
+
+    from tests.services import ROOT
+
+    _, _, token, _, _, _ = ark
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("### Analysys Ark", 1)[1].split("\n### ", 1)[0]
+    bodies = re.findall(r"-d '(.*?)'\n", section, flags=re.S)
+    assert len(bodies) == 1
+    created = call(client, "POST", "", token, json.loads(bodies[0]))
+    assert created.status_code == 200, created.get_json()
+    assert "/uba/api/cohort/2?needMore=true" in section
+    view = call(client, "GET", f"/{created.get_json()['id']}", token, needMore="true").get_json()
+    assert set(view) == SHAPE | MORE and view["dynamic"] == 1
+    assert call(client, "DELETE", f"/{view['id']}", token).get_json() == {"success": 0}
