@@ -26,7 +26,7 @@ def create_app(config: dict | None = None):
     app.extensions["celery"] = app.config["CELERY"]
 
     from app import db, errors, input_rules
-    from app.api import docs, health, imports, native
+    from app.api import docs, health, imports, native, tags
     from core import dialects
 
     db.init_app(app)
@@ -34,6 +34,7 @@ def create_app(config: dict | None = None):
     input_rules.init_app(app)
     app.register_blueprint(native.bp)
     app.register_blueprint(imports.bp)
+    app.register_blueprint(tags.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
     for dialect in dialects.enabled(settings):

@@ -26,7 +26,8 @@ STATUSES: Counter = Counter()
 CROSS_FIELD_BODIES = {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}", "PATCH /api/v1/cohorts/{cohort_id}",
                       "POST /segmenter/rule", "POST /segmenter/execute", "POST /segmenter/status",
                       "POST /uba/api/cohort", "POST /open/user-cluster-add", "POST /open/user-cluster-update",
-                      "POST /open/user-cluster-update-by-name", "GET /open/user-cluster-detail"}
+                      "POST /open/user-cluster-update-by-name", "GET /open/user-cluster-detail",
+                      "POST /api/v1/tags", "PUT /api/v1/tags/{tag_id}", "PATCH /api/v1/tags/{tag_id}"}
 # Ark answers a cohort that does not exist with 400, its documented code for a missing object (docs/dialects/ark.md),
 # so a schema-valid id is refused there too.
 MISSING_IS_400 = {"GET /uba/api/cohort/{cohort_id}", "DELETE /uba/api/cohort/{cohort_id}",
