@@ -87,7 +87,7 @@ def cluster_detail(row: dict, project_id: int, zone: ZoneInfo, now: datetime) ->
         "id": row["id"], "progress": progress(row), "projectId": project_id,
         "refreshTime": local_text(row.get("refreshed_at"), zone), "userId": 0, "usersNum": row.get("users_num") or 0,
     }
-    if body.get("clusterCatalog") == "catalog_tag":
+    if row.get("entity") == "tag":
         data["userTagDef"] = body.get("tagQp")
     elif body.get("qp") is not None:
         data["userClusterDef"] = resolved_qp(body.get("qp"), base)
@@ -103,6 +103,6 @@ def cluster_listed(row: dict, project_id: int, zone: ZoneInfo) -> dict:
         "historyDataStatus": 1 if (row.get("versions") or 0) > 1 else 0, "id": row["id"],
         "mainColumnName": body.get("mainColumnName") or "", "progress": progress(row), "projectId": project_id,
         "refreshDelay": 0, "refreshTime": local_text(row.get("refreshed_at"), zone),
-        "remarks": body.get("remarks") or "", "selectType": body.get("selectType") or "string", "status": 1,
+        "remarks": body.get("remarks") or "", "selectType": row.get("value_type") or "string", "status": 1,
         "uploadFileName": "", "userId": 0, "userName": row.get("owner") or "", "usersNum": row.get("users_num") or 0,
     }

@@ -19,11 +19,13 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from app.api.imports import body_chunks
+from app.api.tags import tag_service
 from app.auth import TokenPolicy, current_project
 from app.db import get_db, settings
 from app.errors import ApiError
 from app.services import cohort_service
 from cohort_engine.definition import MAX_COHORT_ID, DefinitionError, flatten_errors
+from cohort_engine.tag_definition import parse_tag_definition
 from core.crons import daily_cron
 from core.data import cohorts
 from core.errors import Conflict, DomainError, DuplicateName, Forbidden, NotFound, Unavailable
@@ -45,6 +47,7 @@ from dialects.thinkingdata.translate import (
     load_cluster,
     load_list,
     load_qp,
+    tag_definition,
 )
 
 log = logging.getLogger(__name__)
@@ -218,12 +221,29 @@ def condition_definition(data: dict, body: dict, current: dict | None = None) ->
     if how == "import":
         raise TdError(-1006, f"clusterType {kind} is built from an ID upload: use /open/import-id-cluster-add")
     if data["clusterCatalog"] == "catalog_tag":
-        raise TdError(-1006, "condition tags (catalog_tag) are not available yet on this service")
+        if body.get("tagQp") is None:
+            if current is not None:
+                return current["definition"]
+            raise TdError(-1001, "参数(tagQp)为空: a condition tag needs tagQp")
+        definition = tag_definition(data["subConditionTabType"], body["tagQp"])
+        try:
+            return parse_tag_definition(definition)
+        except DefinitionError as exc:
+            raise ValidationError({"tagQp": exc.errors}) from None
     if body.get("qp") is None:
         if current is not None:
             return current["definition"]
         raise TdError(-1001, "参数(qp)为空: a condition cluster needs qp")
     return load_qp(body["qp"])
+
+
+def service_for(catalog: str):
+    """The commands of a cluster (cohort rows) or a tag (tag rows, docs/tags.md): one id space, two services."""
+    return tag_service() if catalog == "catalog_tag" else cohort_service(noun="cluster")
+
+
+def catalog_of(row: dict) -> str:
+    return "catalog_tag" if row.get("entity") == "tag" else "catalog_cluster"
 
 
 def schedule(kind: str) -> dict:
@@ -243,13 +263,14 @@ def add():
     data = load_cluster(body, creating=True)
     check_project(data["projectId"], "body")
     definition = condition_definition(data, body)
-    service = cohort_service(noun="cluster")
+    service = service_for(data["clusterCatalog"])
     daily = schedule(data["clusterType"])["daily_refresh"]
     # Stored with its defaults filled in, so that list filters and detail see the catalog and type.
     stored = {**body, "clusterName": data["clusterName"], "clusterCatalog": data["clusterCatalog"],
               "clusterType": data["clusterType"]}
-    cohort = service.create(data["clusterName"], definition, dialect=DIALECT, request_body=stored,
-                            display_name=data["displayName"], daily_refresh=daily)
+    create = service.create_tag if data["clusterCatalog"] == "catalog_tag" else service.create
+    cohort = create(data["clusterName"], definition, dialect=DIALECT, request_body=stored,
+                    display_name=data["displayName"], daily_refresh=daily)
     submitted = service.submit(cohort, "create")
     service.commit_and_enqueue([submitted])
     log.info("cluster=%s project=%s type=%s created", cohort["id"], g.project["id"], data["clusterType"])
@@ -262,8 +283,8 @@ def update(by_name: bool):
     check_project(data["projectId"], "body")
     current = target(by_name)
     stored = current["request_body"] or {}
-    if data["clusterCatalog"] != stored.get("clusterCatalog", "catalog_cluster"):
-        raise TdError(-1007, f"cluster {current['id']} is a {stored.get('clusterCatalog')}; its catalog cannot change")
+    if data["clusterCatalog"] != catalog_of(current):
+        raise TdError(-1007, f"cluster {current['id']} is a {catalog_of(current)}; its catalog cannot change")
     if CLUSTER_TYPES[stored.get("clusterType", "cluster_by_static_condition")][1] == "import":
         raise TdError(-1007, f"cluster {current['id']} is built from an ID upload: use /open/import-id-cluster-modify")
     definition = condition_definition(data, body, current)
@@ -274,7 +295,7 @@ def update(by_name: bool):
     merged = {**stored, **body, "clusterName": fields.get("name", current["name"]),
               "displayName": fields["display_name"], "clusterType": data["clusterType"],
               "clusterCatalog": data["clusterCatalog"]}
-    service = cohort_service(noun="cluster")
+    service = service_for(catalog_of(current))
     cohort = service.get(current["id"], lock=True, dialect=DIALECT)
     restart = fields["dynamic"] and not cohort["scheduler_running"]
     cohort = service.update(cohort, definition, merged, fields, restart_schedule=restart)
@@ -347,7 +368,7 @@ def refresh(by_name: bool):
     row = target(by_name)
     if CLUSTER_TYPES.get((row["request_body"] or {}).get("clusterType"), ("", ""))[1] == "import":
         raise TdError(-1007, f"cluster {row['id']} is built from an ID upload; upload again to change it")
-    cohort_service(noun="cluster").refresh(row["id"])
+    service_for(catalog_of(row)).refresh(row["id"])
     return answer(envelope(with_data=False))
 
 
@@ -366,7 +387,7 @@ def refresh_by_name():
 def delete(by_name: bool):
     query_project()
     row = target(by_name)
-    service = cohort_service(noun="cluster")
+    service = service_for(catalog_of(row))
     service.delete(service.get(row["id"], lock=True, dialect=DIALECT))
     return answer(envelope(with_data=False))
 

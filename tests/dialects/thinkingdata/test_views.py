@@ -6,6 +6,7 @@ same rules written by hand as native canonical trees over the same sample rows.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ import pytest
 
 from cohort_engine import db
 from cohort_engine.project import ProjectEngine
+from cohort_engine.tag_definition import parse_tag_definition
 from core.data import projects
 from tests.cohort_engine.reference import Reference
 from tests.dialects.thinkingdata.sample import SEED, seed_request, write_dataset
@@ -373,3 +375,91 @@ def test_the_openapi_examples_are_accepted(client, worker, td):
     status, answer = upload(client, seed_import_url(td), lines)
     assert status == 200 and answer["data"]["userNum"] == len(lines)
     wait_done(client, td, cluster_id)
+
+
+# -- tags -----------------------------------------------------------------------------------------------
+
+
+def tag_values(td, definition: dict) -> dict:
+    """{user key: value} of a hand-written tag definition, from the reference."""
+    parsed = parse_tag_definition(definition)
+    if parsed["kind"] == "first_last":
+        parsed["type"] = "number"  # #vp@test_num, as the service types it from the stored column
+    return td.ref.tag_values(parsed)[1]
+
+
+def android(tag_qp: dict, key: str, recent: str = "0-30") -> dict:
+    """A seed tag's tagQp with the sample data's spelling of Android and a month of data."""
+    tag_qp = copy.deepcopy(tag_qp)
+    (inner,) = tag_qp[key].values()
+    inner["filts"][0]["ftv"], inner["recentDay"] = ["Android"], recent
+    return tag_qp
+
+
+def test_seed_tags_compute_as_written_and_as_the_native_tags(client, worker, td, pg):
+    month = {"last": 31, "offset": 0, "unit": "day"}
+    os_filter = {"property": "#os", "cmp": "eq", "values": ["Android"]}
+    seed_kinds = {
+        "add_condition_tag": {"kind": "values", "values": [
+            {"value": "标签值1", "definition": count("player_register", "gt", 4, last=30, offset=1)},
+            {"value": "标签值2", "definition": count("fight_success", "gt", 0, last=30, offset=1)}]},
+        "add_first_last_tag": {"kind": "first_last", "which": "first", "event": "pay", "property": "#vp@test_num",
+                               "window": {"last": 2}, "filter": {**os_filter, "values": ["android"]}},
+        "add_metric_tag": {"kind": "metric", "event": "activity_attend", "window": {"last": 2},
+                           "filter": {**os_filter, "values": ["android"]},
+                           "agg": {"fn": "count_distinct", "property": "activity_reward"}},
+    }
+    ids = {name: add(client, td, seed_request(name, td.id)) for name in ("add_condition_tag", "add_first_last_tag")}
+    # The seed's first/last and metric examples share one clusterName: the second waits for the first.
+    status, answer = post(client, f"/open/user-cluster-add?token={td.token}", seed_request("add_metric_tag", td.id))
+    assert (status, answer["return_code"]) == (409, -1005)
+    wait_done(client, td, ids["add_first_last_tag"])
+    first_last_users = detail(client, td, ids["add_first_last_tag"])["usersNum"]
+    assert first_last_users == len(tag_values(td, seed_kinds["add_first_last_tag"]))
+    url = f"/open/delete-user-cluster-by-name?token={td.token}&projectId={td.id}&clusterName=tag_test_20200615_1"
+    assert post(client, url) == (200, OK)
+    del ids["add_first_last_tag"]
+    ids["add_metric_tag"] = add(client, td, seed_request("add_metric_tag", td.id))
+    # The same kinds on the sample data's spelling (Android) over a month, so that values differ.
+    first = seed_request("add_first_last_tag", td.id)
+    first.update(clusterName="first_pay_vp", tagQp=android(first["tagQp"], "userTagConFirstLastEventDef"))
+    metric = seed_request("add_metric_tag", td.id)
+    metric.update(clusterName="rewards_month", tagQp=android(metric["tagQp"], "userTagConQuotaDef"))
+    ids["first_pay_vp"], ids["rewards_month"] = add(client, td, first), add(client, td, metric)
+    natives = {**seed_kinds,
+               "first_pay_vp": {**seed_kinds["add_first_last_tag"], "window": month, "filter": os_filter},
+               "rewards_month": {**seed_kinds["add_metric_tag"], "window": month, "filter": os_filter}}
+    for name, tag_id in ids.items():
+        wait_done(client, td, tag_id)
+        seen = detail(client, td, tag_id)
+        expected = tag_values(td, natives[name])
+        assert seen["usersNum"] == len(expected), name
+        sent = {"first_pay_vp": first, "rewards_month": metric}.get(name) or seed_request(name)
+        assert "userClusterDef" not in seen and seen["userTagDef"] == sent["tagQp"]
+    assert len(set(tag_values(td, natives["rewards_month"]).values())) > 2
+    assert tag_values(td, natives["first_pay_vp"])
+
+    status, listed = post(client, f"/open/user-cluster-list?token={td.token}", {
+        "projectId": td.id, "clusterCatalog": "catalog_tag", "pagerHeader": {"pageSize": 100}})
+    by_id = {c["id"]: c for c in listed["data"]["userClusters"]}
+    assert set(ids.values()) <= set(by_id) and all(c["clusterCatalog"] == "catalog_tag" for c in by_id.values())
+    assert (by_id[ids["add_condition_tag"]]["selectType"], by_id[ids["rewards_month"]]["selectType"]) == (
+        "string", "number")
+    tag_id = ids["add_condition_tag"]
+    assert post(client, f"/open/user-cluster-refresh?token={td.token}&projectId={td.id}&clusterId={tag_id}") == (200, OK)
+    wait_done(client, td, tag_id)
+    changed = {**seed_request("add_condition_tag", td.id), "clusterType": "tag_by_dynamic_condition"}
+    del changed["clusterName"]
+    changed["tagQp"]["userTagValueDefs"] = changed["tagQp"]["userTagValueDefs"][1:]
+    assert post(client, f"/open/user-cluster-update?token={td.token}&clusterId={tag_id}", changed) == (200, OK)
+    wait_done(client, td, tag_id)
+    only_second = {"kind": "values", "values": seed_kinds["add_condition_tag"]["values"][1:]}
+    assert detail(client, td, tag_id)["usersNum"] == len(tag_values(td, only_second))
+    assert schedules(pg, tag_id) == [(True, "30 5 * * *", True, True)]
+    status, answer = post(client, f"/open/user-cluster-update?token={td.token}&clusterId={tag_id}",
+                          {**changed, "clusterCatalog": "catalog_cluster", "clusterType": "cluster_by_static_condition",
+                           "qp": CASES["SUM"][0]})
+    assert (status, answer["return_code"]) == (409, -1007)
+    for tag_id in ids.values():
+        assert post(client, f"/open/user-cluster-delete?token={td.token}&projectId={td.id}&clusterId={tag_id}") == (
+            200, OK)
