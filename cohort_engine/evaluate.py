@@ -161,7 +161,6 @@ class _Evaluator:
             raise EngineError("import_no_match", f"none of the {len(keys)} imported IDs matched a user by {by}; "
                                                  "check the file and the match column")
         return found.bitmap
-
     def leaf_tag(self, leaf: dict) -> BitMap:
         column = self.ctx.load_tag(leaf["tag_id"]) if self.ctx.load_tag else None
         if column is None:

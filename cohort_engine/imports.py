@@ -156,7 +156,9 @@ def _blocks(text: io.TextIOBase, max_line: int, bad: Callable[[int, str], None])
 class _Collector:
     """The rows of one upload as they are read: distinct IDs (first seen first), last values, counts."""
 
-    def __init__(self, kind: str, header: str, header_names: set[str], limits: Limits):
+    def __init__(self, kind: str, header: str, header_names: set[str], limits: Limits,
+                 check_value: Callable[[str], str | None] | None = None):
+        self.check_value = check_value
         self.kind, self.width, self.limits = kind, (1 if kind == "cohort" else 2), limits
         self.header_mode, self.header_names = header, header_names
         self.header: list[str] | None = None
@@ -207,6 +209,8 @@ class _Collector:
         values = [pair[1].strip() for pair in pairs]
         if not all(keys) or max(map(len, keys)) > self.limits.max_key or max(map(len, values)) > self.limits.max_value:
             return False
+        if self.check_value is not None and any(map(self.check_value, set(values))):
+            return False
         self.count_rows(len(keys))
         self.empty_values += values.count("")
         self.seen.update(zip(keys, values, strict=True))
@@ -233,6 +237,8 @@ class _Collector:
             self.bad(line, "not UTF-8 text, or holds a NUL character")
         elif value is not None and len(value) > self.limits.max_value:
             self.bad(line, f"value longer than {self.limits.max_value} characters")
+        elif value and self.check_value is not None and (problem := self.check_value(value)):
+            self.bad(line, problem)
         else:
             self.count_rows(1)
             if value == "":
@@ -258,13 +264,14 @@ def _csv_records(first_line: int, blocks: Iterable[str]) -> Iterator[tuple[int, 
 
 
 def parse(chunks: Iterable[bytes], kind: str = "cohort", *, header: str = "auto", match_column: str | None = None,
-          limits: Limits = Limits()) -> Parsed:
+          limits: Limits = Limits(), check_value: Callable[[str], str | None] | None = None) -> Parsed:
     """Parse an ID file from byte chunks; UploadError (line-numbered) if any row is bad or a limit is passed.
 
     header: "auto" (the first row is a header if its first field names an ID column: HEADER_NAMES or
     match_column), "true" or "false". UTF-8 with or without a BOM, LF or CRLF line ends, empty lines
     skipped, fields quoted as in CSV (RFC 4180). Duplicated IDs are counted, the first occurrence
-    kept; for tags the last value of an ID wins. Blocks of plain lines are taken in bulk; from the
+    kept; for tags the last value of an ID wins, and check_value(value) -> problem or None refuses a
+    non-empty value that does not fit the tag's type (a bad row). Blocks of plain lines are taken in bulk; from the
     first block that needs it (a quote, a bad row) on, the rest is read by the csv module.
     """
     if kind not in KINDS:
@@ -273,7 +280,7 @@ def parse(chunks: Iterable[bytes], kind: str = "cohort", *, header: str = "auto"
     text = io.TextIOWrapper(io.BufferedReader(raw, READ_CHUNK), encoding="utf-8-sig", errors="surrogateescape",
                             newline="")
     header_names = {n.lower() for n in HEADER_NAMES} | ({match_column.lower()} if match_column else set())
-    rows = _Collector(kind, header, header_names, limits)
+    rows = _Collector(kind, header, header_names, limits, check_value)
     blocks = _blocks(text, limits.max_line, rows.bad)
     for number, block in blocks:
         if rows.fast_block(block):
@@ -376,3 +383,17 @@ def match(session, encode: Callable, keys: Sequence[str], column: str | None = N
     uids = np.asarray(uids, dtype=np.uint32)
     matched = int(len(np.unique(index)))
     return Match(to_bitmap(uids), matched, len(keys) - matched, 0, (index, uids))
+
+
+def tag_values(values: Sequence[str], found: Match) -> tuple[np.ndarray, list[str]]:
+    """(unique ascending uids, their values) of a tag upload: each matched user gets its ID's value.
+
+    values are aligned with the IDs given to match(); empty values give no value (counted by the
+    parser as empty_values). A user matches at most one ID (one key, one property value).
+    """
+    index, uids = found.pairs
+    order = np.argsort(uids, kind="stable")
+    index, uids = index[order], uids[order]
+    picked = [values[i] for i in index.tolist()]
+    keep = np.fromiter((bool(v) for v in picked), dtype=bool, count=len(picked))
+    return uids[keep], [v for v, k in zip(picked, keep.tolist(), strict=True) if k]

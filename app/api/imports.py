@@ -6,12 +6,14 @@ from flask import Blueprint, g, jsonify, request
 from marshmallow import Schema, fields, validate
 
 from app.api.native import cohort_view
+from app.api.tags import tag_service, tag_view
 from app.auth import require_project
 from app.db import get_db, settings
 from app.errors import ApiError
 from app.schemas import NAME
 from app.services import cohort_service
 from cohort_engine.imports import iter_stream
+from cohort_engine.tag_definition import VALUE_TYPES
 from core.data import jobs, uploads
 from core.fields import StrictBoolean
 from core.services import imports
@@ -22,9 +24,14 @@ CSV_TYPES = ("text/csv", "text/plain", "application/octet-stream")
 HEADER = validate.OneOf(("auto", "true", "false"))
 
 
+VALUE_TYPE = validate.OneOf(VALUE_TYPES)
+
+
 class UploadQuery(Schema):
-    kind = fields.String(load_default="cohort", validate=validate.OneOf(("cohort",)),
-                         metadata={"description": "cohort: one ID a line (tag uploads come with tags)"})
+    kind = fields.String(load_default="cohort", validate=validate.OneOf(("cohort", "tag")),
+                         metadata={"description": "cohort: one ID a line; tag: ID,value rows"})
+    type = fields.String(load_default=None, validate=VALUE_TYPE, metadata={
+        "description": "tag uploads: the value type the values are checked against"})
     header = fields.String(load_default="auto", validate=HEADER, metadata={
         "description": "auto: the first row is a header if its first field names an ID column (docs/imports.md)"})
 
@@ -40,6 +47,16 @@ class ImportQuery(Schema):
 
 class ImportCreateQuery(ImportQuery):
     name = fields.String(required=True, validate=NAME)
+
+
+class TagImportQuery(ImportQuery):
+    type = fields.String(load_default=None, validate=VALUE_TYPE, metadata={
+        "description": "the tag's value type (default: the tag's own when replacing)"})
+
+
+class TagImportCreateQuery(TagImportQuery):
+    name = fields.String(required=True, validate=NAME)
+    type = fields.String(required=True, validate=VALUE_TYPE, metadata={"description": "the tag's value type"})
 
 
 def query_args(schema: Schema) -> dict:
@@ -68,14 +85,16 @@ def body_chunks():
 
 def upload_view(upload: dict) -> dict:
     return {"id": upload["id"], "kind": upload["kind"], "rows": upload["rows"], "distinct": upload["distinct_ids"],
-            "duplicates": upload["duplicates"], "bytes": upload["bytes"], "created_at": upload["created_at"].isoformat()}
+            "duplicates": upload["duplicates"], "empty_values": upload["empty_values"], "bytes": upload["bytes"],
+            "created_at": upload["created_at"].isoformat()}
 
 
 @bp.post("/uploads")
 @require_project
 def create_upload():
     query = query_args(UploadQuery())
-    upload = imports.store_upload(cohort_service(), body_chunks(), kind=query["kind"], header=query["header"])
+    upload = imports.store_upload(cohort_service(), body_chunks(), kind=query["kind"], header=query["header"],
+                                  value_type=query["type"])
     return jsonify({"upload": upload_view(upload)}), 201
 
 
@@ -115,15 +134,45 @@ def replace_import(cohort_id):
     return jsonify(outcome_view(outcome)), 202
 
 
+def tag_outcome_view(outcome) -> dict:
+    return {"tag": tag_view(outcome.cohort), "job": jobs.public(outcome.job), "counts": outcome.counts}
+
+
+@bp.post("/tags/import")
+@require_project
+def import_tag():
+    query = query_args(TagImportCreateQuery())
+    outcome = imports.import_ids(tag_service(), body_chunks(), kind="tag", match=query["match"],
+                                 keep_unmatched=query["keep_unmatched"], name=query["name"],
+                                 display_name=query["display_name"], header=query["header"], value_type=query["type"],
+                                 request_body={"import": dict(request.args)})
+    return jsonify(tag_outcome_view(outcome)), 202
+
+
+@bp.put("/tags/<int:tag_id>/import")
+@require_project
+def replace_tag_import(tag_id):
+    query = query_args(TagImportQuery())
+    service = tag_service()
+    tag = service.get(tag_id, lock=True)
+    outcome = imports.import_ids(service, body_chunks(), kind="tag", match=query["match"],
+                                 keep_unmatched=query["keep_unmatched"], cohort=tag, display_name=query["display_name"],
+                                 header=query["header"], value_type=query["type"],
+                                 request_body={"import": dict(request.args)})
+    return jsonify(tag_outcome_view(outcome)), 202
+
+
 # -- /openapi.json --------------------------------------------------------------------------------
 
 EXAMPLE_FILE = "user_key\nu1\nu2\nu2\n"
+EXAMPLE_TAG_FILE = "user_key,value\nu1,gold\nu2,silver\n"
 
 
-def _csv_body() -> dict:
-    schema = {"type": "string", "description": "one ID a line; optional header; UTF-8 (BOM allowed), LF or CRLF"}
+def _csv_body(example: str = EXAMPLE_FILE) -> dict:
+    schema = {"type": "string", "description": "one ID a line (tags: ID,value); optional header; UTF-8 (BOM "
+                                               "allowed), LF or CRLF"}
     return {"required": True, "content": {
-        "text/csv": {"schema": schema, "example": EXAMPLE_FILE},
+        "text/csv": {"schema": schema, "example": example},
         "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
             "file": {"type": "string", "format": "binary"}}}}}}
 
@@ -142,9 +191,23 @@ def add_paths(spec, docs) -> None:
     upload_id = {"name": "upload_id", "in": "path", "required": True,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}
 
-    def with_body(operation: dict) -> dict:
-        operation["requestBody"] = _csv_body()
+    def with_body(operation: dict, example: str = EXAMPLE_FILE) -> dict:
+        operation["requestBody"] = _csv_body(example)
         return operation
+
+    spec.components.schema("TagImportAnswer", docs.object_schema(
+        "the import tag, the job computing its version, and the upload's counts (with empty_values)",
+        tag={"type": "object"}, job={"type": "object"}, counts={"type": "object"}))
+    tag_id = {"name": "tag_id", "in": "path", "required": True,
+              "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}}
+    spec.path("/api/v1/tags/import", operations={"post": with_body(docs.operation(
+        "Create an import tag from ID,value rows; its version is computed by a job",
+        docs.responses("202", "TagImportAnswer", "tag created, job queued", "409", "413", "415"),
+        [{"in": "query", "schema": TagImportCreateQuery}]), EXAMPLE_TAG_FILE)})
+    spec.path("/api/v1/tags/{tag_id}/import", operations={"put": with_body(docs.operation(
+        "Replace an import tag's rows with a new file: a new version, computed by a job",
+        docs.responses("202", "TagImportAnswer", "replaced, job queued", "409", "413", "415"),
+        [tag_id, {"in": "query", "schema": TagImportQuery}]), EXAMPLE_TAG_FILE)})
 
     spec.path("/api/v1/uploads", operations={"post": with_body(docs.operation(
         "Store an ID file for use by id (an import leaf's upload_id; Sensors rule types 5)",

@@ -36,7 +36,7 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
 
     load_import = imports.loader(lambda: db.connection(run.dsn), project["id"], run.settings)
     result = engine.compute(parse_definition(definition), base_time=job["base_time"], load_cohort=load_cohort,
-                            progress=run.progress, load_tag=tag_loader(run), load_import=load_import)
+                            progress=run.progress, load_import=load_import, load_tag=tag_loader(run))
     if cohort is None:
         return run.finish(job, None, {"count": result.count, **({"imports": result.imports} if result.imports else {})})
     # One key per attempt: a stale earlier claim finishing late cannot overwrite this one's bitmap.
@@ -100,8 +100,7 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
         outcome = {"count": result.count, "version_id": version["id"], "published": is_newest,
                    "leaves": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()}
                               for t in result.timings]}
-        # A cohort's Result carries the match counts of its import leaves; a tag's TagResult has none.
-        if getattr(result, "imports", None):
+        if getattr(result, "imports", None):  # a cohort's import leaves (a TagResult has none)
             outcome["imports"] = result.imports
         # Also locks the job row, so the reaper cannot take the job before this commits.
         run.mark_succeeded(conn, outcome, version["id"])

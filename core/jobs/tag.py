@@ -6,13 +6,14 @@ import logging
 
 import numpy as np
 
-from cohort_engine import bitmaps
+from cohort_engine import bitmaps, db
 from cohort_engine.project import ProjectEngine
 from cohort_engine.tag_column import TagColumn
 from cohort_engine.tag_definition import parse_tag_definition
 from cohort_engine.tags import TagResult
 from core.jobs.cohort import durable_bitmap, publish, tag_loader
 from core.jobs.runner import JobRun, JobStopped
+from core.services import imports
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +22,9 @@ def compute_tag(run: JobRun, job: dict) -> dict:
     """Compute the job's tag and publish its values as a version; the job's result."""
     project, tag = run.project, run.cohort
     definition = parse_tag_definition(tag["definition"])
-    if definition["kind"] == "import":
-        # Import tags get their values from an upload: the uploads code reads it and calls publish_values.
-        raise JobStopped("unsupported", "an import tag computes from its upload; upload a file for it "
-                                        "(docs/tags.md) instead of refreshing it")
     engine = ProjectEngine(run.settings.engine, project["name"], project_id=project["id"], timezone=project["timezone"])
+    # An import tag's values: its stored upload matched to users now (docs/imports.md).
+    load_import = imports.tag_loader(lambda: db.connection(run.dsn), engine, project)
     prefix = run.settings.engine.key_prefix
 
     def load_cohort(cohort_id: int):
@@ -33,7 +32,7 @@ def compute_tag(run: JobRun, job: dict) -> dict:
                                    lambda: durable_bitmap(run, cohort_id))
 
     result = engine.compute_tag(definition, base_time=job["base_time"], load_cohort=load_cohort,
-                                progress=run.progress, load_tag=tag_loader(run))
+                                progress=run.progress, load_tag=tag_loader(run), load_import=load_import)
     return publish_column(run, job, result)
 
 

@@ -68,7 +68,7 @@ class CohortService:
         """Before writing a (new) definition: no cohort cycle (DefinitionError), imports it may read, the broker answers."""
         project_id = self.project["id"]
         check_no_cycle(cohort_id, definition, lambda ref: cohorts.definition_of(self.conn, project_id, ref))
-        imports.check_imports(self.conn, project_id, self.settings, definition)
+        imports.check_imports(self.conn, self.project, self.settings, definition)
         check_leaf_targets(self.conn, project_id, definition)
         self.check_broker()
 

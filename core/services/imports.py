@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+import numpy as np
 
 from cohort_engine import imports
+from cohort_engine.backends import UserValues
 from cohort_engine.definition import import_leaves
 from cohort_engine.errors import EngineError
 from cohort_engine.imports import Limits, Parsed, UploadError
+from cohort_engine.tag_column import to_micros
+from cohort_engine.tag_definition import VALUE_TYPES, trees_of
 from core.data import sugo_targets, uploads
 from core.errors import Invalid
 
@@ -40,10 +48,13 @@ def upload_invalid(exc: UploadError, field: str = "file") -> Invalid:
     return Invalid({field: messages or [exc.message]}, exc.message)
 
 
-def parse_upload(settings, chunks, kind: str, *, header: str = "auto", match: str | None = None) -> Parsed:
+def parse_upload(settings, chunks, kind: str, *, header: str = "auto", match: str | None = None,
+                 value_type: str | None = None) -> Parsed:
     """Parse an uploaded stream (byte chunks); Invalid naming the bad lines (nothing is written)."""
+    check = value_checker(value_type) if kind == "tag" and value_type else None
     try:
-        return imports.parse(chunks, kind, header=header, match_column=match, limits=limits(settings))
+        return imports.parse(chunks, kind, header=header, match_column=match, limits=limits(settings),
+                             check_value=check)
     except UploadError as exc:
         raise upload_invalid(exc) from None
 
@@ -105,9 +116,20 @@ def check_source(conn, project_id: int, settings, source: dict) -> None:
         check_url(conn, project_id, source["url"])
 
 
-def check_imports(conn, project_id: int, settings, definition: dict) -> None:
-    """Invalid/NotFound for an import leaf naming another project's upload or a source it may not read."""
-    for leaf in import_leaves(definition):
+def check_imports(conn, project: dict, settings, definition: dict) -> None:
+    """Invalid for an import leaf (or import tag) naming another project's upload, a source it may not
+    read, or a match column that is not a string or number profile property."""
+    project_id = project["id"]
+    if "kind" in definition:  # a tag definition (cohort_engine.tag_definition)
+        if definition["kind"] == "import":
+            _check_tag_source(conn, project_id, definition)
+            check_match_columns(settings, project, {definition["source"].get("match")}, "definition.source.match")
+        for tree in trees_of(definition):
+            check_imports(conn, project, settings, tree)
+        return
+    leaves = import_leaves(definition)
+    check_match_columns(settings, project, {leaf.get("match") for leaf in leaves}, "definition.match")
+    for leaf in leaves:
         if "upload_id" in leaf:
             upload = uploads.get(conn, project_id, leaf["upload_id"])
             if upload is None:
@@ -121,6 +143,56 @@ def check_imports(conn, project_id: int, settings, definition: dict) -> None:
             except ValueError as exc:
                 field = "path" if "path" in leaf["source"] else "url"
                 raise Invalid({f"definition.source.{field}": [str(exc)]}) from None
+
+
+def check_match_columns(settings, project: dict, columns: set, field: str) -> None:
+    """Invalid unless each named match column is a string or number profile property of the project now."""
+    columns = {c for c in columns if c}
+    if not columns:
+        return
+    from cohort_engine.project import ProjectEngine  # loads DuckDB: only where IDs are matched
+
+    engine = ProjectEngine(settings.engine, project["name"], project_id=project["id"], timezone=project["timezone"])
+    session = engine.open_session()
+    try:
+        known = session.columns()["profile"]
+    finally:
+        session.close()
+    for column in sorted(columns):
+        if column not in known:
+            raise Invalid({field: [f"profile property {column!r} does not exist (profile properties: "
+                                   f"{', '.join(sorted(known)) or 'none'}); IDs cannot be matched on it"]})
+        if known[column] not in ("string", "number"):
+            raise Invalid({field: [f"profile property {column!r} is a {known[column]}; IDs match string or number "
+                                   "properties only"]})
+
+
+TAG_SOURCE_FIELDS = {"upload_id", "match", "keep_unmatched"}
+
+
+def _check_tag_source(conn, project_id: int, definition: dict) -> None:
+    """An import tag's source: {upload_id, match?, keep_unmatched?} naming a tag upload of the project."""
+    source = definition.get("source") or {}
+    unknown = sorted(set(source) - TAG_SOURCE_FIELDS)
+    if unknown:
+        raise Invalid({f"definition.source.{unknown[0]}": ["unknown field (source takes upload_id, match, "
+                                                            "keep_unmatched)"]})
+    upload_id = source.get("upload_id")
+    if not isinstance(upload_id, int) or isinstance(upload_id, bool) or not 1 <= upload_id < 2**63:
+        raise Invalid({"definition.source.upload_id": ["an import tag names its upload: upload a key,value file "
+                                                       "with POST /api/v1/tags/import"]})
+    match = source.get("match")
+    if match is not None and not (isinstance(match, str) and 1 <= len(match) <= 200):
+        raise Invalid({"definition.source.match": ["must be a profile property name (1-200 characters) or null"]})
+    keep = source.get("keep_unmatched", False)
+    if not isinstance(keep, bool):
+        raise Invalid({"definition.source.keep_unmatched": ["must be true or false"]})
+    problem = imports.check_match_options(match, keep)
+    if problem:
+        raise Invalid({"definition.source.keep_unmatched": [problem]})
+    upload = uploads.get(conn, project_id, upload_id)
+    if upload is None or upload["kind"] != "tag":
+        raise Invalid({"definition.source.upload_id": [f"no tag upload {upload_id} in this project"]})
 
 
 def _fetch_chunks(settings, url: str):
@@ -180,6 +252,80 @@ def loader(conn_factory, project_id: int, settings):
     return load
 
 
+def value_checker(value_type: str):
+    """check(text) -> problem or None, for the values of a tag upload of value_type (empty: no value)."""
+
+    def check(text: str) -> str | None:
+        if not text:
+            return None
+        try:
+            typed_value(text, value_type, ZoneInfo("UTC"))
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
+def typed_value(text: str, value_type: str, tz: ZoneInfo):
+    """A tag upload's value text as a value of the type (time: int64 microseconds UTC); ValueError."""
+    if value_type == "string":
+        return text
+    if value_type == "number":
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"value {text[:40]!r} is not a number") from None
+        if not math.isfinite(number) or not -2**63 <= number < 2**63:
+            raise ValueError(f"value {text[:40]!r} is not a finite number within -2^63 .. 2^63-1")
+        return number
+    if value_type == "boolean":
+        found = {"true": True, "false": False}.get(text.lower())
+        if found is None:
+            raise ValueError(f"value {text[:40]!r} is not true or false")
+        return found
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"value {text[:40]!r} is not a time YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz)  # local time in the project's zone; an offset wins
+    return to_micros(moment.astimezone(timezone.utc).replace(tzinfo=None))
+
+
+def tag_loader(conn_factory, engine, project: dict):
+    """load_import for an import tag: (definition) -> UserValues of its upload matched to users now."""
+
+    def load(definition: dict) -> UserValues:
+        source = definition["source"]
+        with conn_factory() as conn:
+            found = uploads.content(conn, project["id"], source["upload_id"])
+        if found is None:
+            raise EngineError("import_missing", f"upload {source['upload_id']} no longer exists; upload the file "
+                                                "again")
+        keys, values = found
+        session = engine.open_session()
+        try:
+            matched = imports.match(session, engine.encode, keys, source.get("match"),
+                                    source.get("keep_unmatched", False))
+        finally:
+            session.close()
+        if not len(matched.bitmap):
+            by = f"profile property {source['match']!r}" if source.get("match") else "user key"
+            raise EngineError("import_no_match", f"none of the {len(keys)} imported IDs matched a user by {by}; "
+                                                 "check the file and the match column")
+        uids, texts = imports.tag_values(values, matched)
+        value_type, tz = definition["type"], ZoneInfo(project["timezone"])
+        try:
+            typed = [typed_value(text, value_type, tz) for text in texts]
+        except ValueError as exc:
+            raise EngineError("type_mismatch", f"the upload's values do not fit the tag's type: {exc}") from None
+        array = np.array(typed, dtype={"number": np.float64, "time": np.int64, "boolean": bool}.get(value_type, object))
+        return UserValues(value_type, uids, array)
+
+    return load
+
+
 # -- the upload command ---------------------------------------------------------------------------
 
 
@@ -217,30 +363,44 @@ def match_counts(settings, project: dict, parsed: Parsed, match: str | None, kee
 
 def import_ids(service, chunks, *, kind: str = "cohort", match: str | None = None, keep_unmatched: bool = False,
                cohort: dict | None = None, name: str | None = None, display_name: str | None = None,
-               header: str = "auto", dialect: str = "native", request_body=None) -> ImportOutcome:
-    """Upload an ID file into a new cohort (name) or as a new version of `cohort` (locked); committed and sent.
+               header: str = "auto", dialect: str = "native", request_body=None,
+               value_type: str | None = None) -> ImportOutcome:
+    """Upload an ID file into a new cohort or tag (name) or as a new version of `cohort` (locked); committed and sent.
 
+    kind "cohort": one ID a line; kind "tag": `ID,value` rows into an import tag of value_type
+    (service is then a core.services.tags.TagService; a replaced tag keeps its type unless given).
     chunks: the body as an iterable of bytes. The counts are those of the match now; the job computes
     the version (and adds kept IDs to the dictionary), failing `import_no_match` if no ID matches.
     """
-    if kind != "cohort":
-        raise Invalid({"kind": ["only cohort imports are available (tag imports come with tags)"]})
+    if kind not in imports.KINDS:
+        raise Invalid({"kind": [f"must be one of {', '.join(imports.KINDS)}"]})
     settings, project = service.settings, service.project
     if cohort is None and not name:
-        raise Invalid({"name": ["a new import cohort needs a name"]})
+        raise Invalid({"name": [f"a new import {kind} needs a name"]})
+    if kind == "tag":
+        value_type = value_type or (cohort or {}).get("value_type")
+        if value_type not in VALUE_TYPES:
+            raise Invalid({"type": [f"an import tag needs its value type: one of {', '.join(VALUE_TYPES)}"]})
+    if cohort is not None and (cohort.get("entity") or "cohort") != kind:
+        raise Invalid({"kind": [f"{cohort['id']} is a {cohort.get('entity') or 'cohort'}, not a {kind}"]})
     service.check_broker()
-    parsed = parse_upload(settings, chunks, kind, header=header, match=match)
+    parsed = parse_upload(settings, chunks, kind, header=header, match=match, value_type=value_type)
     counts = match_counts(settings, project, parsed, match, keep_unmatched)
     upload = uploads.insert(service.conn, project["id"], parsed)
-    leaf = {"type": "import", "upload_id": upload["id"], "match": match, "keep_unmatched": keep_unmatched,
-            "header": header}
+    if kind == "cohort":
+        definition = {"type": "import", "upload_id": upload["id"], "match": match, "keep_unmatched": keep_unmatched,
+                      "header": header}
+    else:
+        definition = {"kind": "import", "type": value_type,
+                      "source": {"upload_id": upload["id"], "match": match, "keep_unmatched": keep_unmatched}}
     if cohort is None:
-        cohort = service.create(name, leaf, dialect=dialect, request_body=request_body, display_name=display_name)
+        create = service.create_tag if kind == "tag" else service.create
+        cohort = create(name, definition, dialect=dialect, request_body=request_body, display_name=display_name)
         job_kind = "create"
     else:
-        previous = [old["upload_id"] for old in import_leaves(cohort["definition"]) if "upload_id" in old]
+        previous = _upload_ids(cohort["definition"])
         fields = {"display_name": display_name} if display_name is not None else {}
-        cohort = service.update(cohort, leaf, request_body if request_body is not None else cohort["request_body"],
+        cohort = service.update(cohort, definition, request_body if request_body is not None else cohort["request_body"],
                                 fields)
         for old in previous:
             uploads.delete_unreferenced(service.conn, project["id"], old)
@@ -248,17 +408,25 @@ def import_ids(service, chunks, *, kind: str = "cohort", match: str | None = Non
     submitted = service.submit(cohort, job_kind, supersede=job_kind == "recalculate")
     service.commit_and_enqueue([submitted])
     counts["upload_id"] = upload["id"]
-    log.info("import project=%s cohort=%s upload=%s rows=%d matched=%d", project["id"], cohort["id"], upload["id"],
-             parsed.rows, counts["matched_ids"])
+    log.info("import project=%s kind=%s id=%s upload=%s rows=%d matched=%d", project["id"], kind, cohort["id"],
+             upload["id"], parsed.rows, counts["matched_ids"])
     return ImportOutcome(counts, cohort, submitted[0], upload)
 
 
-def store_upload(service, chunks, *, kind: str = "cohort", header: str = "auto") -> dict:
-    """Store an ID file for later use by id (Sensors types 5); committed. Its row with the parse counts."""
-    if kind != "cohort":
-        raise Invalid({"kind": ["only cohort imports are available (tag imports come with tags)"]})
-    parsed = parse_upload(service.settings, chunks, kind, header=header)
+def _upload_ids(definition: dict) -> list[int]:
+    """The uploads a cohort or tag definition names."""
+    if definition.get("kind") == "import":
+        return [definition["source"]["upload_id"]]
+    if "kind" in definition:
+        return [i for tree in trees_of(definition) for i in _upload_ids(tree)]
+    return [leaf["upload_id"] for leaf in import_leaves(definition) if "upload_id" in leaf]
+
+
+def store_upload(service, chunks, *, kind: str = "cohort", header: str = "auto", value_type: str | None = None) -> dict:
+    """Store an ID file for later use by id (Sensors type 5, an import tag's source); committed. Its row."""
+    if kind not in imports.KINDS:
+        raise Invalid({"kind": [f"must be one of {', '.join(imports.KINDS)}"]})
+    parsed = parse_upload(service.settings, chunks, kind, header=header, value_type=value_type)
     upload = uploads.insert(service.conn, service.project["id"], parsed)
     service.conn.commit()
     return upload
-

@@ -136,9 +136,10 @@ def test_tag_leaves_in_cohorts(client, worker, loaded):
     assert job["status"] == "succeed", job
     members = client.get(f"/api/v1/cohorts/{response.get_json()['cohort']['id']}/members", headers=headers)
     assert sorted(members.get_data(as_text=True).split()) == ["a", "c", "d", "e"]
-    # A tag without a version: the cohort's job fails tag_not_ready (an import tag never computes here).
-    waiting = create(client, headers, "uploaded", {"kind": "import", "type": "string"})
-    assert poll_job(client, headers, waiting["job"]["id"])[0]["error_code"] == "unsupported"
+    # A tag without a version: the cohort's job fails tag_not_ready (an import tag whose IDs match nobody).
+    waiting = client.post("/api/v1/tags/import", query_string={"name": "uploaded", "type": "string"},
+                          data=b"nobody1,x\n", headers={**headers, "Content-Type": "text/csv"}).get_json()
+    assert poll_job(client, headers, waiting["job"]["id"])[0]["error_code"] == "import_no_match"
     response = client.post("/api/v1/cohorts", json={"name": "uses_uploaded", "definition": {
         "type": "tag", "tag_id": waiting["tag"]["id"], "cmp": "is_set"}}, headers=headers)
     job, _ = poll_job(client, headers, response.get_json()["job"]["id"])

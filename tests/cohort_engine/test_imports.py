@@ -194,3 +194,18 @@ def test_match_refuses_unknown_or_unfit_columns(engine):
         session.close()
     assert unknown.value.code == "unknown_property" and "#account_id" in unknown.value.message
     assert keep.value.code == "bad_definition"
+
+
+def test_tag_values_give_each_matched_user_its_ids_value(engine):
+    parsed = imports.parse_bytes(b"key,value\nA1,gold\nA4,\nA2,silver\nA9,bronze\n", "tag", match_column="#account_id")
+    session = engine.open_session()
+    try:
+        found = imports.match(session, engine.encode, parsed.keys, "#account_id")
+    finally:
+        session.close()
+    uids, values = imports.tag_values(parsed.values, found)
+    got = dict(zip(engine.iter_keys(imports.to_bitmap(uids)), values, strict=True))
+    by_id = dict(zip(parsed.keys, parsed.values, strict=True))
+    expected = {user: by_id[account] for user, account in PROFILES.items() if by_id.get(account)}
+    assert got == expected == {"u1": "gold", "u5": "gold", "u2": "silver"}
+    assert list(uids) == sorted(uids)
