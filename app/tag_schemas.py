@@ -15,6 +15,8 @@ from app.schemas import (
 from cohort_engine.definition import DefinitionError
 from cohort_engine.tag_definition import VALUE_TYPES, parse_tag_definition
 
+# The app refuses NUL in any parameter (app/input_rules.py); saying so lets /openapi.json state it.
+NO_NUL = validate.Regexp(r"^[^\x00]+$", error="must not contain NUL")
 TAG_DEFINITION_DOC = {"type": "object", "description": "a canonical tag definition (docs/definition.md \"Tags\"):"
                       " kind values, metric, first_last or import; checked on save, 400 naming the field"}
 
@@ -54,11 +56,11 @@ class TagValuesQuery(Schema):
     format = fields.String(load_default="csv", validate=validate.OneOf(("csv", "json")))
     page = page_field()
     per_page = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=100000))
-    value = fields.List(fields.String(validate=validate.Length(min=1, max=1000)), load_default=list, metadata={
+    value = fields.List(fields.String(validate=[validate.Length(min=1, max=1000), NO_NUL]), load_default=list, metadata={
         "description": "only users with one of these values (repeat the parameter)"})
-    min = fields.String(load_default=None, validate=validate.Length(min=1, max=100),
+    min = fields.String(load_default=None, validate=[validate.Length(min=1, max=100), NO_NUL],
                         metadata={"description": "only values >= min (number and time tags)"})
-    max = fields.String(load_default=None, validate=validate.Length(min=1, max=100),
+    max = fields.String(load_default=None, validate=[validate.Length(min=1, max=100), NO_NUL],
                         metadata={"description": "only values < max (number and time tags)"})
 
 

@@ -28,6 +28,14 @@ def published_tag(conn, cohort_id: int) -> dict | None:
         return cur.fetchone()
 
 
+def payload(conn, version_id: int) -> bytes | None:
+    """A version's whole durable payload (bitmap or tag column), or None when it has none (expired)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT bitmap FROM cohort_versions WHERE id = %s AND bitmap IS NOT NULL", (version_id,))
+        row = cur.fetchone()
+    return None if row is None else bytes(row[0])
+
+
 def payload_range(conn, version_id: int, offset: int, length: int) -> bytes | None:
     """length bytes of a version's durable payload from offset (0-based): EXTERNAL storage reads only those chunks."""
     with conn.cursor() as cur:
