@@ -71,6 +71,8 @@ def _check_app_key(args) -> str | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.manage")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("projects", help="list the projects: id (ThinkingData's projectId), name, time zone, daily "
+                   "refresh time")
     token = sub.add_parser("set-token", help="set (replace) the API token of a project")
     token.add_argument("project")
     token.add_argument("token")
@@ -105,6 +107,11 @@ def main(argv=None) -> int:
         if error:
             print(error, file=sys.stderr)
             return 2
+    if args.command == "projects":
+        with db.connection(settings.engine.database_url) as conn:
+            for row in projects.listing(conn):
+                print(f"{row['id']}\t{row['name']}\t{row['timezone']}\t{row['daily_refresh_time']}")
+        return 0
     with db.connection(settings.engine.database_url) as conn:
         project = projects.by_name(conn, args.project)
         if project is None:

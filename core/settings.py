@@ -70,6 +70,9 @@ class Settings:
     druid_max_response_bytes: int = 32 * 1024 * 1024
     druid_timeout_ms: int = 10_000
     druid_max_depth: int = 64
+    # ThinkingData /open answers (docs/dialects/thinkingdata.md "Errors"): 0 answers each error with the
+    # HTTP status of its kind; 200 answers every error 200, for clients whose HTTP library throws on 4xx.
+    thinkingdata_error_status: int = 0
 
     @property
     def druid_limits(self):

@@ -9,6 +9,11 @@ COLUMNS = ("id, project_id, name, display_name, dialect, request_body, definitio
            " created_at, updated_at, schedule_error, schedule_error_at, daily_refresh, entity, value_type")
 
 
+# The settings an update may change besides the definition.
+SETTING_COLUMNS = ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner", "daily_refresh",
+                   "value_type")
+
+
 def insert(conn, project_id: int, name: str, definition: dict, *, display_name=None, dialect="native",
            request_body=None, dynamic=False, cron=None, scheduler_running=False, owner=None,
            daily_refresh=False, entity="cohort", value_type=None) -> dict:
@@ -75,8 +80,7 @@ def update_definition(conn, cohort_id: int, definition: dict, request_body=None,
     sets = ["definition = %s", "definition_version = definition_version + 1", "updated_at = now()",
             "request_body = coalesce(%s, request_body)"]
     params = [Json(definition), Json(request_body) if request_body is not None else None]
-    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner", "daily_refresh",
-                   "value_type"):
+    for column in SETTING_COLUMNS:
         if column in fields:
             sets.append(f"{column} = %s")
             params.append(fields[column])
@@ -89,7 +93,7 @@ def update_settings(conn, cohort_id: int, request_body=None, **fields) -> dict:
     """Change name, display name, owner or schedule without touching the definition (no new definition_version)."""
     sets, params = ["updated_at = now()", "request_body = coalesce(%s, request_body)"], [
         Json(request_body) if request_body is not None else None]
-    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner", "daily_refresh"):
+    for column in SETTING_COLUMNS:
         if column in fields:
             sets.append(f"{column} = %s")
             params.append(fields[column])
@@ -178,3 +182,39 @@ def record_outcome(conn, cohort_id: int, failed: bool, backoff_base: float, back
                 (backoff_max, backoff_base, cohort_id))
         else:
             cur.execute("UPDATE cohorts SET error_count = 0, retry_after = NULL WHERE id = %s", (cohort_id,))
+
+
+def with_status(conn, project_id: int, dialect: str, *, cohort_id=None, name=None, name_contains=None,
+                body_values: dict | None = None, limit=None, offset=0) -> tuple[int, list[dict]]:
+    """A dialect's cohorts (oldest first) with their newest job (job_status, job_progress), latest published
+    version (users_num, refreshed_at, base_time) and number of computed versions, and the total.
+
+    name_contains: a case-insensitive substring of the name; body_values: {request_body field: [values]}.
+    """
+    where, params = ["c.project_id = %s", "c.dialect = %s"], [project_id, dialect]
+    if cohort_id is not None:
+        where.append("c.id = %s")
+        params.append(cohort_id)
+    if name is not None:
+        where.append("c.name = %s")
+        params.append(name)
+    if name_contains:
+        where.append("strpos(lower(c.name), lower(%s)) > 0")
+        params.append(name_contains)
+    for key, values in (body_values or {}).items():
+        where.append("c.request_body ->> %s = ANY(%s)")
+        params.extend([key, list(values)])
+    condition = " AND ".join(where)
+    page = "" if limit is None else " LIMIT %s OFFSET %s"
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"SELECT count(*) AS n FROM cohorts c WHERE {condition}", params)
+        total = cur.fetchone()["n"]
+        cur.execute(
+            f"SELECT {', '.join('c.' + c.strip() for c in COLUMNS.split(','))}, j.status AS job_status,"
+            " j.progress AS job_progress, v.count AS users_num, v.finished_at AS refreshed_at, v.base_time,"
+            " (SELECT count(*) FROM cohort_versions cv WHERE cv.cohort_id = c.id AND cv.status = 'succeed') AS versions"
+            " FROM cohorts c LEFT JOIN cohort_versions v ON v.id = c.latest_version_id"
+            " LEFT JOIN LATERAL (SELECT status, progress FROM jobs WHERE cohort_id = c.id ORDER BY id DESC LIMIT 1) j"
+            f" ON true WHERE {condition} ORDER BY c.id{page}",
+            params + ([] if limit is None else [limit, offset]))
+        return total, cur.fetchall()

@@ -27,7 +27,7 @@ from core.services.references import check_leaf_targets
 
 log = logging.getLogger(__name__)
 
-SETTING_FIELDS = ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner")
+SETTING_FIELDS = cohorts.SETTING_COLUMNS
 
 
 @dataclass

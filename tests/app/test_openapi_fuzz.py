@@ -21,16 +21,18 @@ SEED = int(os.environ.get("COHORTS_FUZZ_SEED", "8"))
 STATUSES: Counter = Counter()
 # A random object is rarely a valid rule tree, and JSON Schema cannot state the rules between a
 # definition's fields (docs/definition.md) or the text forms of Sensors base times and crons, so
-# positive bodies of these may be answered 400.
+# positive bodies of these may be answered 400. Nor can it say that a ThinkingData detail names
+# clusterId or clusterName (one of two optional query parameters).
 CROSS_FIELD_BODIES = {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}", "PATCH /api/v1/cohorts/{cohort_id}",
                       "POST /segmenter/rule", "POST /segmenter/execute", "POST /segmenter/status",
-                      "POST /uba/api/cohort",
+                      "POST /uba/api/cohort", "POST /open/user-cluster-add", "POST /open/user-cluster-update",
+                      "POST /open/user-cluster-update-by-name", "GET /open/user-cluster-detail",
                       "POST /api/v1/tags", "PUT /api/v1/tags/{tag_id}", "PATCH /api/v1/tags/{tag_id}",
-                      # Its hproxy must be on the project's allowlist, which a generated body's is not.
-                      "POST /api/v1/tags/{tag_id}/push/sugo",
                       # A random string is rarely an ID file whose IDs match users, nor a free cohort name.
                       "POST /api/v1/uploads", "POST /api/v1/cohorts/import", "PUT /api/v1/cohorts/{cohort_id}/import",
-                      "POST /api/v1/tags/import", "PUT /api/v1/tags/{tag_id}/import"}
+                      "POST /api/v1/tags/import", "PUT /api/v1/tags/{tag_id}/import",
+                      # Its hproxy must be on the project's allowlist, which a generated body's is not.
+                      "POST /api/v1/tags/{tag_id}/push/sugo"}
 # Their bodies are ID files: any text is a string, so "schema-violating" text bodies are files too
 # (with IDs such as `{}`), and accepting them is right; the parser answers the bad ones 400.
 ID_FILE_BODIES = {"POST /api/v1/uploads", "POST /api/v1/cohorts/import", "PUT /api/v1/cohorts/{cohort_id}/import",
