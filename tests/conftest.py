@@ -176,3 +176,14 @@ def api_project(project, database_url):
     with db.connection(database_url) as conn:
         set_token(conn, name, token)
     return name, project_id, {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="session")
+def live_server(service_settings, celery_app):
+    """The service's web app on a real loopback port (werkzeug in a thread): .url; for the CLI and the browser."""
+    from app import create_app
+    from tests.services import LiveServer
+
+    server = LiveServer(create_app({"TESTING": True, "SETTINGS": service_settings, "CELERY": celery_app}))
+    yield server
+    server.stop()

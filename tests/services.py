@@ -126,3 +126,22 @@ def allow_sugo_targets(database_url: str, project_id: int, redis=(), hproxy=(), 
         for kind, values in (("redis", redis), ("hproxy", hproxy), ("broker", broker)):
             for text in values:
                 sugo_targets.add(conn, project_id, kind, *parse_target(kind, text))
+
+
+class LiveServer:
+    """The Flask app served over real HTTP by werkzeug in a thread (for clients that are not the test client)."""
+
+    def __init__(self, app):
+        import threading
+
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="live-server", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)

@@ -1,0 +1,151 @@
+"""The `cohorts` command against the real service: a live HTTP server over create_app, a real worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+
+from cohorts_cli.main import main
+from tests.services import ROOT, create_sample_project, wait_until
+from tests.tasks.conftest import reference_members, slow_definition
+
+LEAVES = 40
+
+
+@pytest.fixture(scope="module")
+def sample(database_url, service_settings, tmp_path_factory):
+    """A small sample project: (token, sample files); slow_definition takes a second or two over it."""
+    _, _, token, written = create_sample_project(database_url, service_settings.engine,
+                                                 tmp_path_factory.mktemp("cli-sample"), 1500, 60_000, seed=5, prefix="c")
+    return token, written
+
+
+@pytest.fixture
+def cli(live_server, sample, capsys):
+    """Run `cohorts ARGS --url <live server> --token <sample project's>`: (exit status, stdout, stderr)."""
+    token, _ = sample
+
+    def run(*args, token=token):
+        command, *rest = args
+        status = main(["--progress", "plain", command, "--url", live_server.url, "--token", token, *rest])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+    return run
+
+
+def write_json(tmp_path, name, document) -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def job_progress(stderr: str, job_id: int) -> list[tuple[str, int]]:
+    return [(m[1], int(m[2])) for m in re.finditer(rf"^job {job_id}: (\w+) (\d+)%", stderr, re.M)]
+
+
+def test_submit_wait_follows_the_job_and_prints_the_reference_count(cli, sample, worker, tmp_path, live_server):
+    _, written = sample
+    status, out, err = cli("submit", write_json(tmp_path, "slow.json", slow_definition(LEAVES)), "--name", "slow",
+                           "--wait", "--poll-interval", "0.02")
+    assert status == 0, err
+    job_id = int(re.search(r"job (\d+) new", out)[1])
+    seen = job_progress(err, job_id)
+    assert seen[-1] == ("succeed", 100)
+    percents = [p for _, p in seen]
+    assert percents == sorted(percents), "the bar never goes back"
+    assert any(s == "computing" and 0 < p < 100 for s, p in seen), f"no progress between 0 and 100 was shown: {seen}"
+    base_time = datetime.fromisoformat(_job(live_server, sample[0], job_id)["base_time"])
+    expected = len(reference_members(written, base_time, LEAVES))
+    assert f"job {job_id} succeed: {expected} users" in out
+
+
+def _job(live_server, token, job_id):
+    import requests
+
+    return requests.get(f"{live_server.url}/api/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"},
+                        timeout=10).json()
+
+
+def test_members_streams_the_keys_to_a_file_with_progress(cli, worker, tmp_path):
+    keys = [f"member-{i:05d}" for i in range(2500)]
+    status, out, err = cli("submit", write_json(tmp_path, "ids.json", {"type": "ids", "keys": keys}), "--wait",
+                           "--poll-interval", "0.02")
+    assert status == 0, err
+    cohort_id = re.search(r"cohort (\d+) ids", out)[1]
+    target = tmp_path / "members.csv"
+    status, out, err = cli("members", cohort_id, "-o", str(target))
+    assert status == 0, err
+    assert sorted(target.read_text().split()) == keys
+    assert f"wrote 2500 keys of cohort {cohort_id} to {target}" in out
+    percents = [int(p) for p in re.findall(rf"^cohort {cohort_id} members: (\d+)%", err, re.M)]
+    assert percents[0] < 100 and percents[-1] == 100, err  # a bar over the stream, from X-Total-Count
+    assert "100% (2,500/2,500 keys)" in err
+    assert not (tmp_path / "members.csv.part").exists()
+
+
+def test_cancel_ends_a_computing_job_and_the_list_shows_why(cli, sample, worker, tmp_path, live_server):
+    status, out, _ = cli("submit", write_json(tmp_path, "c.json", slow_definition(LEAVES)), "--name", "to-cancel")
+    assert status == 0
+    job_id = int(re.search(r"job (\d+) new", out)[1])
+    wait_until(lambda: _job(live_server, sample[0], job_id)["status"] == "computing", what="the job to start")
+    status, out, err = cli("cancel", str(job_id))
+    assert status == 0 and f"job {job_id}: cancel requested" in out, (out, err)
+    status, out, err = cli("job", str(job_id), "--wait", "--poll-interval", "0.02")
+    assert status == 1 and f"job {job_id} failed: cancelled" in err, (status, out, err)
+    status, out, _ = cli("jobs", "--status", "failed")
+    line = next(line for line in out.splitlines() if line.split()[0] == str(job_id))
+    assert "failed" in line and "cancelled" in line
+
+
+def test_ctrl_c_while_waiting_stops_only_the_waiting(live_server, sample, worker, tmp_path):
+    token, _ = sample
+    definition = write_json(tmp_path, "i.json", slow_definition(LEAVES))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cohorts_cli", "--progress", "plain", "submit", definition, "--name", "interrupted",
+         "--wait", "--poll-interval", "0.02", "--url", live_server.url, "--token", token],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    job_id = int(re.search(r"job (\d+) new", process.stdout.readline())[1])
+    for line in process.stderr:  # the bar's lines: interrupt once the job is computing
+        if f"job {job_id}: computing" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "keeps running" in err and f"cohorts cancel {job_id}" in err and f"cohorts job {job_id} --wait" in err
+    job = wait_until(lambda: (j := _job(live_server, token, job_id))["status"] in ("succeed", "failed") and j,
+                     what="the job to end")
+    assert job["status"] == "succeed", job
+
+
+def test_bad_input_and_bad_token_are_explained(cli, tmp_path):
+    bad = write_json(tmp_path, "bad.json", {"type": "event", "event": "pay", "window": {"last": 0}, "cmp": "gte",
+                                            "values": [1]})
+    status, _, err = cli("submit", bad)
+    assert status == 2 and "error: 400" in err and "definition.window.last" in err
+    status, _, err = cli("jobs", token="not-a-token")
+    assert status == 2 and "401 invalid token" in err and "COHORTS_TOKEN" in err
+
+
+def test_the_bar_is_drawn_by_rich(live_server, sample, worker, tmp_path, capsys):
+    token, _ = sample
+    path = write_json(tmp_path, "r.json", {"type": "ids", "keys": ["a", "b", "c"]})
+    status = main(["--progress", "bar", "submit", path, "--wait", "--url", live_server.url, "--token", token])
+    captured = capsys.readouterr()
+    assert status == 0 and "succeed: 3 users" in captured.out
+    assert "━" in captured.err and "100%" in captured.err
+
+
+def test_local_sample_command_shows_progress(tmp_path, capsys):
+    status = main(["--progress", "plain", "sample", "--users", "50", "--events", "400", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert "write sample: 100% (400/400 events)" in captured.err
+    assert "wrote 50 users and 400 events" in captured.out
