@@ -32,6 +32,8 @@ class TokenPolicy:
     fallback_setting: str | None = None
     # The 404 message when that project does not exist ({name} is its name).
     unknown_fallback: str = "project {name!r} does not exist"
+    # Also accept the token from this cookie (the dashboard's login sets it).
+    cookie: str | None = None
 
 
 NATIVE = TokenPolicy()
@@ -57,9 +59,15 @@ def bearer_token() -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
+def project_for_token(token: str) -> dict | None:
+    """The project a token belongs to, or None (the cached resolver every API uses)."""
+    return _project_for(token)
+
+
 def current_project(policy: TokenPolicy = NATIVE) -> dict:
     """Resolve the request's project under policy into g.project, or raise 401 (404 for a missing fallback)."""
-    token = bearer_token() or (request.args.get("token", "").strip() if policy.query_token else "")
+    token = (bearer_token() or (request.args.get("token", "").strip() if policy.query_token else "")
+             or (request.cookies.get(policy.cookie, "").strip() if policy.cookie else ""))
     if token:
         project = _project_for(token)
         if project is None:

@@ -13,18 +13,16 @@ from datetime import datetime
 import pytest
 
 from cohorts_cli.main import main
-from tests.services import ROOT, create_sample_project, wait_until
+from tests.services import ROOT, wait_until
 from tests.tasks.conftest import reference_members, slow_definition
 
 LEAVES = 40
 
 
 @pytest.fixture(scope="module")
-def sample(database_url, service_settings, tmp_path_factory):
-    """A small sample project: (token, sample files); slow_definition takes a second or two over it."""
-    _, _, token, written = create_sample_project(database_url, service_settings.engine,
-                                                 tmp_path_factory.mktemp("cli-sample"), 1500, 60_000, seed=5, prefix="c")
-    return token, written
+def sample(small_sample):
+    """(token, sample files) of the session's small sample project."""
+    return small_sample[2], small_sample[3]
 
 
 @pytest.fixture
