@@ -131,11 +131,10 @@ def cmd_jobs(args) -> int:
 
 def cmd_job(args) -> int:
     client = service(args)
-    job = client.job(args.id)
-    if not args.wait or job["status"] in ("succeed", "failed"):
-        out(job_line(job))
-        return 0 if job["status"] != "failed" or not args.wait else 1
-    return follow(args, client, args.id)
+    if args.wait:  # to its end (at once if it has ended), exit status 1 if it failed
+        return follow(args, client, args.id)
+    out(job_line(client.job(args.id)))
+    return 0
 
 
 def cmd_cancel(args) -> int:

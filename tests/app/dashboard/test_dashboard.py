@@ -5,16 +5,23 @@ from __future__ import annotations
 import html
 import re
 import shutil
+import uuid
 from dataclasses import replace
-from datetime import datetime
 
 import pytest
 import requests
 
 from tests.services import wait_until
-from tests.tasks.conftest import reference_members, slow_definition
+from tests.tasks.conftest import slow_definition
 
-LEAVES = 40
+# Enough leaves for the job to outlast a page load and a few polls of its progress.
+
+def unique(name: str) -> str:
+    """A cohort name not taken in the shared sample project."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+LEAVES = 100
 
 
 def api(live_server, token, method, path, **kwargs):
@@ -59,10 +66,10 @@ def test_dashboard_in_a_browser_draws_the_chart_and_follows_a_running_job(browse
                                                                          worker):
     from selenium.webdriver.common.by import By
 
-    _, _, token, written = small_sample
+    _, _, token, _ = small_sample
     # A cohort with two versions of different counts (2, then 3 members): its chart has two points.
     created = api(live_server, token, "POST", "/api/v1/cohorts",
-                  json={"name": "two-versions", "definition": {"type": "ids", "keys": ["a", "b"]}})
+                  json={"name": unique("two-versions"), "definition": {"type": "ids", "keys": ["a", "b"]}})
     finished(live_server, token, created["job"]["id"])
     cohort_id = created["cohort"]["id"]
     changed = api(live_server, token, "PATCH", f"/api/v1/cohorts/{cohort_id}",
@@ -87,7 +94,7 @@ def test_dashboard_in_a_browser_draws_the_chart_and_follows_a_running_job(browse
                                  f"'tr[data-cohort-id=\"{cohort_id}\"] svg.chart polyline').getBBox().width")
     assert box > 50
 
-    slow = api(live_server, token, "POST", "/api/v1/cohorts", json={"name": "slow", "definition":
+    slow = api(live_server, token, "POST", "/api/v1/cohorts", json={"name": unique("slow"), "definition":
                                                                     slow_definition(LEAVES)})
     job_id = slow["job"]["id"]
     browser.refresh()
@@ -106,8 +113,9 @@ def test_dashboard_in_a_browser_draws_the_chart_and_follows_a_running_job(browse
     assert first < later
     job = finished(live_server, token, job_id)
     assert job["status"] == "succeed", job
-    expected = len(reference_members(written, datetime.fromisoformat(job["base_time"]), LEAVES))
-    # Once the job ends the page reloads itself and shows the new count.
+    # Once the job ends the page reloads itself and shows the new count (the job's: the engine's counts are
+    # checked against the reference elsewhere; here, that the page shows what was computed).
+    expected = job["result"]["count"]
     wait_until(lambda: browser.execute_script("return window.sameDocument !== true"), what="the page to reload")
     row = browser.find_element(By.CSS_SELECTOR, f'tr[data-cohort-id="{slow["cohort"]["id"]}"]')
     assert row.find_element(By.CSS_SELECTOR, ".count").text == f"{expected:,}"
