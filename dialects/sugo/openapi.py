@@ -156,4 +156,7 @@ def add_paths(spec, docs) -> None:
     datasources = docs.operation("The dataSources of the embedded broker (COHORTS_SUGO_DATASOURCES)",
                                  docs.responses("200", "DruidAnswer", "their names"))
     datasources["security"] = SUGO_SECURITY
-    spec.path("/druid/v2/datasources", operations={"get": datasources})
+    # DELETE /druid/v2/datasources is the cancel route of a query whose queryId is "datasources".
+    cancel_named = {**cancel, "summary": "Cancel the query whose context.queryId is \"datasources\"",
+                    "parameters": []}
+    spec.path("/druid/v2/datasources", operations={"get": datasources, "delete": cancel_named})

@@ -15,7 +15,9 @@ from dataclasses import replace
 from marshmallow import Schema
 
 from app.api import definition_schema
+from cohort_engine import db
 from cohort_engine import definition as engine_definition
+from core.queue import urgent_queue
 from tests.services import allow_sugo_targets
 
 # Ids in example bodies that name things which must exist: replaced by ones this test created.
@@ -38,9 +40,23 @@ def test_every_documented_request_example_is_accepted(service_settings, api_proj
     from workers.celery_app import create_celery
 
     settings = replace(service_settings, queue="examples-" + uuid.uuid4().hex[:8], sugo_wait_seconds=0.05)
-    client = create_app({"TESTING": True, "SETTINGS": settings, "CELERY": create_celery(settings)}).test_client()
+    sender = create_celery(settings)
+    client = create_app({"TESTING": True, "SETTINGS": settings, "CELERY": sender}).test_client()
     _, project_id, headers = api_project
     allow_sugo_targets(database_url, project_id, redis=["127.0.0.1:6379/2"], hproxy=["127.0.0.1:8085"])
+    try:
+        check_examples(client, headers)
+    finally:
+        # The accepted jobs were never run: nothing may run them later (a sweeper would resend a job left
+        # `new`), so the project goes, with its jobs, cohorts and allowed targets, and so do their messages.
+        with db.connection(database_url) as conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM jobs WHERE project_id = %s", (project_id,))
+            cur.execute("DELETE FROM projects WHERE id = %s", (project_id,))
+        with sender.connection_for_write() as connection:
+            connection.default_channel.client.delete(settings.queue, urgent_queue(settings.queue))
+
+
+def check_examples(client, headers) -> None:
     spec = client.get("/openapi.json").get_json()
     created: dict[str, int] = {}
     tried = []
