@@ -51,8 +51,12 @@ class PlainTask(SilentTask):
         if shown == self.last:
             return
         self.last = shown
-        count = f" ({done:,.0f}/{total:,.0f} {self.unit})".replace(" )", ")") if total else f" {done:,.0f} {self.unit}"
-        text = f"{percent}%{count}" if percent is not None else count.strip()
+        if not total:
+            text = f"{done:,.0f} {self.unit}".strip()
+        elif self.unit == "%":  # the value is a percentage already
+            text = f"{percent}%"
+        else:
+            text = f"{percent}% ({done:,.0f}/{total:,.0f} {self.unit})".replace(" )", ")")
         print(f"{self.description}: {status + ' ' if status else ''}{text}", file=sys.stderr, flush=True)
 
 
