@@ -152,3 +152,19 @@ def test_local_sample_command_shows_progress(tmp_path, capsys):
     assert status == 0
     assert "write sample: 100% (400/400 events)" in captured.err
     assert "wrote 50 users and 400 events" in captured.out
+
+
+def test_local_ingest_shows_progress_per_file(database_url, tmp_path, monkeypatch, capsys):
+    from cohort_engine.sample import write_sample
+
+    written = write_sample(tmp_path / "sample", 30, 200, seed=3)
+    monkeypatch.setenv("COHORTS_DATABASE_URL", database_url)
+    monkeypatch.setenv("COHORTS_STORE_DIR", str(tmp_path / "store"))
+    name = unique("ingest").replace("-", "_")
+    assert main(["project", name]) == 0
+    status = main(["--progress", "plain", "--project", name, "ingest", "users", str(written["users"]),
+                   str(written["users"])])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "ingest users: 50% (1/2 files)" in captured.err and "ingest users: 100% (2/2 files)" in captured.err
+    assert captured.out.count("ingested 30 users rows") == 2
