@@ -85,3 +85,13 @@ def recent_counts(conn, cohort_ids, per_cohort: int = 20) -> dict[int, list[dict
         for row in cur.fetchall():
             found.setdefault(row.pop("cohort_id"), []).append(row)
         return found
+
+
+def get_many(conn, version_ids) -> dict[int, dict]:
+    """id -> version row, for the ids that exist (None ids ignored)."""
+    wanted = [v for v in version_ids if v is not None]
+    if not wanted:
+        return {}
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT " + COLUMNS + " FROM cohort_versions WHERE id = ANY(%s)", (wanted,))
+        return {row["id"]: row for row in cur.fetchall()}

@@ -13,11 +13,11 @@ def project_overview(conn, project: dict, *, max_cohorts: int = 500, versions_pe
     total, rows = cohorts.list_page(conn, project["id"], limit=max_cohorts)
     latest_jobs = jobs.latest_per_cohort(conn, project["id"])
     history = versions.recent_counts(conn, [c["id"] for c in rows], versions_per_cohort)
-    published = {c["id"]: versions.get(conn, c["latest_version_id"]) for c in rows}
+    published = versions.get_many(conn, [c["latest_version_id"] for c in rows])
     items = []
     for cohort in rows:
         job = latest_jobs.get(cohort["id"])
-        version = published[cohort["id"]]
+        version = published.get(cohort["latest_version_id"])
         items.append({
             "id": cohort["id"], "name": cohort["name"], "display_name": cohort["display_name"],
             "dialect": cohort["dialect"], "dynamic": cohort["dynamic"], "cron": cohort["cron"],
