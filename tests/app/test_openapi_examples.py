@@ -42,10 +42,10 @@ def test_every_documented_request_example_is_accepted(service_settings, api_proj
     settings = replace(service_settings, queue="examples-" + uuid.uuid4().hex[:8], sugo_wait_seconds=0.05)
     sender = create_celery(settings)
     client = create_app({"TESTING": True, "SETTINGS": settings, "CELERY": sender}).test_client()
-    _, project_id, headers = api_project
+    project_name, project_id, headers = api_project
     allow_sugo_targets(database_url, project_id, redis=["127.0.0.1:6379/2"], hproxy=["127.0.0.1:8085"])
     try:
-        check_examples(client, headers)
+        check_examples(client, project_name, headers["Authorization"].split()[1])
     finally:
         # The accepted jobs were never run: nothing may run them later (a sweeper would resend a job left
         # `new`), so the project goes, with its jobs, cohorts and allowed targets, and so do their messages.
@@ -56,7 +56,19 @@ def test_every_documented_request_example_is_accepted(service_settings, api_proj
             connection.default_channel.client.delete(settings.queue, urgent_queue(settings.queue))
 
 
-def check_examples(client, headers) -> None:
+def credentials(spec: dict, operation: dict, project_name: str, token: str) -> dict:
+    """The headers the operation's first documented security alternative asks for (Ark's appKey names the project)."""
+    headers = {}
+    for scheme_name in (operation.get("security") or [{}])[0]:
+        scheme = spec["components"]["securitySchemes"][scheme_name]
+        if scheme["type"] == "http":
+            headers["Authorization"] = f"Bearer {token}"
+        elif scheme["in"] == "header":
+            headers[scheme["name"]] = project_name if scheme["name"] == "appKey" else token
+    return headers
+
+
+def check_examples(client, project_name: str, token: str) -> None:
     spec = client.get("/openapi.json").get_json()
     created: dict[str, int] = {}
     tried = []
@@ -66,6 +78,7 @@ def check_examples(client, headers) -> None:
             for entry in body:
                 entry["id"] = created["/segmenter/rule"]
         url = path.replace("{cohort_id}", str(created.get("/api/v1/cohorts", 0)))
+        headers = credentials(spec, spec["paths"][path][method], project_name, token)
         response = getattr(client, method)(url, data=json.dumps(body), content_type="application/json",
                                            headers=headers)
         answer = response.get_json(silent=True)
