@@ -248,6 +248,19 @@ class CohortLeafSchema(Schema):
     cohort_id = fields.Integer(strict=True, required=True, validate=validate.Range(min=1, max=MAX_COHORT_ID))
 
 
+class TagLeafSchema(Schema):
+    """Users by the value of a tag's latest good version; comparators as for a property of the tag's type."""
+
+    type = fields.Constant("tag", required=True)
+    tag_id = fields.Integer(strict=True, required=True, validate=validate.Range(min=1, max=MAX_COHORT_ID))
+    cmp = fields.String(required=True, validate=validate.OneOf(PROPERTY_COMPARATORS))
+    values = fields.List(fields.Raw(allow_none=True), load_default=list)
+
+    @validates_schema
+    def _values_fit(self, data, **kwargs):
+        check_values(data["cmp"], data["values"])
+
+
 class IdsLeafSchema(Schema):
     type = fields.Constant("ids", required=True)
     keys = fields.List(fields.String(validate=validate.Length(min=1, max=512)), required=True)
@@ -259,6 +272,7 @@ LEAF_SCHEMAS = {
     "sequence": SequenceLeafSchema,
     "cohort": CohortLeafSchema,
     "ids": IdsLeafSchema,
+    "tag": TagLeafSchema,
 }
 
 
@@ -358,14 +372,23 @@ def iter_leaves(node):
 
 
 def cohort_references(tree) -> set[int]:
-    """The cohort ids a tree refers to through `cohort` leaves."""
-    return {leaf["cohort_id"] for leaf in iter_leaves(tree) if leaf.get("type") == "cohort"}
+    """The ids a tree (or a tag definition) refers to through `cohort` and `tag` leaves.
+
+    Cohorts and tags share one id space (docs/tags.md), so one walk covers both kinds of edge.
+    """
+    if "kind" in tree:  # a tag definition: the trees of a values tag
+        trees = [v["definition"] for v in tree.get("values", [])] if tree.get("kind") == "values" else []
+    else:
+        trees = [tree]
+    return {leaf["cohort_id"] if leaf.get("type") == "cohort" else leaf["tag_id"]
+            for t in trees for leaf in iter_leaves(t) if leaf.get("type") in ("cohort", "tag")}
 
 
 def check_no_cycle(cohort_id: int | None, tree, load_definition) -> None:
-    """Reject a tree whose cohort references lead back to cohort_id or to a missing cohort.
+    """Reject a tree whose cohort or tag references lead back to cohort_id or to a missing cohort.
 
-    load_definition(id) returns the referenced cohort's canonical tree, or None if it does not exist.
+    load_definition(id) returns the referenced cohort's canonical tree (or tag's definition), or
+    None if it does not exist.
     """
     seen: set[int] = set()
     stack = [(ref, [ref]) for ref in sorted(cohort_references(tree))]

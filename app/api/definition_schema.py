@@ -34,7 +34,7 @@ def closed(description: str, required: list[str], **properties) -> dict:
 SCHEMAS = {
     "Definition": {"description": "a node of the rule tree: an and/or/not group or a leaf (docs/definition.md)",
                    "oneOf": [ref(n) for n in ("AndOr", "Not", "ProfileLeaf", "EventLeaf", "SequenceLeaf",
-                                              "CohortLeaf", "IdsLeaf")], "example": EXAMPLE},
+                                              "CohortLeaf", "IdsLeaf", "TagLeaf")], "example": EXAMPLE},
     "AndOr": closed("intersection (and) or union (or) of the children", ["op", "children"],
                     op={"type": "string", "enum": ["and", "or"]},
                     children={"type": "array", "minItems": 1, "items": ref("Definition")}),
@@ -59,6 +59,10 @@ SCHEMAS = {
                          cohort_id={"type": "integer", "minimum": 1, "maximum": MAX_COHORT_ID}),
     "IdsLeaf": closed("exactly these user keys", ["type", "keys"], type={"type": "string", "enum": ["ids"]},
                       keys={"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 512}}),
+    "TagLeaf": closed("users by the value of a tag's latest good version (docs/tags.md)", ["type", "tag_id", "cmp"],
+                      type={"type": "string", "enum": ["tag"]},
+                      tag_id={"type": "integer", "minimum": 1, "maximum": MAX_COHORT_ID},
+                      cmp={"type": "string", "enum": list(PROPERTY_COMPARATORS)}, values=VALUES),
     "Step": closed("one step of a sequence", ["event"], event=NAME, filter=ref("Filter")),
     "Aggregate": closed("what is computed per user (default count)", ["fn"],
                         fn={"type": "string", "enum": list(AGGREGATE_FUNCTIONS)},
@@ -82,7 +86,7 @@ SCHEMAS = {
 # The marshmallow schema each OpenAPI schema describes (checked for the same fields by the tests).
 ENGINE_SCHEMAS = {"AndOr": "AndOrSchema", "Not": "NotSchema", "ProfileLeaf": "ProfileLeafSchema",
                   "EventLeaf": "EventLeafSchema", "SequenceLeaf": "SequenceLeafSchema",
-                  "CohortLeaf": "CohortLeafSchema", "IdsLeaf": "IdsLeafSchema", "Step": "StepSchema",
+                  "CohortLeaf": "CohortLeafSchema", "IdsLeaf": "IdsLeafSchema", "TagLeaf": "TagLeafSchema", "Step": "StepSchema",
                   "Aggregate": "AggregateSchema", "Condition": "ConditionSchema", "FilterGroup": "FilterGroupSchema",
                   "RelativeWindow": "RelativeWindowSchema", "AbsoluteWindow": "AbsoluteWindowSchema"}
 

@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, jsonify, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from app import schemas
+from app.api import tags
 from app.api.definition_schema import add_definition_schemas
 from app.input_rules import MAX_PATH_INT
 from cohort_engine.definition import MAX_COHORT_ID
@@ -133,6 +134,7 @@ def build_spec() -> dict:
     spec.path("/api/v1/jobs/{job_id}/cancel", operations={
         "post": _operation("Cancel: a computing job stops at its next leaf and ends failed/cancelled",
                            _responses("202", "Job", "cancel requested", "409"), [job_id])})
+    tags.add_paths(spec, sys.modules[__name__])
     # The enabled dialects' paths (Dialect(openapi="module:attr"), called as add_paths(spec, this module)).
     for dialect in dialects.enabled(current_app.config["SETTINGS"]):
         if dialect.openapi:

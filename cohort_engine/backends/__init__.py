@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+import numpy as np
 from pyroaring import BitMap
 
 from ..errors import EngineError
@@ -29,6 +30,19 @@ log = logging.getLogger(__name__)
 DEFAULT_KIND = "embedded"
 # Modules that register a backend when imported; a new backend adds its module here.
 BUILTIN_BACKENDS = ("cohort_engine.backends.embedded",)
+
+
+@dataclass
+class UserValues:
+    """Per-user values from a backend: unique ascending uint32 uids and aligned values (Session.user_values)."""
+
+    value_type: str
+    uids: np.ndarray
+    values: np.ndarray
+
+    def __post_init__(self):
+        if len(self.uids) != len(self.values):
+            raise ValueError("uids and values must have the same length")
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,24 @@ class Session(Protocol):
     def event(self, leaf: dict, ctx: EvalContext) -> BitMap: ...
 
     def sequence(self, leaf: dict, ctx: EvalContext) -> BitMap: ...
+
+    def user_values(self, spec: dict, ctx: EvalContext) -> UserValues:
+        """Per-user values of a metric or first_last tag (docs/definition.md "Tags"), one query.
+
+        spec is a parsed tag definition (cohort_engine.tag_definition) of kind:
+        - "metric": {event, filter?, agg, window}: the event leaf's aggregate (same rows, same
+          functions, same window) for each user with at least one matching row, as float64. A user
+          whose aggregate is null (avg/min/max over no non-null value) is left out. Users without a
+          matching row are left out too: the engine adds the zeros of count/count_distinct/sum/days.
+        - "first_last": {which, event, filter?, window, property}: for each user with at least one
+          matching row whose `property` (a property, or the built-in `time` / `event`) is not null,
+          the property's value on the row that is smallest ("first") or largest ("last") by
+          (time, value): ties in time are broken by the value, so the answer is deterministic.
+        The answer's uids are unique and ascending; values align with them, typed by value_type:
+        number float64, time int64 microseconds since the epoch (UTC), boolean bool, string object
+        (str). value_type is the column's kind (first_last) or "number" (metric). Errors as for
+        leaves: EngineError unknown_property, type_mismatch (sum of a string), backend_error.
+        """
 
     def close(self) -> None: ...
 

@@ -19,6 +19,10 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
     project, cohort = run.project, run.cohort
     if job["cohort_id"] and cohort is None:
         raise JobStopped("cohort_deleted", "the cohort was deleted before its job ran")
+    if cohort is not None and cohort["entity"] == "tag":
+        from core.jobs.tag import compute_tag  # the tag handler builds on this module (publish)
+
+        return compute_tag(run, job)
     definition = cohort["definition"] if cohort else job["params"]["definition"]
     definition_version = cohort["definition_version"] if cohort else 0
     engine = ProjectEngine(run.settings.engine, project["name"], project_id=project["id"],
@@ -30,7 +34,7 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
                                    lambda: durable_bitmap(run, cohort_id))
 
     result = engine.compute(parse_definition(definition), base_time=job["base_time"], load_cohort=load_cohort,
-                            progress=run.progress)
+                            progress=run.progress, load_tag=tag_loader(run))
     if cohort is None:
         return run.finish(job, None, {"count": result.count})
     # One key per attempt: a stale earlier claim finishing late cannot overwrite this one's bitmap.
@@ -43,6 +47,20 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
         raise
 
 
+def tag_loader(run: JobRun):
+    """load_tag(tag_id) for tag leaves: the tag's published column (Redis cache, else the durable copy)."""
+    from cohort_engine.tag_column import TagColumn
+
+    prefix = run.settings.engine.key_prefix
+
+    def load_tag(tag_id: int):
+        payload = bitmaps.load_cached_payload(run.redis, bitmaps.cohort_key(prefix, run.project["id"], tag_id),
+                                              lambda: durable_bitmap(run, tag_id))
+        return None if payload is None else TagColumn.deserialize(payload)
+
+    return load_tag
+
+
 def durable_bitmap(run: JobRun, cohort_id: int) -> bytes | None:
     """A referenced cohort's published bitmap from PostgreSQL (a Redis miss: Redis lost it)."""
     with db.connection(run.dsn) as conn:
@@ -53,8 +71,13 @@ def durable_bitmap(run: JobRun, cohort_id: int) -> bytes | None:
         return versions.published_bitmap(conn, cohort_id)
 
 
-def publish(run: JobRun, job: dict, definition_version: int, version_key: str, result, payload: bytes) -> dict:
-    """Record the version, mark the job succeed and, if it is the newest, publish it: one transaction."""
+def publish(run: JobRun, job: dict, definition_version: int, version_key: str, result, payload: bytes,
+            tag_meta: dict | None = None) -> dict:
+    """Record the version, mark the job succeed and, if it is the newest, publish it: one transaction.
+
+    result has count and timings; payload is the version's bytes (a cohort's bitmap, a tag's column,
+    whose layout and distribution are tag_meta).
+    """
     settings = run.settings
     prefix = settings.engine.key_prefix
     with db.connection(run.dsn) as conn:
@@ -66,7 +89,7 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
             raise JobStopped("superseded", "the cohort's definition changed while this job ran; "
                                            "the job for the new definition publishes instead")
         version = versions.insert_succeeded(conn, cohort["id"], definition_version, job["base_time"],
-                                            result.count, version_key)
+                                            result.count, version_key, tag_meta)
         # The durable copy commits with the version row: a version that exists survives Redis.
         versions.store_bitmap(conn, version["id"], payload)
         latest = versions.get(conn, cohort["latest_version_id"])
@@ -80,7 +103,7 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
         if is_newest:
             cohorts.set_latest_version(conn, cohort["id"], version["id"])
             bitmaps.publish(run.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
-                            result.bitmap, payload=payload)
+                            None, payload=payload)
         if job["kind"] == "cron":
             cohorts.record_outcome(conn, cohort["id"], False, settings.backoff_base, settings.backoff_max)
         expired = expire_old_versions(conn, settings, cohort["id"])

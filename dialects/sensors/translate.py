@@ -53,6 +53,8 @@ TIME_FUNCTIONS = ("absolute_between", "relative_within", "relative_between")
 WINDOW_UNITS = ("day", "week", "month")
 DURATION_UNITS = ("minute", "hour", "day", "week", "month")
 COHORT_PREFIXES = ("segmenter_", "user_group_")
+# Sensors shows a user tag as a profile property named user_tag_<tag name> (docs/dialects/sensors.md).
+TAG_PREFIX = "user_tag_"
 ANY_EVENT = "$Anything"
 NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_]{0,99}"
 BASE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -369,6 +371,14 @@ class ProfileRuleSchema(_PropertyConditionSchema):
 
     @post_load
     def _to_canonical(self, data, **kwargs):
+        if re.fullmatch(rf"user\.{TAG_PREFIX}[^.]+", data["field"]):
+            tag_id = self._resolve(data["field"][len("user.") + len(TAG_PREFIX):], "tag")
+            try:
+                parts = _condition_parts(data["function"], data["params"])
+            except ValidationError as exc:
+                raise _params_error(exc) from None
+            return _conjunction([{"type": "tag", "tag_id": tag_id, "cmp": cmp, "values": values}
+                                 for cmp, values in parts])
         cohort_name, prop = self._parse_field(data["field"])
         condition = None
         if prop is not None:
@@ -405,10 +415,11 @@ class ProfileRuleSchema(_PropertyConditionSchema):
             return None, first
         return first[len(prefix):], second
 
-    def _resolve(self, name: str) -> int:
+    def _resolve(self, name: str, noun: str = "cohort") -> int:
+        # One resolver for both: cohorts and tags share names and ids; the save checks which one it is.
         cohort_id = self.resolve_cohort(name) if self.resolve_cohort else None
         if cohort_id is None:
-            raise ValidationError(f"no cohort named {name!r}", "field")
+            raise ValidationError(f"no {noun} named {name!r}", "field")
         return cohort_id
 
 

