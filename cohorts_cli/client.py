@@ -72,7 +72,22 @@ class ServiceClient:
 
     def members(self, cohort_id: int) -> tuple[int | None, Iterator[str]]:
         """(member count, the keys as they stream in) of the cohort's published version."""
-        response = self.request("GET", f"/api/v1/cohorts/{cohort_id}/members", stream=True)
+        return self.stream_lines(f"/api/v1/cohorts/{cohort_id}/members")
+
+    def create_tag(self, body: dict) -> dict:
+        return self.post("/api/v1/tags", body)
+
+    def tags(self, status=None, per_page=500) -> list[dict]:
+        return self.get("/api/v1/tags", status=status, per_page=per_page)["tags"]
+
+    def tag_values(self, tag_id: int, values=(), low=None, high=None) -> tuple[int | None, Iterator[str]]:
+        """(row count, the CSV lines "key,value" after the header line) of the tag's published version."""
+        params = [("value", v) for v in values] + [(k, v) for k, v in (("min", low), ("max", high)) if v is not None]
+        return self.stream_lines(f"/api/v1/tags/{tag_id}/values", params)
+
+    def stream_lines(self, path: str, params=None) -> tuple[int | None, Iterator[str]]:
+        """(X-Total-Count, the answer's non-empty lines as they stream in) of a text/csv answer."""
+        response = self.request("GET", path, params=params, stream=True)
         total = response.headers.get("X-Total-Count")
 
         def keys():

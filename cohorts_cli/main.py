@@ -88,20 +88,28 @@ def read_json(path: str):
     return json.loads(text)
 
 
-def cmd_submit(args) -> int:
+def request_body(args) -> dict | None:
+    """The create body from the file and flags (None without a name); cohorts and tags alike."""
     document = read_json(args.definition)
-    # A whole request body (with "definition") or only the rule tree; flags win over the body's fields.
+    # A whole request body (with "definition") or only the definition; flags win over the body's fields.
     body = dict(document) if isinstance(document, dict) and "definition" in document else {"definition": document}
     name = args.name or body.get("name") or (Path(args.definition).stem if args.definition != "-" else None)
     if not name:
-        note("error: give the cohort a name with --name")
-        return 2
+        return None
     body["name"] = name
     for field in ("display_name", "owner", "cron"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
     if args.dynamic:
         body["dynamic"] = True
+    return body
+
+
+def cmd_submit(args) -> int:
+    body = request_body(args)
+    if body is None:
+        note("error: give the cohort a name with --name")
+        return 2
     client = service(args)
     created = client.create_cohort(body)
     cohort, job = created["cohort"], created["job"]
@@ -156,32 +164,42 @@ def cmd_list(args) -> int:
 
 def cmd_members(args) -> int:
     total, keys = service(args).members(args.id)
+    return download(args, keys, total, f"cohort {args.id} members", "keys", f"keys of cohort {args.id}")
+
+
+def download(args, lines, total: int | None, label: str, unit: str, what: str, header: str | None = None) -> int:
+    """Write streamed lines to args.output (- for stdout) with a progress bar over total (rows, header excluded)."""
     if args.output == "-":
-        with args.display.task(f"cohort {args.id} members", total, "keys") as bar:
-            written = write_keys(keys, sys.stdout, bar)
+        with args.display.task(label, total, unit) as bar:
+            write_lines(lines, sys.stdout, bar, header)
         return 0
     target = Path(args.output)
     partial = target.with_name(target.name + ".part")
     # Written aside and renamed when complete: an interrupted download never leaves a truncated FILE.
     try:
-        with partial.open("w", encoding="utf-8") as stream, \
-                args.display.task(f"cohort {args.id} members", total, "keys") as bar:
-            written = write_keys(keys, stream, bar)
+        with partial.open("w", encoding="utf-8") as stream, args.display.task(label, total, unit) as bar:
+            written = write_lines(lines, stream, bar, header)
+        if total is not None and written != total:
+            note(f"error: the service announced {total} {unit} but sent {written}; nothing written to {target}")
+            partial.unlink()
+            return 1
         partial.replace(target)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    if total is not None and written != total:
-        note(f"error: the service announced {total} keys but sent {written}; {target} is incomplete")
-        return 1
-    out(f"wrote {written} keys of cohort {args.id} to {target}")
+    out(f"wrote {written} {what} to {target}")
     return 0
 
 
-def write_keys(keys, stream, bar) -> int:
+def write_lines(lines, stream, bar, header: str | None = None) -> int:
+    """Copy lines (the first one is the header when header is given: copied, not counted); the rows written."""
     written = 0
-    for key in keys:
-        stream.write(key + "\n")
+    for line in lines:
+        if header is not None and written == 0 and line == header:
+            stream.write(line + "\n")
+            header = None
+            continue
+        stream.write(line + "\n")
         written += 1
         if written % 1000 == 0:
             bar.update(written)
@@ -189,17 +207,118 @@ def write_keys(keys, stream, bar) -> int:
     return written
 
 
+# -- tags --------------------------------------------------------------------------------------------
+
+
+def cmd_tag_submit(args) -> int:
+    body = request_body(args)
+    if body is None:
+        note("error: give the tag a name with --name")
+        return 2
+    client = service(args)
+    created = client.create_tag(body)
+    tag, job = created["tag"], created["job"]
+    out(f"tag {tag['id']} {tag['name']} ({tag['value_type']}): job {job['id']} {job['status']}")
+    if not args.wait:
+        note(f"follow it: cohorts job {job['id']} --wait")
+        return 0
+    return follow(args, client, job["id"])
+
+
+def cmd_tag_list(args) -> int:
+    tags = service(args).tags(status=args.status)
+    out(f"{'id':>7}  {'status':<9} {'type':<7} {'users':>10}  {'computed':<19}  name")
+    for tag in tags:
+        latest = tag["latest_version"] or {}
+        count = latest.get("count")
+        out(f"{tag['id']:>7}  {latest.get('status', '-'):<9} {tag['value_type']:<7} {'-' if count is None else count:>10}"
+            f"  {(latest.get('computed_at') or '-')[:19]:<19}  {tag['name']}")
+    return 0
+
+
+def cmd_tag_refresh(args) -> int:
+    client = service(args)
+    answer = client.post(f"/api/v1/tags/{args.id}/refresh")
+    job = answer["job"]
+    out(f"tag {args.id}: job {job['id']} {job['status']}" + (" (joined the running one)" if answer["coalesced"] else ""))
+    return follow(args, client, job["id"]) if args.wait else 0
+
+
+def cmd_tag_cancel(args) -> int:
+    job = service(args).post(f"/api/v1/tags/{args.id}/cancel")
+    out(f"tag {args.id}: cancel requested for job {job['id']} ({job['status']})")
+    return 0
+
+
+def cmd_tag_values(args) -> int:
+    total, lines = service(args).tag_values(args.id, args.value, args.min, args.max)
+    return download(args, lines, total, f"tag {args.id} values", "rows", f"values of tag {args.id}",
+                    header="key,value")
+
+
+def cmd_tag_distribution(args) -> int:
+    found = service(args).get(f"/api/v1/tags/{args.id}/distribution")
+    out(f"tag {args.id} ({found['value_type']}), version {found['version_id']}:")
+    for entry in found.get("values", []):
+        out(f"  {entry['value']!s:<30} {entry['count']:>10}")
+    for entry in found.get("bins", []):
+        out(f"  [{entry['low']!s}, {entry['high']!s}){'':<10} {entry['count']:>10}")
+    for key in ("min", "max"):
+        if key in found:
+            out(f"  {key}: {found[key]}")
+    return 0
+
+
+def add_tag_commands(sub, conn) -> None:
+    tags = sub.add_parser("tags", help="tags: submit, list, refresh, cancel, values, distribution")
+    commands = tags.add_subparsers(dest="tag_command", required=True, metavar="TAG_COMMAND")
+
+    p = commands.add_parser("submit", parents=[conn], help="create a tag (and wait for its job)")
+    p.add_argument("definition", help="JSON file (or -): a tag definition (docs/definition.md, Tags) or a whole body")
+    submit_options(p)
+    p.set_defaults(func=cmd_tag_submit)
+
+    p = commands.add_parser("list", parents=[conn], help="the project's tags with their latest version")
+    p.add_argument("--status", choices=["new", "computing", "succeed", "failed"])
+    p.set_defaults(func=cmd_tag_list)
+
+    p = commands.add_parser("refresh", parents=[conn], help="recompute a tag now")
+    p.add_argument("id", type=int)
+    p.add_argument("--wait", action="store_true")
+    p.set_defaults(func=cmd_tag_refresh)
+
+    p = commands.add_parser("cancel", parents=[conn], help="cancel a tag's running job")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_tag_cancel)
+
+    p = commands.add_parser("values", parents=[conn], help="download key,value rows (CSV with a header)")
+    p.add_argument("id", type=int)
+    p.add_argument("-o", "--output", required=True, help="file to write (- for stdout)")
+    p.add_argument("--value", action="append", default=[], help="only users with this value (repeatable)")
+    p.add_argument("--min", help="only values >= this")
+    p.add_argument("--max", help="only values < this")
+    p.set_defaults(func=cmd_tag_values)
+
+    p = commands.add_parser("distribution", parents=[conn], help="users per value (or per bin)")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_tag_distribution)
+
+
+def submit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="its name (default: the body's name, else the file's stem)")
+    p.add_argument("--display-name", dest="display_name")
+    p.add_argument("--owner")
+    p.add_argument("--dynamic", action="store_true", help="recompute on a schedule (needs --cron)")
+    p.add_argument("--cron", help="cron expression of a dynamic one, e.g. '0 3 * * *'")
+    p.add_argument("--wait", action="store_true", help="show the job's progress and print the count")
+
+
 def add_client_commands(sub) -> None:
     conn = connection_options()
 
     p = sub.add_parser("submit", parents=[conn], help="create a cohort over the API (and wait for its count)")
     p.add_argument("definition", help="JSON file (or - for stdin): a rule tree, or a whole POST /api/v1/cohorts body")
-    p.add_argument("--name", help="cohort name (default: the body's name, else the file's stem)")
-    p.add_argument("--display-name", dest="display_name")
-    p.add_argument("--owner")
-    p.add_argument("--dynamic", action="store_true", help="recompute on a schedule (needs --cron)")
-    p.add_argument("--cron", help="cron expression of a dynamic cohort, e.g. '0 3 * * *'")
-    p.add_argument("--wait", action="store_true", help="show the job's progress and print the count")
+    submit_options(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("jobs", parents=[conn], help="list the project's jobs, newest first")
@@ -226,6 +345,8 @@ def add_client_commands(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="file to write (- for stdout)")
     p.set_defaults(func=cmd_members)
 
+    add_tag_commands(sub, conn)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cohorts", description=__doc__,
@@ -239,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-CLIENT_COMMANDS = {"submit", "jobs", "job", "cancel", "list", "members"}
+CLIENT_COMMANDS = {"submit", "jobs", "job", "cancel", "list", "members", "tags"}
 
 
 def main(argv=None) -> int:

@@ -37,8 +37,9 @@ def cli(live_server, sample, capsys):
     token, _ = sample
 
     def run(*args, token=token):
-        command, *rest = args
-        status = main(["--progress", "plain", command, "--url", live_server.url, "--token", token, *rest])
+        split = 2 if args[0] == "tags" else 1  # the connection options follow the (sub)command
+        status = main(["--progress", "plain", *args[:split], "--url", live_server.url, "--token", token,
+                       *args[split:]])
         captured = capsys.readouterr()
         return status, captured.out, captured.err
     return run
@@ -168,3 +169,31 @@ def test_local_ingest_shows_progress_per_file(database_url, tmp_path, monkeypatc
     assert status == 0, captured.err
     assert "ingest users: 50% (1/2 files)" in captured.err and "ingest users: 100% (2/2 files)" in captured.err
     assert captured.out.count("ingested 30 users rows") == 2
+
+
+def test_tag_commands_submit_list_values_and_distribution(cli, worker, tmp_path):
+    gold = [f"gold-{i:04d}" for i in range(1200)]
+    silver = [f"silver-{i:04d}" for i in range(300)]
+    definition = {"kind": "values", "values": [
+        {"value": "gold", "definition": {"type": "ids", "keys": gold}},
+        {"value": "silver", "definition": {"type": "ids", "keys": silver + gold[:10]}}]}  # first value wins
+    name = unique("tier")
+    status, out, err = cli("tags", "submit", write_json(tmp_path, "tier.json", definition), "--name", name, "--wait",
+                           "--poll-interval", "0.02")
+    assert status == 0, err
+    tag_id = re.search(rf"tag (\d+) {name} \(string\)", out)[1]
+    assert re.search(r"job \d+ succeed", out)
+    status, out, _ = cli("tags", "list")
+    assert status == 0 and any(line.split()[0] == tag_id and name in line for line in out.splitlines())
+    target = tmp_path / "tier.csv"
+    status, out, err = cli("tags", "values", tag_id, "-o", str(target))
+    assert status == 0, err
+    lines = target.read_text().splitlines()
+    assert lines[0] == "key,value"
+    assert dict(line.split(",") for line in lines[1:]) == {**{k: "gold" for k in gold}, **{k: "silver" for k in silver}}
+    assert "100% (1,500/1,500 rows)" in err and f"wrote 1500 values of tag {tag_id}" in out
+    status, out, err = cli("tags", "values", tag_id, "-o", str(target), "--value", "silver")
+    assert status == 0 and len(target.read_text().splitlines()) == 1 + len(silver)
+    status, out, _ = cli("tags", "distribution", tag_id)
+    counts = dict(re.findall(r"^  (\w+)\s+(\d+)$", out, re.M))
+    assert counts == {"gold": "1200", "silver": "300"}, out
