@@ -43,7 +43,7 @@ def index():
     if project is None:
         return login_page()
     overview = project_overview(get_db(), project)
-    for item in overview["cohorts"]:
+    for item in overview["cohorts"] + overview["tags"]:
         item["chart"] = chart(item["history"])
     response = make_response(render_template("dashboard/index.html", project=project, now=datetime.now(UTC),
                                              refresh_ms=refresh_ms(), **overview))

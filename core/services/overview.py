@@ -7,12 +7,21 @@ from core.data import cohorts, jobs, versions
 LIVE = ("new", "computing")
 
 
-def project_overview(conn, project: dict, *, max_cohorts: int = 500, versions_per_cohort: int = 20,
+def project_overview(conn, project: dict, *, max_items: int = 500, versions_per_item: int = 20,
                      job_limit: int = 100) -> dict:
-    """Plain data: {"cohorts": [...], "jobs": [...], "total_cohorts": n} (docs/dashboard.md says what each shows)."""
-    total, rows = cohorts.list_page(conn, project["id"], limit=max_cohorts)
+    """Plain data: cohorts, tags (each up to max_items, with totals) and jobs (docs/dashboard.md says what each shows)."""
     latest_jobs = jobs.latest_per_cohort(conn, project["id"])
-    history = versions.recent_counts(conn, [c["id"] for c in rows], versions_per_cohort)
+    found = {"jobs": jobs.recent_failures_first(conn, project["id"], job_limit)}
+    for entity, key in (("cohort", "cohorts"), ("tag", "tags")):
+        total, rows = cohorts.list_page(conn, project["id"], limit=max_items, entity=entity)
+        found[key] = summaries(conn, rows, latest_jobs, versions_per_item)
+        found["total_" + key] = total
+    return found
+
+
+def summaries(conn, rows: list[dict], latest_jobs: dict, versions_per_item: int) -> list[dict]:
+    """One line per cohort (or tag) row: its status, live job, latest count, last error and count history."""
+    history = versions.recent_counts(conn, [c["id"] for c in rows], versions_per_item)
     published = versions.get_many(conn, [c["latest_version_id"] for c in rows])
     items = []
     for cohort in rows:
@@ -21,6 +30,7 @@ def project_overview(conn, project: dict, *, max_cohorts: int = 500, versions_pe
         items.append({
             "id": cohort["id"], "name": cohort["name"], "display_name": cohort["display_name"],
             "dialect": cohort["dialect"], "dynamic": cohort["dynamic"], "cron": cohort["cron"],
+            "value_type": cohort.get("value_type"),
             "status": status_of(job, version),
             "job": job, "live": job is not None and job["status"] in LIVE,
             "count": version["count"] if version else None,
@@ -28,8 +38,7 @@ def project_overview(conn, project: dict, *, max_cohorts: int = 500, versions_pe
             "error": last_error(cohort, job),
             "history": history.get(cohort["id"], []),
         })
-    return {"cohorts": items, "total_cohorts": total,
-            "jobs": jobs.recent_failures_first(conn, project["id"], job_limit)}
+    return items
 
 
 def status_of(job: dict | None, version: dict | None) -> str:

@@ -168,3 +168,17 @@ def test_operator_may_open_one_project_without_a_token(service_settings, celery_
                       "CELERY": celery_app})
     page = app.test_client().get("/")
     assert f'<span id="project">{name}</span>'.encode() in page.data
+
+
+def test_tags_are_listed_with_their_type_count_and_chart(client, api_project, worker):
+    _, _, headers = api_project
+    definition = {"kind": "values", "values": [{"value": "a", "definition": {"type": "ids", "keys": ["u1", "u2"]}}]}
+    created = client.post("/api/v1/tags", json={"name": "t", "definition": definition}, headers=headers).get_json()
+    wait_until(lambda: client.get(f"/api/v1/jobs/{created['job']['id']}", headers=headers).get_json()["status"]
+               in ("succeed", "failed"), what="the tag's job")
+    page = client.get("/", headers=headers).get_data(as_text=True)
+    tags = page[page.index('<table id="tags">'):page.index("</table>", page.index('<table id="tags">'))]
+    row = tags[tags.index(f'data-tag-id="{created["tag"]["id"]}"'):]
+    assert "<td>string</td>" in row and '<td class="num count">2</td>' in row and "svg" in row
+    assert "data-tag-id" not in page[page.index('<table id="cohorts">') if '<table id="cohorts">' in page else 0:
+                                     page.index('<table id="tags">')]
