@@ -26,15 +26,19 @@ def create_app(config: dict | None = None):
     app.extensions["celery"] = app.config["CELERY"]
 
     from app import db, errors, input_rules
-    from app.api import docs, health, native
+    from app.api import docs, health, imports, native, tags
+    from app.dashboard import views as dashboard
     from core import dialects
 
     db.init_app(app)
     errors.init_app(app)
     input_rules.init_app(app)
     app.register_blueprint(native.bp)
+    app.register_blueprint(imports.bp)
+    app.register_blueprint(tags.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(dashboard.bp)
     for dialect in dialects.enabled(settings):
         if dialect.blueprint:
             app.register_blueprint(dialects.load(dialect.blueprint))

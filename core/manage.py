@@ -3,6 +3,7 @@
     python -m core.manage set-refresh-time PROJECT HH:MM   (local time in the project's zone; default 04:00)
     python -m core.manage set-app-key PROJECT APP_KEY      (or --clear; the name Ark's appKey header may use)
     python -m core.manage sugo-allow PROJECT --redis host:port/db --hproxy host:port --broker host:port
+                                             --import host:port   (routine ID-import URLs, docs/imports.md)
     python -m core.manage sugo-deny PROJECT --redis host:port/db ...   (or --all)
     python -m core.manage sugo-targets PROJECT
     python -m core.manage druid-backend PROJECT --brokers http://broker:8082 --events DS [--profiles DS] ...
@@ -37,6 +38,8 @@ def _target_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hproxy", action="append", default=[], metavar="HOST:PORT", help="repeatable")
     parser.add_argument("--broker", action="append", default=[], metavar="HOST:PORT",
                         help="a remote Druid broker; repeatable (the embedded /druid/v2 needs none)")
+    parser.add_argument("--import", action="append", default=[], metavar="HOST:PORT",
+                        help="a host routine ID imports may fetch http(s) URLs from; repeatable")
 
 
 def _targets(args, settings: Settings) -> list[tuple[str, str, int, int]]:
@@ -142,6 +145,8 @@ def _check_app_key(args) -> str | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.manage")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("projects", help="list the projects: id (ThinkingData's projectId), name, time zone, daily "
+                   "refresh time")
     token = sub.add_parser("set-token", help="set (replace) the API token of a project")
     token.add_argument("project")
     token.add_argument("token")
@@ -178,6 +183,11 @@ def main(argv=None) -> int:
         if error:
             print(error, file=sys.stderr)
             return 2
+    if args.command == "projects":
+        with db.connection(settings.engine.database_url) as conn:
+            for row in projects.listing(conn):
+                print(f"{row['id']}\t{row['name']}\t{row['timezone']}\t{row['daily_refresh_time']}")
+        return 0
     with db.connection(settings.engine.database_url) as conn:
         project = projects.by_name(conn, args.project)
         if project is None:
@@ -213,7 +223,7 @@ def main(argv=None) -> int:
                 print(f"removed {sugo_targets.remove_all(conn, project['id'])} Sugo targets of {args.project}")
                 return 0
             if not targets:
-                print("name at least one --redis, --hproxy or --broker", file=sys.stderr)
+                print("name at least one --redis, --hproxy, --broker or --import", file=sys.stderr)
                 return 2
             change = sugo_targets.add if args.command == "sugo-allow" else sugo_targets.remove
             for target in targets:

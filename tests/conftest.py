@@ -88,6 +88,7 @@ TEST_BROKER_URL = os.environ.get("COHORTS_TEST_BROKER_URL", "redis://127.0.0.1:6
 def service_env(database_url, redis_url, tmp_path_factory) -> dict:
     """Environment for worker/beat subprocesses: test database, test Redis dbs, fast heartbeats."""
     store = tmp_path_factory.mktemp("service-store")
+    import_dir = tmp_path_factory.mktemp("import-dir")
     broker = redis_lib.Redis.from_url(TEST_BROKER_URL)
     broker.flushdb()
     broker.close()
@@ -97,6 +98,7 @@ def service_env(database_url, redis_url, tmp_path_factory) -> dict:
         "COHORTS_REDIS_URL": redis_url,
         "COHORTS_BROKER_URL": TEST_BROKER_URL,
         "COHORTS_STORE_DIR": str(store),
+        "COHORTS_IMPORT_DIR": str(import_dir),
         "COHORTS_KEY_PREFIX": "cohorts-test",
         "COHORTS_THREADS": "1",
         "COHORTS_HEARTBEAT_INTERVAL": "0.5",
@@ -176,3 +178,26 @@ def api_project(project, database_url):
     with db.connection(database_url) as conn:
         set_token(conn, name, token)
     return name, project_id, {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="session")
+def live_server(service_settings, celery_app):
+    """The service's web app on a real loopback port (werkzeug in a thread): .url; for the CLI and the browser."""
+    from app import create_app
+    from tests.services import LiveServer
+
+    server = LiveServer(create_app({"TESTING": True, "SETTINGS": service_settings, "CELERY": celery_app}))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def small_sample(database_url, service_settings, tmp_path_factory):
+    """A token project with 1,500 sample users and 60,000 events: (name, id, token, sample files).
+
+    tests.tasks.conftest.slow_definition(40) takes a second or two over it, leaf by leaf (progress to watch).
+    """
+    from tests.services import create_sample_project
+
+    return create_sample_project(database_url, service_settings.engine, tmp_path_factory.mktemp("small-sample"),
+                                 1500, 60_000, seed=5, prefix="m")

@@ -1,10 +1,11 @@
-"""sugo_targets table: the Redis, hproxy and broker addresses each project's Sugo requests may name."""
+"""sugo_targets table: the addresses each project's requests may name: Sugo's Redis, hproxy and broker
+targets, and the hosts routine ID imports may fetch from (kind `import`, docs/imports.md)."""
 
 from __future__ import annotations
 
 from psycopg2.extras import RealDictCursor
 
-KINDS = ("redis", "hproxy", "broker")
+KINDS = ("redis", "hproxy", "broker", "import")
 
 
 def for_project(conn, project_id: int) -> list[dict]:

@@ -3,19 +3,46 @@
 from __future__ import annotations
 
 import psycopg2
-from psycopg2.extras import RealDictCursor
+from psycopg2.extras import Json, RealDictCursor
 
 COLUMNS = ("id, cohort_id, definition_version, base_time, status, count, bitmap_key, error_code, error_message,"
            " created_at, finished_at")
 
 
-def insert_succeeded(conn, cohort_id: int, definition_version: int, base_time, count: int, bitmap_key: str) -> dict:
+def insert_succeeded(conn, cohort_id: int, definition_version: int, base_time, count: int, bitmap_key: str,
+                     tag_meta: dict | None = None) -> dict:
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(
             "INSERT INTO cohort_versions (cohort_id, definition_version, base_time, status, count, bitmap_key,"
-            " finished_at) VALUES (%s, %s, %s, 'succeed', %s, %s, now()) RETURNING " + COLUMNS,
-            (cohort_id, definition_version, base_time, count, bitmap_key))
+            " finished_at, tag_meta) VALUES (%s, %s, %s, 'succeed', %s, %s, now(), %s) RETURNING " + COLUMNS,
+            (cohort_id, definition_version, base_time, count, bitmap_key, Json(tag_meta) if tag_meta else None))
         return cur.fetchone()
+
+
+def published_tag(conn, cohort_id: int) -> dict | None:
+    """The published version of a tag with its meta (layout, distribution), or None."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT " + ", ".join("v." + c.strip() for c in COLUMNS.split(",")) + ", v.tag_meta"
+                    " FROM cohorts c JOIN cohort_versions v ON v.id = c.latest_version_id"
+                    " WHERE c.id = %s AND v.tag_meta IS NOT NULL", (cohort_id,))
+        return cur.fetchone()
+
+
+def payload(conn, version_id: int) -> bytes | None:
+    """A version's whole durable payload (bitmap or tag column), or None when it has none (expired)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT bitmap FROM cohort_versions WHERE id = %s AND bitmap IS NOT NULL", (version_id,))
+        row = cur.fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def payload_range(conn, version_id: int, offset: int, length: int) -> bytes | None:
+    """length bytes of a version's durable payload from offset (0-based): EXTERNAL storage reads only those chunks."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT substring(bitmap FROM %s FOR %s) FROM cohort_versions WHERE id = %s AND bitmap IS NOT NULL",
+                    (offset + 1, length, version_id))
+        row = cur.fetchone()
+    return None if row is None else bytes(row[0])
 
 
 def insert_failed(conn, cohort_id: int, definition_version: int, base_time, code: str, message: str) -> dict:
@@ -79,3 +106,29 @@ def published_bitmap(conn, cohort_id: int) -> bytes | None:
                     " WHERE c.id = %s AND v.bitmap IS NOT NULL", (cohort_id,))
         row = cur.fetchone()
     return None if row is None else bytes(row[0])
+
+
+def recent_counts(conn, cohort_ids, per_cohort: int = 20) -> dict[int, list[dict]]:
+    """cohort id -> its newest succeeded versions (oldest first): id, base_time, count, finished_at."""
+    if not cohort_ids:
+        return {}
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            "SELECT cohort_id, id, base_time, count, finished_at FROM (SELECT cohort_id, id, base_time, count,"
+            " finished_at, row_number() OVER (PARTITION BY cohort_id ORDER BY finished_at DESC, id DESC) AS n"
+            " FROM cohort_versions WHERE cohort_id = ANY(%s) AND status = 'succeed') v WHERE n <= %s"
+            " ORDER BY cohort_id, finished_at, id", (list(cohort_ids), per_cohort))
+        found: dict[int, list[dict]] = {}
+        for row in cur.fetchall():
+            found.setdefault(row.pop("cohort_id"), []).append(row)
+        return found
+
+
+def get_many(conn, version_ids) -> dict[int, dict]:
+    """id -> version row, for the ids that exist (None ids ignored)."""
+    wanted = [v for v in version_ids if v is not None]
+    if not wanted:
+        return {}
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT " + COLUMNS + " FROM cohort_versions WHERE id = ANY(%s)", (wanted,))
+        return {row["id"]: row for row in cur.fetchall()}

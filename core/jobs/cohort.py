@@ -10,6 +10,7 @@ from cohort_engine.project import ProjectEngine
 from core.data import cohorts, versions
 from core.jobs.retention import drop_bitmaps, expire_old_versions
 from core.jobs.runner import JobRun, JobStopped
+from core.services import imports
 from core.services.backends import check_outbound
 
 log = logging.getLogger(__name__)
@@ -20,27 +21,27 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
     project, cohort = run.project, run.cohort
     if job["cohort_id"] and cohort is None:
         raise JobStopped("cohort_deleted", "the cohort was deleted before its job ran")
+    if cohort is not None and cohort["entity"] == "tag":
+        from core.jobs.tag import compute_tag  # the tag handler builds on this module (publish)
+
+        return compute_tag(run, job)
     definition = cohort["definition"] if cohort else job["params"]["definition"]
     definition_version = cohort["definition_version"] if cohort else 0
     engine = ProjectEngine(run.settings.engine, project["name"], project_id=project["id"],
                            timezone=project["timezone"])
-    outbound = engine.backend.outbound()
-    if outbound:
-        # Checked at every run: an address allowed when the setting was written may have been denied since.
-        with db.connection(run.dsn) as conn:
-            problem = check_outbound(conn, run.settings, project["id"], outbound)
-        if problem:
-            raise JobStopped("not_allowed", f"{problem}; nothing was contacted")
+    check_backend(run, engine)
     prefix = run.settings.engine.key_prefix
 
     def load_cohort(cohort_id: int):
         return bitmaps.load_cached(run.redis, bitmaps.cohort_key(prefix, project["id"], cohort_id),
                                    lambda: durable_bitmap(run, cohort_id))
 
+    load_import = imports.loader(lambda: db.connection(run.dsn), project["id"], run.settings)
     result = engine.compute(parse_definition(definition), base_time=job["base_time"], load_cohort=load_cohort,
-                            progress=run.progress, on_cancel=run.on_cancel)
+                            progress=run.progress, load_import=load_import, load_tag=tag_loader(run),
+                            on_cancel=run.on_cancel)
     if cohort is None:
-        return run.finish(job, None, {"count": result.count})
+        return run.finish(job, None, {"count": result.count, **({"imports": result.imports} if result.imports else {})})
     # One key per attempt: a stale earlier claim finishing late cannot overwrite this one's bitmap.
     version_key = bitmaps.cohort_key(prefix, project["id"], cohort["id"], f"j{job['id']}a{job['attempts']}")
     payload = bitmaps.publish(run.redis, version_key, result.bitmap)
@@ -49,6 +50,31 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
     except BaseException:
         run.redis.delete(version_key)  # no version row will name it
         raise
+
+
+def check_backend(run: JobRun, engine: ProjectEngine) -> None:
+    """JobStopped not_allowed if the project's backend names an address the project may no longer contact."""
+    outbound = engine.backend.outbound()
+    if outbound:
+        # Checked at every run: an address allowed when the setting was written may have been denied since.
+        with db.connection(run.dsn) as conn:
+            problem = check_outbound(conn, run.settings, run.project["id"], outbound)
+        if problem:
+            raise JobStopped("not_allowed", f"{problem}; nothing was contacted")
+
+
+def tag_loader(run: JobRun):
+    """load_tag(tag_id) for tag leaves: the tag's published column (Redis cache, else the durable copy)."""
+    from cohort_engine.tag_column import TagColumn
+
+    prefix = run.settings.engine.key_prefix
+
+    def load_tag(tag_id: int):
+        payload = bitmaps.load_cached_payload(run.redis, bitmaps.cohort_key(prefix, run.project["id"], tag_id),
+                                              lambda: durable_bitmap(run, tag_id))
+        return None if payload is None else TagColumn.deserialize(payload)
+
+    return load_tag
 
 
 def durable_bitmap(run: JobRun, cohort_id: int) -> bytes | None:
@@ -61,8 +87,13 @@ def durable_bitmap(run: JobRun, cohort_id: int) -> bytes | None:
         return versions.published_bitmap(conn, cohort_id)
 
 
-def publish(run: JobRun, job: dict, definition_version: int, version_key: str, result, payload: bytes) -> dict:
-    """Record the version, mark the job succeed and, if it is the newest, publish it: one transaction."""
+def publish(run: JobRun, job: dict, definition_version: int, version_key: str, result, payload: bytes,
+            tag_meta: dict | None = None) -> dict:
+    """Record the version, mark the job succeed and, if it is the newest, publish it: one transaction.
+
+    result has count and timings; payload is the version's bytes (a cohort's bitmap, a tag's column,
+    whose layout and distribution are tag_meta).
+    """
     settings = run.settings
     prefix = settings.engine.key_prefix
     with db.connection(run.dsn) as conn:
@@ -74,7 +105,7 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
             raise JobStopped("superseded", "the cohort's definition changed while this job ran; "
                                            "the job for the new definition publishes instead")
         version = versions.insert_succeeded(conn, cohort["id"], definition_version, job["base_time"],
-                                            result.count, version_key)
+                                            result.count, version_key, tag_meta)
         # The durable copy commits with the version row: a version that exists survives Redis.
         versions.store_bitmap(conn, version["id"], payload)
         latest = versions.get(conn, cohort["latest_version_id"])
@@ -83,12 +114,14 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
         outcome = {"count": result.count, "version_id": version["id"], "published": is_newest,
                    "leaves": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()}
                               for t in result.timings]}
+        if getattr(result, "imports", None):  # a cohort's import leaves (a TagResult has none)
+            outcome["imports"] = result.imports
         # Also locks the job row, so the reaper cannot take the job before this commits.
         run.mark_succeeded(conn, outcome, version["id"])
         if is_newest:
             cohorts.set_latest_version(conn, cohort["id"], version["id"])
             bitmaps.publish(run.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
-                            result.bitmap, payload=payload)
+                            None, payload=payload)
         if job["kind"] == "cron":
             cohorts.record_outcome(conn, cohort["id"], False, settings.backoff_base, settings.backoff_max)
         expired = expire_old_versions(conn, settings, cohort["id"])

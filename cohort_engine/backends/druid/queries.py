@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from ...errors import EngineError
 from ...timewin import day_range, duration_before, resolve_window, to_utc_naive
-from ..rules import NEGATIONS, coerce
+from ...values import NEGATIONS, coerce_value
 from .settings import DruidSettings
 
 ETERNITY = "1000-01-01T00:00:00.000Z/3000-01-01T00:00:00.000Z"
@@ -206,7 +206,7 @@ class LeafQueries:
             return numeric_bound(column, upper=millis(since), upper_strict=True)
         if kind == "boolean" and cmp != "eq":
             raise EngineError("type_mismatch", f"{cmp} does not apply to boolean property {prop!r}")
-        typed = [coerce(v, kind, prop, self.tz) for v in values]
+        typed = [coerce_value(v, kind, prop, self.tz) for v in values]
         if kind == "boolean":
             matches = [self.boolean_match(f, v) for v in dict.fromkeys(typed)]
             return matches[0] if len(matches) == 1 else {"type": "or", "fields": matches}

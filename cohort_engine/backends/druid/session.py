@@ -17,7 +17,7 @@ from ...dictionary import UserKeyDictionary
 from ...druid.client import DruidClient
 from ...druid.protocol import DruidError
 from ...errors import EngineError
-from ..rules import ZERO_WHEN_ABSENT, holds
+from ...values import ZERO_WHEN_ABSENT, holds
 from .queries import ETERNITY, Catalog, LeafQueries
 from .settings import DruidSettings
 

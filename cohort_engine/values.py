@@ -1,12 +1,14 @@
-"""Leaf semantics every backend shares: negative comparators, zero-valued aggregates, value coercion."""
+"""Definition semantics shared by leaves, tags and every backend: negative comparators, zero-valued
+aggregates, aggregate comparisons, and converting a definition's values to a stored type
+(docs/definition.md "Types")."""
 
 from __future__ import annotations
 
 import operator
 from zoneinfo import ZoneInfo
 
-from ..errors import EngineError
-from ..timewin import parse_local, to_utc_naive
+from .errors import EngineError
+from .timewin import parse_local, to_utc_naive
 
 # A negative comparator is the complement of a positive one, so that users whose value is null
 # or who have no row at all match it (docs/definition.md: `ne` matches null/absent).
@@ -27,8 +29,8 @@ def holds(value, cmp: str, values: list) -> bool:
     return PY_OPERATORS[cmp](value, values[0])
 
 
-def coerce(value, kind: str, prop: str, tz: ZoneInfo):
-    """A definition value as the column's kind (times as naive UTC); EngineError `bad_value` if it is not one."""
+def coerce_value(value, kind: str, prop: str, tz: ZoneInfo):
+    """value as a number (float), string, boolean or time (naive UTC); EngineError bad_value if it is none."""
     try:
         if kind == "number":
             if isinstance(value, bool):
