@@ -330,3 +330,56 @@ class LeafQueries:
         return self.group_by(self.settings.events, intervals, filter_,
                              [key, {"type": "default", "dimension": time_column, "outputName": VALUE,
                                     "outputType": "LONG"}])
+
+    # -- per-user values (tags) and ID matching ------------------------------------------------
+
+    def metric(self, spec: dict) -> tuple[dict, int]:
+        """(query, index of the value in its array rows) of a metric tag's count/sum/min/max/avg per user.
+
+        The event leaf's groupBy without the comparison; min/max/avg keep only users with a non-null value.
+        """
+        intervals, filter_ = self.event_scope(spec["event"], spec.get("filter"), spec["window"])
+        aggregations, posts, guard = self.event_value(spec["agg"])
+        having = None if guard is None else {"type": "filter", "filter": guard}
+        query = self.group_by(self.settings.events, intervals, filter_, [self.settings.user_key], aggregations,
+                              having, post_aggregations=posts)
+        names = [a["name"] for a in aggregations] + [p["name"] for p in posts]
+        return query, 1 + names.index(VALUE)
+
+    def first_last(self, spec: dict) -> tuple[dict, Field]:
+        """(query, the property's field) of a first_last tag.
+
+        The built-in `time`: one row per user, its first (longMin) or last (longMax) time. Any other
+        property: one row per user and distinct non-null value, with that value's first or last time;
+        the caller picks each user's smallest (first) or largest (last) (time, value) pair, the ties
+        rule of docs/definition.md "Tags" (Druid's stringFirst/longLast leave ties unspecified).
+        """
+        intervals, filter_ = self.event_scope(spec["event"], spec.get("filter"), spec["window"])
+        f = self.field(spec["property"], self.catalog.events, "event")
+        how = "Min" if spec["which"] == "first" else "Max"
+        moment = {"type": f"long{how}", "name": MOMENT, "fieldName": self.settings.time_column}
+        key = self.settings.user_key
+        if spec["property"] == "time":
+            return self.group_by(self.settings.events, intervals, filter_, [key], [moment]), f
+        dimension = {"type": "default", "dimension": f.column, "outputName": VALUE, "outputType": output_type(f)}
+        return self.group_by(self.settings.events, intervals, all_of([filter_, negate(is_null(f.column))]),
+                             [key, dimension], [moment]), f
+
+    def match_profile(self, f: Field, texts: list[str]) -> dict:
+        """The (user key, value) rows of the profiles whose property is one of texts (canonical numbers for numbers)."""
+        dimension = {"type": "default", "dimension": f.column, "outputName": VALUE, "outputType": output_type(f)}
+        return self.group_by(self.settings.profiles, [ETERNITY], {"type": "in", "dimension": f.column, "values": texts},
+                             [self.settings.user_key, dimension])
+
+
+MOMENT = "moment"
+
+
+def output_type(f: Field) -> str:
+    """The groupBy output type that gives a property's values back typed (numbers, times, long booleans)."""
+    druid_type = f.druid_type.upper()
+    if druid_type == "LONG" or f.kind == "time":
+        return "LONG"
+    if druid_type in ("DOUBLE", "FLOAT"):
+        return "DOUBLE"
+    return "STRING"

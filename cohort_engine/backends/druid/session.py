@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,7 +20,8 @@ from ...druid.client import DruidClient
 from ...druid.protocol import DruidError
 from ...errors import EngineError
 from ...values import ZERO_WHEN_ABSENT, holds
-from .queries import ETERNITY, Catalog, LeafQueries
+from .. import UserValues
+from .queries import ETERNITY, NUMERIC_TYPES, Catalog, Field, LeafQueries, number_text
 from .settings import DruidSettings
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,61 @@ class DruidSession:
         keys = [k for k, t in last.items() if k in reached and t > reached[k]]
         return to_bitmap(self._encode(keys))
 
+    def user_values(self, spec: dict, ctx) -> UserValues:
+        """A metric or first_last tag's value per user (the Session protocol), from native queries paged by key."""
+        queries = self._queries(ctx)
+        if spec["kind"] == "metric":
+            fn = spec["agg"]["fn"]
+            if fn in ("count_distinct", "days"):
+                return self._pair_counts(queries.distinct_pairs(spec), 1 if fn == "days" else 0)
+            query, at = queries.metric(spec)
+            # A sum over only null values is null in Druid's SQL mode; the event leaf counts it as 0.
+            return self._keyed_values("number", query,
+                                      lambda row: 0.0 if row[at] is None else float(row[at]))
+        query, f = queries.first_last(spec)
+        convert = _converter(f)
+        if spec["property"] == "time":
+            return self._keyed_values("time", query, lambda row: None if row[1] is None else convert(row[1]))
+        return self._first_last(query, convert, spec["which"] == "first", f.kind)
+
+    def match_profile(self, column: str, values) -> tuple[np.ndarray, np.ndarray]:
+        """(index into values, uid) of the profiles whose property equals a value: `in` filters, MATCH_CHUNK values each."""
+        f = self.catalog.profiles.get(column)
+        if f is None or self.settings.profiles is None:
+            return np.empty(0, np.int64), np.empty(0, np.uint32)
+        queries = LeafQueries(self.settings, self.catalog, None, None)
+        if f.kind == "number":
+            # Each value read as a number ("7" and "7.0" both match 7), sent in the canonical text Druid parses.
+            wanted: dict = {}
+            for i, text in enumerate(values):
+                number = _decimal(text)
+                if number is not None:
+                    wanted.setdefault(number, []).append(i)
+            texts = [number_text(n) for n in wanted]
+            lookup = lambda v: wanted.get(float(v), ())  # noqa: E731
+        else:
+            wanted = {text: (i,) for i, text in enumerate(values)}
+            texts = list(wanted)
+            lookup = lambda v: wanted.get(v, ())  # noqa: E731
+        index: list[int] = []
+        uids: list[np.ndarray] = []
+        for start in range(0, len(texts), MATCH_CHUNK):
+            query = queries.match_profile(f, texts[start:start + MATCH_CHUNK])
+            for rows in self._pages(query):
+                keys, found = [], []
+                for key, value in rows:
+                    if key is None or value is None:
+                        continue
+                    for i in lookup(value):
+                        keys.append(key)
+                        found.append(i)
+                if keys:
+                    uids.append(self._encode(keys))
+                    index.extend(found)
+        if not uids:
+            return np.empty(0, np.int64), np.empty(0, np.uint32)
+        return np.asarray(index, dtype=np.int64), np.concatenate(uids).astype(np.uint32)
+
     def cancel(self) -> None:
         """Stop this session: every running query is cancelled on the broker (DELETE /druid/v2/{queryId})."""
         with self._lock:
@@ -162,7 +220,7 @@ class DruidSession:
             if isinstance(dim, str):
                 columns.append({"dimension": dim, "direction": "ascending", "dimensionOrder": "lexicographic"})
             else:
-                numeric = dim.get("outputType") == "LONG"
+                numeric = dim.get("outputType") in ("LONG", "DOUBLE", "FLOAT")
                 columns.append({"dimension": dim["outputName"], "direction": "ascending",
                                 "dimensionOrder": "numeric" if numeric else "lexicographic"})
         page, offset = self.settings.page_size, 0
@@ -227,10 +285,111 @@ class DruidSession:
             bitmap |= to_bitmap(self._encode(picked))
         return self.universe() - bitmap if zero_passes else bitmap
 
+    def _keyed_values(self, value_type: str, query: dict, value) -> UserValues:
+        """One value per row (its first dimension the user key) from value(row); rows whose value is None left out."""
+        keys, found = [], []
+        uid_parts, value_parts = [], []
+        for rows in self._pages(query):
+            for row in rows:
+                v = value(row)
+                if row[0] is not None and v is not None:
+                    keys.append(row[0])
+                    found.append(v)
+            uid_parts.append(self._encode(keys))
+            value_parts.append(_typed(value_type, found))
+            keys, found = [], []
+        return _user_values(value_type, uid_parts, value_parts)
+
+    def _pair_counts(self, query: dict, key_at: int) -> UserValues:
+        """count_distinct / days per user: the rows of each user counted, in key order, one page in memory."""
+        keys, counts = [], []
+        current, count = None, 0
+        uid_parts, value_parts = [], []
+        for rows in self._pages(query):
+            for row in rows:
+                key = row[key_at]
+                if key != current:
+                    if current is not None:
+                        keys.append(current)
+                        counts.append(float(count))
+                    current, count = key, 0
+                count += 1
+            # The page's last user may continue on the next page: it is settled there (or at the end).
+            uid_parts.append(self._encode(keys))
+            value_parts.append(_typed("number", counts))
+            keys, counts = [], []
+        if current is not None:
+            uid_parts.append(self._encode([current]))
+            value_parts.append(_typed("number", [float(count)]))
+        return _user_values("number", uid_parts, value_parts)
+
+    def _first_last(self, query: dict, convert, first: bool, value_type: str) -> UserValues:
+        """Each user's smallest (first) or largest (last) (time, value) pair of [key, value, time] rows in key order."""
+        keys, found = [], []
+        current, best = None, None
+        uid_parts, value_parts = [], []
+        for rows in self._pages(query):
+            for key, raw, moment in rows:
+                if key is None or raw is None or moment is None:
+                    continue
+                pair = (moment, convert(raw))
+                if key != current:
+                    if current is not None:
+                        keys.append(current)
+                        found.append(best[1])
+                    current, best = key, pair
+                elif (pair < best) if first else (pair > best):
+                    best = pair
+            uid_parts.append(self._encode(keys))
+            value_parts.append(_typed(value_type, found))
+            keys, found = [], []
+        if current is not None:
+            uid_parts.append(self._encode([current]))
+            value_parts.append(_typed(value_type, [best[1]]))
+        return _user_values(value_type, uid_parts, value_parts)
+
     def _encode(self, keys: list[str]) -> np.ndarray:
         """uint32 ids of user keys (new keys get ids), in bulk."""
         with db.connection(self.config.database_url) as conn:
             return UserKeyDictionary(conn, self.project.id).encode(keys)
+
+
+MATCH_CHUNK = 50_000  # values per `in` filter of match_profile: a bounded request, whatever the upload's size
+_DECIMAL = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _decimal(text: str) -> float | None:
+    """A value read as a decimal number, or None (not a number, or not finite)."""
+    if not _DECIMAL.fullmatch(text):
+        return None
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+def _converter(f: Field):
+    """Druid's answer for a property (as output_type asked it) -> the engine's value of its kind."""
+    if f.kind == "time":
+        return lambda v: int(v) * 1000  # LONG epoch ms -> microseconds
+    if f.kind == "number":
+        return float
+    if f.kind == "boolean":
+        if f.druid_type.upper() in NUMERIC_TYPES:
+            return lambda v: v != 0
+        return lambda v: str(v).lower() == "true"
+    return str
+
+
+def _typed(value_type: str, values: list) -> np.ndarray:
+    dtype = {"number": np.float64, "time": np.int64, "boolean": bool}.get(value_type, object)
+    return np.asarray(values, dtype=dtype) if values else np.empty(0, dtype)
+
+
+def _user_values(value_type: str, uid_parts: list, value_parts: list) -> UserValues:
+    """UserValues with ascending uids (keys arrive in key order; their uids are in dictionary order)."""
+    uids = np.concatenate(uid_parts).astype(np.uint32) if uid_parts else np.empty(0, np.uint32)
+    values = np.concatenate(value_parts) if value_parts else _typed(value_type, [])
+    order = np.argsort(uids, kind="stable")
+    return UserValues(value_type, uids[order], values[order])
 
 
 def druid_failure(exc: DruidError, settings: DruidSettings, query: dict) -> EngineError:
