@@ -359,6 +359,7 @@ def match(session, encode: Callable, keys: Sequence[str], column: str | None = N
     if not keys:
         return Match(BitMap(), 0, 0, 0, (np.empty(0, np.int64), np.empty(0, np.uint32)))
     if column is None:
+        session.register_keys(keys)  # a remote backend's users may not be in the dictionary yet
         ids = np.asarray(encode(list(keys), create=False), dtype=np.uint32)
         found = ids != MISSING
         unmatched = int(len(ids) - np.count_nonzero(found))

@@ -84,6 +84,14 @@ class Session(Protocol):
         match nobody). The caller checks that column is a string or number profile property.
         """
 
+    def register_keys(self, keys: Sequence[str]) -> None:
+        """Make sure the users among keys that the backend holds have ids in the project's dictionary.
+
+        Called before IDs are matched on the user key (docs/imports.md). The embedded store's users
+        are all in the dictionary (ingest encodes them): nothing to do. A remote backend learns keys
+        only from its answers, so it asks for these keys and encodes the ones it has.
+        """
+
     def user_values(self, spec: dict, ctx: EvalContext) -> UserValues:
         """Per-user values of a metric or first_last tag (docs/definition.md "Tags"), one query.
 

@@ -11,7 +11,7 @@ from core.data import cohorts, versions
 from core.jobs.retention import drop_bitmaps, expire_old_versions
 from core.jobs.runner import JobRun, JobStopped
 from core.services import imports
-from core.services.backends import check_outbound
+from core.services.backends import outbound_problem
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,13 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
 
 def check_backend(run: JobRun, engine: ProjectEngine) -> None:
     """JobStopped not_allowed if the project's backend names an address the project may no longer contact."""
-    outbound = engine.backend.outbound()
-    if outbound:
-        # Checked at every run: an address allowed when the setting was written may have been denied since.
-        with db.connection(run.dsn) as conn:
-            problem = check_outbound(conn, run.settings, run.project["id"], outbound)
-        if problem:
-            raise JobStopped("not_allowed", f"{problem}; nothing was contacted")
+    if not engine.backend.outbound():
+        return
+    # Checked at every run: an address allowed when the setting was written may have been denied since.
+    with db.connection(run.dsn) as conn:
+        problem = outbound_problem(conn, run.settings, engine)
+    if problem:
+        raise JobStopped("not_allowed", f"{problem}; nothing was contacted")
 
 
 def tag_loader(run: JobRun):

@@ -7,11 +7,19 @@ allowlist says which brokers a project may make us contact, whichever feature co
 
 from __future__ import annotations
 
-from cohort_engine.backends.druid.settings import BackendSettingError, DruidSettings, public_backend
-from core.data import projects, sugo_targets
-from core.errors import Invalid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["BackendSettingError", "check_outbound", "public_backend", "set_druid_backend"]
+from cohort_engine.backends.druid.settings import BackendSettingError, DruidSettings, public_backend
+from cohort_engine.errors import EngineError
+from core.data import projects, sugo_targets
+from core.errors import Conflict, Invalid, Unavailable
+
+__all__ = ["BackendSettingError", "backend_session", "check_outbound", "outbound_problem", "public_backend",
+           "set_druid_backend"]
+
+# Engine error codes of a backend that failed (not of the request): a web request answers 503 for them.
+BACKEND_FAILURES = ("backend_error", "backend_timeout", "backend_unavailable", "backend_config")
 
 
 def _own_addresses(settings) -> set[tuple[str, int]]:
@@ -41,6 +49,33 @@ def check_outbound(conn, settings, project_id: int, addresses: list[tuple[str, i
             return (f"broker {host}:{port} is not allowed for this project; allow it with python -m core.manage "
                     f"sugo-allow PROJECT --broker {host}:{port}")
     return None
+
+
+def outbound_problem(conn, settings, engine) -> str | None:
+    """Why the engine's backend may not contact its remote addresses now (None: it may, or it has none)."""
+    outbound = engine.backend.outbound()
+    return check_outbound(conn, settings, engine.project_id, outbound) if outbound else None
+
+
+@contextmanager
+def backend_session(conn, settings, engine) -> Iterator:
+    """The project's backend Session for a web request (closed after), its brokers checked first.
+
+    Conflict when a broker is no longer allowed (nothing contacted); a backend that fails (down,
+    timeout, refused query) is Unavailable, so the request answers 503 naming it, never 500.
+    """
+    problem = outbound_problem(conn, settings, engine)
+    if problem:
+        raise Conflict(f"the project's backend cannot be used: {problem}; nothing was contacted")
+    session = engine.open_session()
+    try:
+        yield session
+    except EngineError as exc:
+        if exc.code in BACKEND_FAILURES:
+            raise Unavailable(f"the project's backend failed: {exc.message}") from None
+        raise
+    finally:
+        session.close()
 
 
 def set_druid_backend(conn, settings, project_id: int, value: dict) -> dict:

@@ -30,6 +30,7 @@ from cohort_engine.tag_column import to_micros
 from cohort_engine.tag_definition import VALUE_TYPES, trees_of
 from core.data import sugo_targets, uploads
 from core.errors import Invalid
+from core.services.backends import BACKEND_FAILURES, backend_session
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +124,12 @@ def check_imports(conn, project: dict, settings, definition: dict) -> None:
     if "kind" in definition:  # a tag definition (cohort_engine.tag_definition)
         if definition["kind"] == "import":
             _check_tag_source(conn, project_id, definition)
-            check_match_columns(settings, project, {definition["source"].get("match")}, "definition.source.match")
+            check_match_columns(conn, settings, project, {definition["source"].get("match")}, "definition.source.match")
         for tree in trees_of(definition):
             check_imports(conn, project, settings, tree)
         return
     leaves = import_leaves(definition)
-    check_match_columns(settings, project, {leaf.get("match") for leaf in leaves}, "definition.match")
+    check_match_columns(conn, settings, project, {leaf.get("match") for leaf in leaves}, "definition.match")
     for leaf in leaves:
         if "upload_id" in leaf:
             upload = uploads.get(conn, project_id, leaf["upload_id"])
@@ -145,7 +146,7 @@ def check_imports(conn, project: dict, settings, definition: dict) -> None:
                 raise Invalid({f"definition.source.{field}": [str(exc)]}) from None
 
 
-def check_match_columns(settings, project: dict, columns: set, field: str) -> None:
+def check_match_columns(conn, settings, project: dict, columns: set, field: str) -> None:
     """Invalid unless each named match column is a string or number profile property of the project now."""
     columns = {c for c in columns if c}
     if not columns:
@@ -153,11 +154,8 @@ def check_match_columns(settings, project: dict, columns: set, field: str) -> No
     from cohort_engine.project import ProjectEngine  # loads DuckDB: only where IDs are matched
 
     engine = ProjectEngine(settings.engine, project["name"], project_id=project["id"], timezone=project["timezone"])
-    session = engine.open_session()
-    try:
+    with backend_session(conn, settings, engine) as session:
         known = session.columns()["profile"]
-    finally:
-        session.close()
     for column in sorted(columns):
         if column not in known:
             raise Invalid({field: [f"profile property {column!r} does not exist (profile properties: "
@@ -339,7 +337,7 @@ class ImportOutcome:
     upload: dict
 
 
-def match_counts(settings, project: dict, parsed: Parsed, match: str | None, keep_unmatched: bool) -> dict:
+def match_counts(conn, settings, project: dict, parsed: Parsed, match: str | None, keep_unmatched: bool) -> dict:
     """The upload's counts with its match against the users as they are now (Invalid: a bad match column)."""
     problem = imports.check_match_options(match, keep_unmatched)
     if problem:
@@ -347,13 +345,13 @@ def match_counts(settings, project: dict, parsed: Parsed, match: str | None, kee
     from cohort_engine.project import ProjectEngine  # loads DuckDB: only where IDs are matched
 
     engine = ProjectEngine(settings.engine, project["name"], project_id=project["id"], timezone=project["timezone"])
-    session = engine.open_session()
-    try:
-        found = imports.match(session, engine.encode, parsed.keys, match, keep_unmatched=False)
-    except EngineError as exc:
-        raise Invalid({"match": [exc.message]}) from None
-    finally:
-        session.close()
+    with backend_session(conn, settings, engine) as session:
+        try:
+            found = imports.match(session, engine.encode, parsed.keys, match, keep_unmatched=False)
+        except EngineError as exc:
+            if exc.code in BACKEND_FAILURES:
+                raise
+            raise Invalid({"match": [exc.message]}) from None
     unmatched_rows = found.unmatched_ids  # distinct IDs; their duplicates are counted apart
     users = len(found.bitmap) + (unmatched_rows if keep_unmatched else 0)
     counts = {**parsed.counts(), "matched_ids": found.matched_ids, "unmatched_ids": unmatched_rows,
@@ -385,7 +383,7 @@ def import_ids(service, chunks, *, kind: str = "cohort", match: str | None = Non
         raise Invalid({"kind": [f"{cohort['id']} is a {cohort.get('entity') or 'cohort'}, not a {kind}"]})
     service.check_broker()
     parsed = parse_upload(settings, chunks, kind, header=header, match=match, value_type=value_type)
-    counts = match_counts(settings, project, parsed, match, keep_unmatched)
+    counts = match_counts(service.conn, settings, project, parsed, match, keep_unmatched)
     upload = uploads.insert(service.conn, project["id"], parsed)
     if kind == "cohort":
         definition = {"type": "import", "upload_id": upload["id"], "match": match, "keep_unmatched": keep_unmatched,

@@ -21,6 +21,7 @@ from cohort_engine.tag_column import CATEGORICAL, TagColumn, cell_value, read_la
 from cohort_engine.tag_definition import BUILTIN_COLUMNS
 from core.data import jobs, versions
 from core.errors import Conflict, Invalid
+from core.services.backends import backend_session
 from core.services.cohorts import CohortService
 
 
@@ -61,11 +62,8 @@ class TagService(CohortService):
             return definition
         prop = definition["property"]
         try:
-            session = self.engine().open_session()
-            try:
+            with backend_session(self.conn, self.settings, self.engine()) as session:
                 columns = session.columns()["event"]
-            finally:
-                session.close()
         except EngineError as exc:
             raise Invalid({"definition.property": [f"the project's event columns cannot be read: {exc}"]}) from None
         if prop not in columns and prop not in BUILTIN_COLUMNS:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cohort_engine import imports
+from cohort_engine import db, imports
 from cohort_engine.imports import Limits, UploadError
 from cohort_engine.project import ProjectEngine
+
+from .backends.druid_broker import HttpBroker
+from .reference import create_project
 
 
 def chunked(data: bytes, size: int = 7):
@@ -130,14 +134,34 @@ PROFILES = {"u1": "A1", "u2": "A2", "u3": None, "u4": "A4", "u5": "A1"}  # u5 sh
 LEVELS = {"u1": 3, "u2": 7, "u3": 7, "u4": None, "u5": 1}
 
 
-@pytest.fixture
-def engine(engine_config, project, tmp_path):
+@pytest.fixture(params=["embedded", "druid"])
+def engine(request, engine_config, project, tmp_path):
+    """The profiles on each backend: the embedded store, or a Druid project reading them over HTTP.
+
+    The Druid side is the service's embedded broker (tests/cohort_engine/backends/druid_broker.py) over a
+    source project's store; the Druid project's own dictionary starts empty, as with a real cluster.
+    """
     name, project_id = project
-    engine = ProjectEngine(engine_config, name)
     pq.write_table(pa.table({"distinct_id": list(PROFILES), "#account_id": list(PROFILES.values()),
                              "level": pa.array(list(LEVELS.values()), pa.int64())}), tmp_path / "u.parquet")
-    engine.ingest_users(tmp_path / "u.parquet")
-    return engine
+    # One event (u2's): a Druid datasource without segments is a configuration error.
+    pq.write_table(pa.table({"distinct_id": ["u2"], "event": ["view"], "time": ["2024-03-01T10:00:00"]}),
+                   tmp_path / "e.parquet")
+    if request.param == "embedded":
+        engine = ProjectEngine(engine_config, name)
+        engine.ingest_users(tmp_path / "u.parquet")
+        yield engine
+        return
+    source = ProjectEngine(engine_config, create_project(engine_config.database_url, "UTC"))
+    source.ingest_users(tmp_path / "u.parquet")
+    source.ingest_events(tmp_path / "e.parquet")
+    broker = HttpBroker(engine_config, source.name)
+    with db.connection(engine_config.database_url) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE projects SET backend = %s WHERE id = %s", (json.dumps(broker.backend()), project_id))
+    engine = ProjectEngine(engine_config, name)
+    assert engine.info.kind == "druid"
+    yield engine
+    broker.close()
 
 
 def matched_keys(engine, found) -> set[str]:

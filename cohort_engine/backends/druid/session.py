@@ -158,6 +158,15 @@ class DruidSession:
             return np.empty(0, np.int64), np.empty(0, np.uint32)
         return np.asarray(index, dtype=np.int64), np.concatenate(uids).astype(np.uint32)
 
+    def register_keys(self, keys) -> None:
+        """Encode the keys the events or profiles datasource has (`in` filters on the user key, MATCH_CHUNK a query)."""
+        queries = LeafQueries(self.settings, None, None, None)  # users() needs no catalog
+        keys = list(dict.fromkeys(keys))
+        for datasource in filter(None, (self.settings.events, self.settings.profiles)):
+            for start in range(0, len(keys), MATCH_CHUNK):
+                wanted = {"type": "in", "dimension": self.settings.user_key, "values": keys[start:start + MATCH_CHUNK]}
+                self._users(queries.users(datasource, filter_=wanted))
+
     def cancel(self) -> None:
         """Stop this session: every running query is cancelled on the broker (DELETE /druid/v2/{queryId})."""
         with self._lock:

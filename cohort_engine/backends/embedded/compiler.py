@@ -65,6 +65,9 @@ class EmbeddedSession:
             self.con.unregister(name)
         return np.asarray(found["i"], dtype=np.int64), np.asarray(found["uid"], dtype=np.uint32)
 
+    def register_keys(self, keys) -> None:
+        """Nothing to do: every user of the store was encoded when it was ingested."""
+
     def user_values(self, spec: dict, ctx) -> UserValues:
         return _Compiler(self, ctx).user_values(spec)
 

@@ -116,3 +116,44 @@ def test_cancelling_the_job_cancels_its_running_broker_query(client, worker, dru
     assert job["status"] == "failed" and job["error_code"] == "cancelled", job
     running = [q["context"]["queryId"] for q in broker.queries if q["queryType"] == "groupBy"]
     assert broker.cancels == running[:1]
+
+
+def _upload(client, headers, body: bytes, **query):
+    return client.post("/api/v1/cohorts/import", query_string={"name": "imported", **query}, data=body,
+                       headers={**headers, "Content-Type": "text/csv"})
+
+
+def test_tags_and_id_imports_compute_through_the_broker(client, worker, druid_project, broker, database_url):
+    _, project_id, headers = druid_project
+    _allow(database_url, project_id, broker)
+    created = client.post("/api/v1/tags", headers=headers, json={"name": "pays", "definition": {
+        "kind": "metric", "event": "pay", "window": {"start": "2024-03-01", "end": "2024-03-01"}}})
+    assert created.status_code == 202, created.get_json()
+    assert _ended(client, headers, created.get_json()["job"]["id"])["status"] == "succeed"
+    values = client.get(f"/api/v1/tags/{created.get_json()['tag']['id']}/values", headers=headers)
+    rows = dict(line.split(",", 1) for line in values.get_data(as_text=True).splitlines()[1:])
+    # Everyone of the universe (profiles a, b, c and payer e) has a count; c paid nothing.
+    assert {k: float(v) for k, v in rows.items()} == {**{k: float(n) for k, n in PAYS.items()}, "c": 0.0}
+    # Matched on the profile property level: "3" and "5.0" are b and c; "x" is no number.
+    answer = _upload(client, headers, b"3\n5.0\nx\n", match="level")
+    assert answer.status_code == 202, answer.get_json()
+    assert (answer.get_json()["counts"]["matched_ids"], answer.get_json()["counts"]["unmatched_ids"]) == (2, 1)
+    job = _ended(client, headers, answer.get_json()["job"]["id"])
+    assert job["status"] == "succeed" and job["result"]["count"] == 2, job
+    members = client.get(f"/api/v1/cohorts/{answer.get_json()['cohort']['id']}/members", headers=headers)
+    assert sorted(members.get_data(as_text=True).split()) == ["b", "c"]
+
+
+def test_a_denied_broker_refuses_uploads_and_tag_saves_before_contacting_it(client, druid_project, broker, pg):
+    _, project_id, headers = druid_project
+    answer = _upload(client, headers, b"3\n", match="level")
+    assert answer.status_code == 409 and f"127.0.0.1:{broker.port}" in answer.get_json()["error"]
+    saved = client.post("/api/v1/tags", headers=headers, json={"name": "last_level", "definition": {
+        "kind": "first_last", "which": "last", "event": "*", "window": {"last": 7}, "property": "level"}})
+    assert saved.status_code == 409 and "sugo-allow" in saved.get_json()["error"]
+    with pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM uploads WHERE project_id = %s", (project_id,))
+        assert cur.fetchone()[0] == 0
+        cur.execute("SELECT count(*) FROM cohorts WHERE project_id = %s", (project_id,))
+        assert cur.fetchone()[0] == 0
+    assert broker.queries == []
