@@ -1,4 +1,4 @@
-"""The JSON each leaf kind becomes, against a hand-written fixture and Druid's documented query shapes."""
+"""The JSON each leaf and tag kind (and ID matching) becomes, against a hand-written fixture and Druid's documented query shapes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from cohort_engine.backends.druid.queries import Catalog, LeafQueries
 from cohort_engine.backends.druid.settings import BackendSettingError, DruidSettings, public_backend
 from cohort_engine.definition import parse_definition
 from cohort_engine.errors import EngineError
+from cohort_engine.tag_definition import parse_tag_definition
 
 from .druid_shapes import check_query
 
@@ -46,6 +47,15 @@ def test_each_leaf_kind_sends_the_documented_query(queries, name):
                                     _leaf({"type": "sequence", "steps": [case["step"]],
                                            "window": case["window"]})["steps"][0],
                                     case["window"], case["how"], case.get("after"))
+    elif "tag" in case:
+        tag = parse_tag_definition(case["tag"])
+        if tag["kind"] == "metric":
+            got, at = queries.metric(tag)
+            assert at == case["value_at"]  # where the value sits in the array rows [key, aggs..., posts...]
+        else:
+            got, _ = queries.first_last(tag)
+    elif "match" in case:
+        got = queries.match_profile(queries.catalog.profiles[case["match"]["property"]], case["match"]["texts"])
     elif case["leaf"]["type"] == "profile":
         got, complement = queries.profile(_leaf(case["leaf"]))
         assert complement is case["complement"]
