@@ -183,6 +183,7 @@ def druid_section(ctx: BenchContext) -> list[Row]:
                          f"{druid_seconds - embedded_seconds:.2f} s extra)")
         print(f"  druid cohort: {druid_seconds:.2f} s vs embedded {embedded_seconds:.2f} s; {row.note}", flush=True)
         rows.append(_sequence_row(embedded, druid, label))
+        rows.extend(_tag_rows(embedded, druid, label))
         rows.append(_key_rate(druid, broker))
     finally:
         broker.close()
@@ -213,6 +214,43 @@ def _key_rate(druid: ProjectEngine, broker: _Broker) -> Row:
                note=f"{client_seconds:.2f} s after the broker's {broker.seconds:.2f} s (end to end "
                     f"{len(bitmap) / seconds:,.0f} keys/s); JSON parse {timer.parse:.2f} s, dictionary encode "
                     f"{timer.encode:.2f} s, bitmap and HTTP the rest")
+
+
+# Tags through Session.user_values: one metric (one row per payer) and one first_last (pairs per user and value).
+TAGS = {
+    "metric tag (sum of price, pay, last 30 days)": {"kind": "metric", "event": "pay", "agg": {"fn": "sum", "property": "price"},
+                                                     "window": {"last": 30, "offset": 0, "unit": "day"}},
+    "first_last tag (last item_name, last 7 days)": {"kind": "first_last", "which": "last", "event": "*",
+                                                     "window": {"last": 7, "offset": 0, "unit": "day"},
+                                                     "property": "item_name", "type": "string"},
+}
+
+
+def _tag_rows(embedded: ProjectEngine, druid: ProjectEngine, label: str) -> list[Row]:
+    from cohort_engine.tag_definition import parse_tag_definition
+
+    rows = []
+    for name, raw in TAGS.items():
+        tag = parse_tag_definition(raw)
+        embedded_seconds, expected = _best_of(lambda t=tag: embedded.compute_tag(t, base_time=BASE_TIME), runs=1)
+        druid_seconds, got = _best_of(lambda t=tag: druid.compute_tag(t, base_time=BASE_TIME), runs=1)
+        want, have = _tag_map(embedded, expected.column), _tag_map(druid, got.column)
+        if have != want:
+            raise AssertionError(f"{name}: druid and embedded backends disagree ({len(have)} vs {len(want)} users)")
+        rows.append(Row(f"{name}, {label}: Druid backend", druid_seconds, "s", embedded_seconds,
+                        "embedded backend (one SQL statement)", note=f"same {len(have):,} (user, value) pairs"))
+    return rows
+
+
+def _tag_map(engine: ProjectEngine, column) -> dict:
+    """{user key: value} of a TagColumn; sums rounded to 1e-6 (added in another order, the last bits differ)."""
+    from cohort_engine.bitmaps import to_bitmap
+
+    found = {}
+    for uids, values in column.rows():
+        keys = engine.iter_keys(to_bitmap(uids))
+        found.update((k, round(v, 6) if isinstance(v, float) else v) for k, v in zip(keys, values, strict=True))
+    return found
 
 
 # Three steps in the last 7 days: the Druid backend fetches each step's per-user times and joins them here.
