@@ -109,16 +109,26 @@ class DruidSession:
         if spec["kind"] == "metric":
             fn = spec["agg"]["fn"]
             if fn in ("count_distinct", "days"):
-                return self._pair_counts(queries.distinct_pairs(spec), 1 if fn == "days" else 0)
+                keyed = self._by_user(queries.distinct_pairs(spec), 1 if fn == "days" else 0)
+                return self._collect("number", ((key, float(len(rows))) for key, rows in keyed))
             query, at = queries.metric(spec)
             # A sum over only null values is null in Druid's SQL mode; the event leaf counts it as 0.
-            return self._keyed_values("number", query,
-                                      lambda row: 0.0 if row[at] is None else float(row[at]))
+            return self._collect("number", ((key, 0.0 if rows[0][at] is None else float(rows[0][at]))
+                                            for key, rows in self._by_user(query)))
         query, f = queries.first_last(spec)
-        convert = _converter(f)
+        convert, first = _converter(f), spec["which"] == "first"
         if spec["property"] == "time":
-            return self._keyed_values("time", query, lambda row: None if row[1] is None else convert(row[1]))
-        return self._first_last(query, convert, spec["which"] == "first", f.kind)
+            return self._collect("time", ((key, None if rows[0][1] is None else convert(rows[0][1]))
+                                          for key, rows in self._by_user(query)))
+
+        def pick(rows):
+            # Rows [key, value, its first/last time]: the smallest / largest (time, value) pair (the ties rule).
+            pairs = [(moment, convert(raw)) for _, raw, moment in rows if raw is not None and moment is not None]
+            if not pairs:
+                return None
+            return (min(pairs) if first else max(pairs))[1]
+
+        return self._collect(f.kind, ((key, pick(rows)) for key, rows in self._by_user(query)))
 
     def match_profile(self, column: str, values) -> tuple[np.ndarray, np.ndarray]:
         """(index into values, uid) of the profiles whose property equals a value: `in` filters, MATCH_CHUNK values each."""
@@ -267,95 +277,43 @@ class DruidSession:
                     found[key] = moment
         return found
 
-    def _counted(self, query: dict, leaf: dict, zero_passes: bool) -> BitMap:
-        """count_distinct / days: rows per user counted here, in key order, one page in memory."""
-        key_at = 1 if leaf["agg"]["fn"] == "days" else 0
-        cmp, values = leaf["cmp"], leaf["values"]
-        picked: list[str] = []
-        current, count = None, 0
-        bitmap = BitMap()
-
-        def settle(key, n):
-            if key is not None and holds(n, cmp, values) != zero_passes:
-                picked.append(key)
-
+    def _by_user(self, query: dict, key_at: int = 0) -> Iterator[tuple[str, list[list]]]:
+        """(user key, its rows) of a groupBy answering in key order; one page (and one user's rows) in memory."""
+        current, group = None, []
         for rows in self._pages(query):
             for row in rows:
                 key = row[key_at]
+                if key is None:
+                    continue
                 if key != current:
-                    settle(current, count)
-                    current, count = key, 0
-                count += 1
-            if picked:
-                bitmap |= to_bitmap(self._encode(picked))
-                picked.clear()
-        settle(current, count)
-        if picked:
-            bitmap |= to_bitmap(self._encode(picked))
+                    if group:
+                        yield current, group
+                    current, group = key, []
+                group.append(row)  # a user's rows may continue on the next page
+        if group:
+            yield current, group
+
+    def _counted(self, query: dict, leaf: dict, zero_passes: bool) -> BitMap:
+        """count_distinct / days: rows per user counted here (the leaf's users, or its failures with zero_passes)."""
+        cmp, values = leaf["cmp"], leaf["values"]
+        keyed = self._by_user(query, 1 if leaf["agg"]["fn"] == "days" else 0)
+        hits = (key for key, rows in keyed if holds(len(rows), cmp, values) != zero_passes)
+        bitmap = BitMap()
+        for keys in _batches(hits, self.settings.page_size):
+            bitmap |= to_bitmap(self._encode(keys))
         return self.universe() - bitmap if zero_passes else bitmap
 
-    def _keyed_values(self, value_type: str, query: dict, value) -> UserValues:
-        """One value per row (its first dimension the user key) from value(row); rows whose value is None left out."""
-        keys, found = [], []
+    def _collect(self, value_type: str, pairs: Iterator[tuple[str, object]]) -> UserValues:
+        """UserValues of (user key, value) pairs (a None value left out), keys encoded page_size at a time."""
         uid_parts, value_parts = [], []
-        for rows in self._pages(query):
-            for row in rows:
-                v = value(row)
-                if row[0] is not None and v is not None:
-                    keys.append(row[0])
-                    found.append(v)
-            uid_parts.append(self._encode(keys))
-            value_parts.append(_typed(value_type, found))
-            keys, found = [], []
-        return _user_values(value_type, uid_parts, value_parts)
-
-    def _pair_counts(self, query: dict, key_at: int) -> UserValues:
-        """count_distinct / days per user: the rows of each user counted, in key order, one page in memory."""
-        keys, counts = [], []
-        current, count = None, 0
-        uid_parts, value_parts = [], []
-        for rows in self._pages(query):
-            for row in rows:
-                key = row[key_at]
-                if key != current:
-                    if current is not None:
-                        keys.append(current)
-                        counts.append(float(count))
-                    current, count = key, 0
-                count += 1
-            # The page's last user may continue on the next page: it is settled there (or at the end).
-            uid_parts.append(self._encode(keys))
-            value_parts.append(_typed("number", counts))
-            keys, counts = [], []
-        if current is not None:
-            uid_parts.append(self._encode([current]))
-            value_parts.append(_typed("number", [float(count)]))
-        return _user_values("number", uid_parts, value_parts)
-
-    def _first_last(self, query: dict, convert, first: bool, value_type: str) -> UserValues:
-        """Each user's smallest (first) or largest (last) (time, value) pair of [key, value, time] rows in key order."""
-        keys, found = [], []
-        current, best = None, None
-        uid_parts, value_parts = [], []
-        for rows in self._pages(query):
-            for key, raw, moment in rows:
-                if key is None or raw is None or moment is None:
-                    continue
-                pair = (moment, convert(raw))
-                if key != current:
-                    if current is not None:
-                        keys.append(current)
-                        found.append(best[1])
-                    current, best = key, pair
-                elif (pair < best) if first else (pair > best):
-                    best = pair
-            uid_parts.append(self._encode(keys))
-            value_parts.append(_typed(value_type, found))
-            keys, found = [], []
-        if current is not None:
-            uid_parts.append(self._encode([current]))
-            value_parts.append(_typed(value_type, [best[1]]))
-        return _user_values(value_type, uid_parts, value_parts)
+        for batch in _batches(((k, v) for k, v in pairs if v is not None), self.settings.page_size):
+            uid_parts.append(self._encode([k for k, _ in batch]))
+            value_parts.append(_typed(value_type, [v for _, v in batch]))
+        uids = np.concatenate(uid_parts).astype(np.uint32) if uid_parts else np.empty(0, np.uint32)
+        values = np.concatenate(value_parts) if value_parts else _typed(value_type, [])
+        # Keys arrive in key order, their uids in whatever order the dictionary gave them.
+        order = np.argsort(uids, kind="stable")
+        return UserValues(value_type, uids[order], values[order])
 
     def _encode(self, keys: list[str]) -> np.ndarray:
         """uint32 ids of user keys (new keys get ids), in bulk."""
@@ -393,12 +351,16 @@ def _typed(value_type: str, values: list) -> np.ndarray:
     return np.asarray(values, dtype=dtype) if values else np.empty(0, dtype)
 
 
-def _user_values(value_type: str, uid_parts: list, value_parts: list) -> UserValues:
-    """UserValues with ascending uids (keys arrive in key order; their uids are in dictionary order)."""
-    uids = np.concatenate(uid_parts).astype(np.uint32) if uid_parts else np.empty(0, np.uint32)
-    values = np.concatenate(value_parts) if value_parts else _typed(value_type, [])
-    order = np.argsort(uids, kind="stable")
-    return UserValues(value_type, uids[order], values[order])
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    """Lists of up to size items (itertools.batched, Python 3.12)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def druid_failure(exc: DruidError, settings: DruidSettings, query: dict) -> EngineError:
