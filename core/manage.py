@@ -1,8 +1,9 @@
-"""Service administration: `python -m core.manage set-token PROJECT TOKEN`, and each project's Sugo targets.
+"""Service administration: `python -m core.manage set-token PROJECT TOKEN`, and each project's outbound allowlist.
 
-    python -m core.manage sugo-allow PROJECT --redis host:port/db --hproxy host:port --broker host:port
-    python -m core.manage sugo-deny PROJECT --redis host:port/db ...   (or --all)
-    python -m core.manage sugo-targets PROJECT
+    python -m core.manage allow PROJECT --redis host:port/db --hproxy host:port --broker host:port --webhook host:port
+    python -m core.manage deny PROJECT --redis host:port/db ...   (or --all)
+    python -m core.manage targets PROJECT
+(sugo-allow, sugo-deny and sugo-targets are the same commands under their first names.)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import sys
 
 from cohort_engine import db
+from core import addresses
 from core.data import projects, sugo_targets
 from core.settings import Settings
 from dialects.sugo import schemas as dialect
@@ -25,6 +27,8 @@ def _target_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hproxy", action="append", default=[], metavar="HOST:PORT", help="repeatable")
     parser.add_argument("--broker", action="append", default=[], metavar="HOST:PORT",
                         help="a remote Druid broker; repeatable (the embedded /druid/v2 needs none)")
+    parser.add_argument("--webhook", action="append", default=[], metavar="HOST:PORT",
+                        help="an address the project's webhooks may call (http or https); repeatable")
 
 
 def _targets(args, settings: Settings) -> list[tuple[str, str, int, int]]:
@@ -40,6 +44,9 @@ def _targets(args, settings: Settings) -> list[tuple[str, str, int, int]]:
             if kind == "redis" and dialect.is_own(own, host, port, redis_db):
                 raise ValueError(f"--redis {text}: one of this service's own Redis databases (bitmaps, job "
                                  "broker) is never a Sugo target")
+            if kind == "webhook" and addresses.is_own(addresses.own_addresses(settings), host, port):
+                raise ValueError(f"--webhook {text}: one of this service's own stores (PostgreSQL, Redis) is never "
+                                 "a webhook target")
             found.append((kind, host, port, redis_db))
     return found
 
@@ -54,14 +61,15 @@ def main(argv=None) -> int:
     token = sub.add_parser("set-token", help="set (replace) the API token of a project")
     token.add_argument("project")
     token.add_argument("token")
-    allow = sub.add_parser("sugo-allow", help="allow Sugo targets for a project")
+    allow = sub.add_parser("sugo-allow", aliases=["allow"], help="allow outbound targets for a project")
     _target_flags(allow)
-    deny = sub.add_parser("sugo-deny", help="remove Sugo targets of a project")
+    deny = sub.add_parser("sugo-deny", aliases=["deny"], help="remove outbound targets of a project")
     _target_flags(deny)
-    deny.add_argument("--all", action="store_true", help="remove every Sugo target of the project")
-    listing = sub.add_parser("sugo-targets", help="list the Sugo targets of a project")
+    deny.add_argument("--all", action="store_true", help="remove every target of the project")
+    listing = sub.add_parser("sugo-targets", aliases=["targets"], help="list the outbound targets of a project")
     listing.add_argument("project")
     args = parser.parse_args(argv)
+    args.command = {"allow": "sugo-allow", "deny": "sugo-deny", "targets": "sugo-targets"}.get(args.command, args.command)
     settings = Settings.from_env()
     if args.command == "set-token" and len(args.token) < 8:
         print("a token needs at least 8 characters", file=sys.stderr)
@@ -87,7 +95,7 @@ def main(argv=None) -> int:
                 print(f"removed {sugo_targets.remove_all(conn, project['id'])} Sugo targets of {args.project}")
                 return 0
             if not targets:
-                print("name at least one --redis, --hproxy or --broker", file=sys.stderr)
+                print("name at least one --redis, --hproxy, --broker or --webhook", file=sys.stderr)
                 return 2
             change = sugo_targets.add if args.command == "sugo-allow" else sugo_targets.remove
             for target in targets:

@@ -63,6 +63,18 @@ class Settings:
     druid_max_response_bytes: int = 32 * 1024 * 1024
     druid_timeout_ms: int = 10_000
     druid_max_depth: int = 64
+    # POST /api/v1/cohorts/preview (docs/api.md): how long the request waits for its job before answering 202,
+    # the sample size when the body names none, and how long a finished preview job stays readable.
+    preview_wait_seconds: float = 3.0
+    preview_sample: int = 10
+    preview_keep_seconds: float = 3600.0
+    # Webhook deliveries (docs/webhooks.md): attempts, backoff base * 2^(n-1) capped at max, request timeout,
+    # and how overdue a pending delivery is before the sweeper resends it (its message was lost).
+    webhook_max_attempts: int = 6
+    webhook_backoff_base: float = 10.0
+    webhook_backoff_max: float = 600.0
+    webhook_timeout: float = 5.0
+    webhook_lost_after: float = 300.0
 
     @property
     def druid_limits(self):

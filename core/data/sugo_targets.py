@@ -1,17 +1,18 @@
-"""sugo_targets table: the Redis, hproxy and broker addresses each project's Sugo requests may name."""
+"""sugo_targets table: each project's outbound allowlist: the Redis, hproxy and broker addresses its Sugo requests
+may name, and the host:port its webhooks may call (kind webhook)."""
 
 from __future__ import annotations
 
 from psycopg2.extras import RealDictCursor
 
-KINDS = ("redis", "hproxy", "broker")
+KINDS = ("redis", "hproxy", "broker", "webhook")
 
 
-def for_project(conn, project_id: int) -> list[dict]:
-    """Every target of a project as {kind, host, port, db}, in a stable order."""
+def for_project(conn, project_id: int, kind: str | None = None) -> list[dict]:
+    """Every target of a project (of one kind, if given) as {kind, host, port, db}, in a stable order."""
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
-        cur.execute("SELECT kind, host, port, db FROM sugo_targets WHERE project_id = %s ORDER BY kind, host, port, db",
-                    (project_id,))
+        cur.execute("SELECT kind, host, port, db FROM sugo_targets WHERE project_id = %s AND (%s IS NULL OR kind = %s)"
+                    " ORDER BY kind, host, port, db", (project_id, kind, kind))
         return [dict(row) for row in cur.fetchall()]
 
 
