@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, jsonify, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from app import schemas
+from app.api import history, webhooks
 from app.input_rules import MAX_PATH_INT
 from cohort_engine.definition import MAX_COHORT_ID
 from core import dialects
@@ -24,6 +25,7 @@ ERROR_ANSWERS = {
     "404": "unknown id (or another project's), or no such route",
     "409": "conflicts with the current state (see the message)",
     "413": "request body larger than COHORTS_MAX_BODY_BYTES",
+    "422": "the computation ended failed (error_code and the job in the body)",
     "503": "PostgreSQL or Redis unreachable; nothing was written",
 }
 
@@ -127,6 +129,8 @@ def build_spec() -> dict:
     spec.path("/api/v1/jobs/{job_id}/cancel", operations={
         "post": _operation("Cancel: a computing job stops at its next leaf and ends failed/cancelled",
                            _responses("202", "Job", "cancel requested", "409"), [job_id])})
+    for add_paths in (history.add_paths, webhooks.add_paths):
+        add_paths(spec, sys.modules[__name__], cohort_id)
     # The enabled dialects' paths (Dialect(openapi="module:attr"), called as add_paths(spec, this module)).
     for dialect in dialects.enabled(current_app.config["SETTINGS"]):
         if dialect.openapi:
