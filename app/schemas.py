@@ -230,7 +230,7 @@ class DiffQuery(Schema):
 class PreviewSchema(Schema):
     project = fields.String(load_default=None, metadata={"description": "must match the token's project if given"})
     definition = DefinitionField(required=True, metadata=DEFINITION_DOC)
-    sample = fields.Integer(load_default=None, validate=validate.Range(min=0, max=100), metadata={
+    sample = fields.Integer(load_default=None, strict=True, validate=validate.Range(min=0, max=100), metadata={
         "description": "how many member keys to return (default COHORTS_PREVIEW_SAMPLE, 10)"})
 
 
@@ -303,8 +303,8 @@ class WebhookCreateSchema(Schema):
                        "(python -m core.manage allow PROJECT --webhook HOST:PORT)"})
     secret = fields.String(load_default=None, validate=WEBHOOK_SECRET, metadata={
         "description": "HMAC-SHA256 key of the X-Cohorts-Signature header (default: generated, shown once)"})
-    cohort_id = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=MAX_COHORT_ID),
-                               metadata={"description": "only this cohort's events (default: every cohort's)"})
+    cohort_id = fields.Integer(load_default=None, allow_none=True, strict=True,
+                               validate=validate.Range(min=1, max=MAX_COHORT_ID), metadata={"description": "only this cohort's events (default: every cohort's)"})
     events = fields.List(fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)), load_default=list(WEBHOOK_EVENTS),
                          validate=validate.Length(min=1, max=len(WEBHOOK_EVENTS)))
     active = StrictBoolean(load_default=True)
@@ -316,7 +316,7 @@ class WebhookPatchSchema(WebhookCreateSchema):
 
     url = fields.String(validate=WEBHOOK_URL)
     secret = fields.String(validate=WEBHOOK_SECRET)
-    cohort_id = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=MAX_COHORT_ID))
+    cohort_id = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1, max=MAX_COHORT_ID))
     events = fields.List(fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)),
                          validate=validate.Length(min=1, max=len(WEBHOOK_EVENTS)))
     active = StrictBoolean()

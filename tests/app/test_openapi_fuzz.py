@@ -23,7 +23,9 @@ STATUSES: Counter = Counter()
 # definition's fields (docs/definition.md) or the text forms of Sensors base times and crons, so
 # positive bodies of these may be answered 400.
 CROSS_FIELD_BODIES = {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}", "PATCH /api/v1/cohorts/{cohort_id}",
-                      "POST /segmenter/rule", "POST /segmenter/execute", "POST /segmenter/status"}
+                      "POST /segmenter/rule", "POST /segmenter/execute", "POST /segmenter/status",
+                      # and a webhook URL must be on the project's allowlist (state, not schema).
+                      "POST /api/v1/cohorts/preview", "POST /api/v1/webhooks", "PATCH /api/v1/webhooks/{webhook_id}"}
 
 
 @pytest.fixture
