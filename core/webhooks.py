@@ -76,11 +76,13 @@ def _iso(value):
     return value.isoformat() if value is not None else None
 
 
-def record(conn, project: dict, cohort: dict, event: str, *, version: dict | None, job: dict | None) -> list[int]:
+def record(conn, cohort: dict, event: str, *, version: dict | None, job: dict | None,
+           project: dict | None = None) -> list[int]:
     """Write one delivery per subscribed webhook for this event (uncommitted); the delivery ids to send."""
-    hooks = webhooks.subscribed(conn, project["id"], cohort["id"], event)
+    hooks = webhooks.subscribed(conn, cohort["project_id"], cohort["id"], event)
     if not hooks:
         return []
+    project = project or projects.by_id(conn, cohort["project_id"])
     version = version or {}
     payload = {
         "event": event, "project": project["name"], "cohort": cohort["id"], "cohort_name": cohort["name"],

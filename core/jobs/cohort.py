@@ -87,11 +87,13 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
         run.mark_succeeded(conn, outcome, version["id"])
         deliveries = []
         if is_newest:
-            version = record_change(conn, version, latest, result.bitmap)
+            if cohort.get("entity", "cohort") == "cohort":  # a tag version's payload is not a member bitmap
+                version = record_change(conn, version, latest, result.bitmap)
             cohorts.set_latest_version(conn, cohort["id"], version["id"])
             bitmaps.publish(run.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
                             result.bitmap, payload=payload)
-            deliveries = webhooks.record(conn, run.project, cohort, "version.published", version=version, job=job)
+            deliveries = webhooks.record(conn, cohort, "version.published", version=version, job=job,
+                                         project=run.project)
         if job["kind"] == "cron":
             cohorts.record_outcome(conn, cohort["id"], False, settings.backoff_base, settings.backoff_max)
         expired = expire_old_versions(conn, settings, cohort["id"])

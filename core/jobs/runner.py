@@ -129,8 +129,7 @@ def end_failed(conn, settings, job: dict, code: str, message: str, token: str | 
     if cohort is not None:
         version = versions.insert_failed(conn, cohort["id"], job["params"].get("definition_version", 0),
                                          job["base_time"], code, message, job=job)
-        ids = webhooks.record(conn, projects.by_id(conn, cohort["project_id"]), cohort, "job.failed", version=version,
-                              job={**job, "status": "failed"})
+        ids = webhooks.record(conn, cohort, "job.failed", version=version, job={**job, "status": "failed"})
         if outbox is not None:
             outbox.extend(ids)
         if job["kind"] == "cron":

@@ -64,6 +64,9 @@ def _bitmap(conn, redis, version: dict, field: str) -> BitMap:
 
 def diff(conn, redis, cohort: dict, from_id: int | None, to_id: int | None) -> VersionDiff:
     """The two versions named (to: default the published one; from: default the one published before `to`)."""
+    if cohort.get("entity", "cohort") != "cohort":
+        # A tag version's payload is a value column, not a member bitmap: its diff is a distribution diff.
+        raise Conflict(f"{cohort['id']} is a tag; the diff of tag versions (their distributions) is not built yet")
     if to_id is None:
         if cohort["latest_version_id"] is None:
             raise Conflict(f"cohort {cohort['id']} has no published version yet; name both from and to",

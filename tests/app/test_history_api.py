@@ -186,3 +186,15 @@ def test_preview_past_its_bound_answers_202_and_the_job_is_swept(service_setting
     wait_until(lambda: client.get(f"/api/v1/jobs/{job_id}", headers=headers).status_code == 404, timeout=20,
                what="the sweeper to delete the preview job")
     assert cohort_and_job_counts(database_url, project_id) == (0, 0)
+
+
+def test_preview_whose_job_fails_answers_422_with_its_error(client, worker, api_project, database_url):
+    _, project_id, headers = api_project
+    with db.connection(database_url) as conn, conn.cursor() as cur:
+        # A backend kind nobody registered: the job fails `unsupported` (a failure only the job can see).
+        cur.execute("UPDATE projects SET backend = '{\"kind\": \"nowhere\"}' WHERE id = %s", (project_id,))
+    answer = client.post("/api/v1/cohorts/preview", json={"definition": LEVEL_4}, headers=headers)
+    assert answer.status_code == 422, answer.get_json()
+    body = answer.get_json()
+    assert body["error_code"] == "unsupported" and body["job"]["status"] == "failed" and body["error"]
+    assert cohort_and_job_counts(database_url, project_id) == (0, 1)

@@ -83,3 +83,22 @@ def test_the_retired_operator_wide_allowlist_is_reported_when_set(caplog):
     with caplog.at_level("WARNING", logger="core.settings"):
         Settings.from_env({"COHORTS_SUGO_ALLOWED_HOSTS": "10.0.0.1:6379"})
     assert "COHORTS_SUGO_ALLOWED_HOSTS is no longer read" in caplog.text
+
+
+def test_webhook_targets_share_the_allowlist(env, project, database_url, capsys):
+    from urllib.parse import urlsplit
+
+    name, project_id = project
+    assert manage.main(["allow", name, "--webhook", "Hooks.Example.com:443", "--redis", "10.0.0.7:6379/2"]) == 0
+    assert manage.main(["targets", name]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == ["redis 10.0.0.7:6379/2", "webhook hooks.example.com:443"]
+    with db.connection(database_url) as conn:
+        assert sugo_targets.for_project(conn, project_id, "webhook") == [
+            {"kind": "webhook", "host": "hooks.example.com", "port": 443, "db": 0}]
+    # Any of the service's own stores (PostgreSQL too, on any loopback alias) is refused as a webhook target.
+    for url in (database_url, env.engine.redis_url):
+        parts = urlsplit(url)
+        assert manage.main(["allow", name, "--webhook", f"localhost:{parts.port}"]) == 2
+        assert "own stores" in capsys.readouterr().err
+    assert manage.main(["deny", name, "--webhook", "hooks.example.com:443"]) == 0
+    assert [t["kind"] for t in targets(database_url, project_id)] == ["redis"]
