@@ -16,7 +16,7 @@ class EmbeddedBackend(Backend):
 
     def __init__(self, project: ProjectInfo, config):
         super().__init__(project, config)
-        self.store = EventStore(config.store_dir, project.name, threads=config.threads)
+        self.store = EventStore(config.store_dir, project.name, config.duckdb_limits())
 
     def open(self) -> EmbeddedSession:
         return EmbeddedSession(self.store.snapshot())

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from pyroaring import BitMap
 
 from ...bitmaps import to_bitmap
+from ...config import DuckDBLimits
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,10 @@ class Manifest:
 class Snapshot:
     """One consistent view of the store: DuckDB views `events` and `users`, and the user universe."""
 
-    def __init__(self, root: Path, manifest: Manifest, threads: int | None = None):
+    def __init__(self, root: Path, manifest: Manifest, limits: DuckDBLimits | None = None):
         self.root = root
         self.manifest = manifest
-        self.threads = threads
+        self.limits = limits or DuckDBLimits()
         self._universe: BitMap | None = None
 
     @property
@@ -121,9 +122,7 @@ class Snapshot:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with `events` and `users` views over this snapshot."""
         con = duckdb.connect(":memory:")
-        con.execute("SET TimeZone = 'UTC'")
-        if self.threads:
-            con.execute(f"SET threads = {int(self.threads)}")
+        self.limits.apply(con)
         con.execute(_view_sql("events", [self.root / p for p in self.manifest.events], self.event_columns))
         users = [self.root / self.manifest.users] if self.manifest.users else []
         con.execute(_view_sql("users", users, self.user_columns))
@@ -144,9 +143,9 @@ def _view_sql(name: str, files: list[Path], columns: dict[str, str]) -> str:
 class EventStore:
     """The event store of one project under root/<project>."""
 
-    def __init__(self, root: str | os.PathLike, project: str, threads: int | None = None):
+    def __init__(self, root: str | os.PathLike, project: str, limits: DuckDBLimits | None = None):
         self.root = Path(root) / project
-        self.threads = threads
+        self.limits = limits or DuckDBLimits()
 
     @property
     def manifest_path(self) -> Path:
@@ -154,7 +153,7 @@ class EventStore:
 
     def snapshot(self) -> Snapshot:
         """The current committed state, for reading."""
-        return Snapshot(self.root, Manifest.load(self.manifest_path), self.threads)
+        return Snapshot(self.root, Manifest.load(self.manifest_path), self.limits)
 
     def is_empty(self) -> bool:
         manifest = Manifest.load(self.manifest_path)
@@ -191,7 +190,7 @@ class EventStore:
     def ingest_events(self, path: str | os.PathLike, encode_keys, tz: ZoneInfo, key_column: str = "distinct_id",
                       event_column: str = "event", time_column: str = "time") -> int:
         """Append the events of a CSV / JSON Lines / Parquet file; return the rows added."""
-        with self._writer() as manifest, _scratch(self.threads) as con:
+        with self._writer() as manifest, _scratch(self.limits) as con:
             lines, zoned = _load_source(con, path)
             source_cols = _columns(con, "src")
             for required in (key_column, event_column, time_column):
@@ -239,7 +238,7 @@ class EventStore:
 
     def ingest_users(self, path: str | os.PathLike, encode_keys, tz: ZoneInfo, key_column: str = "distinct_id") -> int:
         """Upsert user profiles by key: given columns replace stored values, others are kept."""
-        with self._writer() as manifest, _scratch(self.threads) as con:
+        with self._writer() as manifest, _scratch(self.limits) as con:
             lines, zoned = _load_source(con, path)
             source_cols = _columns(con, "src")
             if key_column not in source_cols:
@@ -302,13 +301,11 @@ class EventStore:
 
 
 @contextmanager
-def _scratch(threads):
+def _scratch(limits: DuckDBLimits):
     con = duckdb.connect(":memory:")
     try:
-        con.execute("SET TimeZone = 'UTC'")
+        limits.apply(con)
         con.execute("SET preserve_insertion_order = true")
-        if threads:
-            con.execute(f"SET threads = {int(threads)}")
         yield con
     finally:
         con.close()
