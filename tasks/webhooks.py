@@ -20,7 +20,7 @@ def deliver(self, delivery_id: int) -> None:
     try:
         retry_in = deliver_once(settings, delivery_id)
     except TRANSIENT as exc:
-        # PostgreSQL unreachable: nothing was recorded (or sent), so this try does not count.
+        # PostgreSQL unreachable: the attempt could not be recorded, so it does not count (at least once).
         log.warning("delivery=%s transient error, retrying: %s", delivery_id, exc)
         raise self.retry(countdown=settings.retry_delay, max_retries=self.request.retries + 1) from None
     if retry_in is not None:
