@@ -86,6 +86,8 @@ def record(conn, cohort: dict, event: str, *, version: dict | None, job: dict | 
     version = version or {}
     payload = {
         "event": event, "project": project["name"], "cohort": cohort["id"], "cohort_name": cohort["name"],
+        # Tags share the cohorts table's ids and versions (their versions have no entered / left).
+        "entity": cohort.get("entity", "cohort"),
         "version": version.get("id"), "definition_version": version.get("definition_version"),
         "base_time": _iso(version.get("base_time") or (job or {}).get("base_time")),
         "count": version.get("count"), "entered": version.get("entered_count"), "left": version.get("left_count"),

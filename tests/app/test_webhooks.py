@@ -82,9 +82,10 @@ def test_published_versions_are_delivered_signed(client, worker, api_project, da
         records = wait_final(client, headers, hook["id"], 2)
     assert [r.path for r in receiver.received] == ["/cohort-events"] * 2
     first, second = (verified(r, hook["secret"]) for r in receiver.received)
-    assert {k: first[k] for k in ("event", "project", "cohort", "version", "count", "entered", "left", "status",
-                                  "error_code", "job")} == {
-        "event": "version.published", "project": name, "cohort": cohort_id, "version": job1["result"]["version_id"],
+    assert {k: first[k] for k in ("event", "project", "entity", "cohort", "version", "count", "entered", "left",
+                                  "status", "error_code", "job")} == {
+        "event": "version.published", "project": name, "entity": "cohort", "cohort": cohort_id,
+        "version": job1["result"]["version_id"],
         "count": 3, "entered": 3, "left": 0, "status": "succeed", "error_code": None, "job": job1["id"]}
     # Entered and left as set differences of the two definitions' keys.
     assert (second["version"], second["count"], second["entered"], second["left"]) == (
