@@ -32,6 +32,11 @@ class TokenPolicy:
     fallback_setting: str | None = None
     # The 404 message when that project does not exist ({name} is its name).
     unknown_fallback: str = "project {name!r} does not exist"
+    # A header carrying the bare token (Ark's `token`); when sent, it is the token (before any Bearer token).
+    token_header: str | None = None
+    # A header naming the project, required with every call (Ark's `appKey`): the token's project's
+    # name or app key (projects.app_key), else 401. It names; the token proves.
+    project_header: str | None = None
 
 
 NATIVE = TokenPolicy()
@@ -59,11 +64,22 @@ def bearer_token() -> str:
 
 def current_project(policy: TokenPolicy = NATIVE) -> dict:
     """Resolve the request's project under policy into g.project, or raise 401 (404 for a missing fallback)."""
-    token = bearer_token() or (request.args.get("token", "").strip() if policy.query_token else "")
+    # The vendor's own header first: a client sending it means it (even empty), beside any Authorization header.
+    if policy.token_header and policy.token_header in request.headers:
+        token = request.headers[policy.token_header].strip()
+        if not token:
+            raise ApiError(401, f"empty {policy.token_header} header: send the project's API token")
+    else:
+        token = bearer_token() or (request.args.get("token", "").strip() if policy.query_token else "")
+    named = request.headers.get(policy.project_header, "").strip() if policy.project_header else None
+    if named == "":
+        raise ApiError(401, f"missing {policy.project_header} header: send the project's name or app key")
     if token:
         project = _project_for(token)
         if project is None:
             raise ApiError(401, "invalid token")
+        if named is not None and named not in (project["name"], project.get("app_key")):
+            raise ApiError(401, f"the token does not belong to the project {policy.project_header} {named!r} names")
     else:
         fallback = getattr(settings(), policy.fallback_setting) if policy.fallback_setting else ""
         if not fallback:

@@ -1,5 +1,8 @@
-"""Service administration: `python -m core.manage set-token PROJECT TOKEN`, and each project's outbound allowlist.
+"""Service administration: `python -m core.manage set-token PROJECT TOKEN`, daily refresh times, app keys, and
+each project's outbound allowlist.
 
+    python -m core.manage set-refresh-time PROJECT HH:MM   (local time in the project's zone; default 04:00)
+    python -m core.manage set-app-key PROJECT APP_KEY      (or --clear; the name Ark's appKey header may use)
     python -m core.manage allow PROJECT --redis host:port/db --hproxy host:port --broker host:port --webhook host:port
     python -m core.manage deny PROJECT --redis host:port/db ...   (or --all)
     python -m core.manage targets PROJECT
@@ -9,11 +12,15 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+
+import psycopg2
 
 from cohort_engine import db
 from core import addresses
-from core.data import projects, sugo_targets
+from core.crons import daily_cron, parse_daily_time
+from core.data import cohorts, projects, sugo_targets
 from core.settings import Settings
 from dialects.sugo import schemas as dialect
 from dialects.sugo.redis_targets import format_address
@@ -55,12 +62,31 @@ def _describe(kind: str, host: str, port: int, redis_db: int) -> str:
     return f"{kind} {format_address(host, port)}" + (f"/{redis_db}" if kind == "redis" else "")
 
 
+def _check_app_key(args) -> str | None:
+    """Why the set-app-key arguments are wrong, or None."""
+    if args.clear:
+        return "give an app key or --clear, not both" if args.app_key else None
+    if not args.app_key:
+        return "give an app key (or --clear)"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.app_key):
+        return "an app key is 1-64 letters, digits, '_', '.' or '-'"
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.manage")
     sub = parser.add_subparsers(dest="command", required=True)
     token = sub.add_parser("set-token", help="set (replace) the API token of a project")
     token.add_argument("project")
     token.add_argument("token")
+    refresh = sub.add_parser("set-refresh-time", help="set the local time of day at which the project's daily "
+                             "cohorts (Ark dynamic cohorts, ...) recompute")
+    refresh.add_argument("project")
+    refresh.add_argument("time", metavar="HH:MM")
+    app_key = sub.add_parser("set-app-key", help="set the app key the project answers to (Ark's appKey header)")
+    app_key.add_argument("project")
+    app_key.add_argument("app_key", nargs="?")
+    app_key.add_argument("--clear", action="store_true", help="remove the project's app key")
     allow = sub.add_parser("sugo-allow", aliases=["allow"], help="allow outbound targets for a project")
     _target_flags(allow)
     deny = sub.add_parser("sugo-deny", aliases=["deny"], help="remove outbound targets of a project")
@@ -74,12 +100,35 @@ def main(argv=None) -> int:
     if args.command == "set-token" and len(args.token) < 8:
         print("a token needs at least 8 characters", file=sys.stderr)
         return 2
+    if args.command == "set-refresh-time":
+        try:
+            args.time = parse_daily_time(args.time)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    if args.command == "set-app-key":
+        error = _check_app_key(args)
+        if error:
+            print(error, file=sys.stderr)
+            return 2
     with db.connection(settings.engine.database_url) as conn:
         project = projects.by_name(conn, args.project)
         if project is None:
             print(f"project {args.project!r} does not exist", file=sys.stderr)
             return 2
-        if args.command == "set-token":
+        if args.command == "set-refresh-time":
+            projects.set_daily_refresh_time(conn, project["id"], args.time)
+            moved = cohorts.set_daily_cron(conn, project["id"], daily_cron({"daily_refresh_time": args.time}))
+            print(f"daily refresh time of {args.project} set to {args.time} ({project['timezone']});"
+                  f" {moved} daily cohorts moved to it")
+        elif args.command == "set-app-key":
+            try:
+                projects.set_app_key(conn, project["id"], None if args.clear else args.app_key)
+            except psycopg2.errors.UniqueViolation:
+                print(f"app key {args.app_key!r} belongs to another project", file=sys.stderr)
+                return 2
+            print(f"app key of {args.project} " + ("cleared" if args.clear else f"set to {args.app_key}"))
+        elif args.command == "set-token":
             projects.set_token(conn, args.project, args.token)
             print(f"token set for project {args.project}")
         elif args.command == "sugo-targets":

@@ -6,18 +6,19 @@ from psycopg2.extras import Json, RealDictCursor
 
 COLUMNS = ("id, project_id, name, display_name, dialect, request_body, definition, definition_version, dynamic,"
            " cron, scheduler_running, last_fire_at, error_count, retry_after, owner, latest_version_id,"
-           " created_at, updated_at, schedule_error, schedule_error_at")
+           " created_at, updated_at, schedule_error, schedule_error_at, daily_refresh")
 
 
 def insert(conn, project_id: int, name: str, definition: dict, *, display_name=None, dialect="native",
-           request_body=None, dynamic=False, cron=None, scheduler_running=False, owner=None) -> dict:
+           request_body=None, dynamic=False, cron=None, scheduler_running=False, owner=None,
+           daily_refresh=False) -> dict:
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(
             "INSERT INTO cohorts (project_id, name, display_name, dialect, request_body, definition, dynamic, cron,"
-            " scheduler_running, owner) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " scheduler_running, owner, daily_refresh) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             f" RETURNING {COLUMNS}",
             (project_id, name, display_name, dialect, Json(request_body), Json(definition), dynamic, cron,
-             scheduler_running, owner))
+             scheduler_running, owner, daily_refresh))
         return cur.fetchone()
 
 
@@ -65,7 +66,7 @@ def update_definition(conn, cohort_id: int, definition: dict, request_body=None,
     sets = ["definition = %s", "definition_version = definition_version + 1", "updated_at = now()",
             "request_body = coalesce(%s, request_body)"]
     params = [Json(definition), Json(request_body) if request_body is not None else None]
-    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner"):
+    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner", "daily_refresh"):
         if column in fields:
             sets.append(f"{column} = %s")
             params.append(fields[column])
@@ -78,7 +79,7 @@ def update_settings(conn, cohort_id: int, request_body=None, **fields) -> dict:
     """Change name, display name, owner or schedule without touching the definition (no new definition_version)."""
     sets, params = ["updated_at = now()", "request_body = coalesce(%s, request_body)"], [
         Json(request_body) if request_body is not None else None]
-    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner"):
+    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner", "daily_refresh"):
         if column in fields:
             sets.append(f"{column} = %s")
             params.append(fields[column])
@@ -129,6 +130,14 @@ def due_for_schedule(conn) -> list[dict]:
         cur.execute(f"SELECT {COLUMNS} FROM cohorts WHERE dynamic AND scheduler_running AND cron IS NOT NULL"
                     " ORDER BY id FOR UPDATE SKIP LOCKED")
         return cur.fetchall()
+
+
+def set_daily_cron(conn, project_id: int, cron: str) -> int:
+    """Give the project's daily-refresh cohorts this cron (its new daily refresh time); how many changed."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE cohorts SET cron = %s WHERE project_id = %s AND daily_refresh AND cron IS DISTINCT FROM %s",
+                    (cron, project_id, cron))
+        return cur.rowcount
 
 
 def record_fire(conn, cohort_id: int, fire_time) -> None:

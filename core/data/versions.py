@@ -80,6 +80,16 @@ def get(conn, version_id: int | None) -> dict | None:
         return cur.fetchone()
 
 
+def by_ids(conn, version_ids) -> dict[int, dict]:
+    """{id: version row} of the given versions (those that exist)."""
+    ids = list(version_ids)
+    if not ids:
+        return {}
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT " + COLUMNS + " FROM cohort_versions WHERE id = ANY(%s)", (ids,))
+        return {row["id"]: row for row in cur.fetchall()}
+
+
 def bitmap_keys(conn, cohort_id: int) -> list[str]:
     with conn.cursor() as cur:
         cur.execute("SELECT bitmap_key FROM cohort_versions WHERE cohort_id = %s AND bitmap_key IS NOT NULL", (cohort_id,))

@@ -18,6 +18,7 @@ import psycopg2
 
 from cohort_engine import bitmaps
 from cohort_engine.definition import MAX_COHORT_ID, check_no_cycle
+from core.crons import daily_cron
 from core.data import cohorts, jobs, versions
 from core.errors import Conflict, DuplicateName, Forbidden, NotFound
 from core.queue import submit_cohort_job, time_partition
@@ -73,13 +74,19 @@ class CohortService:
 
     def create(self, name: str, definition: dict, *, dialect: str = "native", request_body=None,
                display_name=None, dynamic: bool = False, cron=None, scheduler_running: bool = False,
-               owner=None) -> dict:
-        """Check the definition and insert the cohort (uncommitted); DuplicateName if the name is taken."""
+               owner=None, daily_refresh: bool = False) -> dict:
+        """Check the definition and insert the cohort (uncommitted); DuplicateName if the name is taken.
+
+        daily_refresh: recompute it every day at the project's daily refresh time (overrides cron and
+        makes it dynamic and running); `core.manage set-refresh-time` moves such cohorts along.
+        """
         self.check_definition(None, definition)
+        if daily_refresh:
+            dynamic, cron, scheduler_running = True, daily_cron(self.project), True
         try:
             return cohorts.insert(self.conn, self.project["id"], name, definition, display_name=display_name,
                                   dialect=dialect, request_body=request_body, dynamic=dynamic, cron=cron,
-                                  scheduler_running=scheduler_running, owner=owner)
+                                  scheduler_running=scheduler_running, owner=owner, daily_refresh=daily_refresh)
         except psycopg2.errors.UniqueViolation:
             raise DuplicateName(name) from None
 
@@ -90,6 +97,8 @@ class CohortService:
         check: check a changed definition first (False when the caller checked it already).
         restart_schedule: a new or resumed cron fires from now on, not for the fires it missed.
         """
+        if cohort.get("daily_refresh") and "cron" in fields and fields["cron"] != cohort["cron"]:
+            fields = {**fields, "daily_refresh": False}  # a cron set by hand stops following the daily time
         redefine = definition != cohort["definition"]
         if redefine and check:
             self.check_definition(cohort["id"], definition)

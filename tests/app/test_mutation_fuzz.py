@@ -26,6 +26,11 @@ import pytest
 
 from cohort_engine.project import ProjectEngine
 from dialects.sensors.translate import LISTING_ONLY_FIELDS
+from tests.dialects.ark.seed import SEED_BODY as ARK_SEED_BODY
+from tests.dialects.ark.test_translate import FUNCTION_CASES as ARK_FUNCTION_CASES
+from tests.dialects.ark.test_translate import content as ark_content
+from tests.dialects.ark.test_translate import event as ark_event
+from tests.dialects.ark.test_translate import user as ark_user
 from tests.dialects.sensors.test_translate import (
     PROPERTY_CASES,
     SEED_RULE_BODY,
@@ -39,7 +44,7 @@ from tests.services import allow_sugo_targets, create_token_project, wait_until
 SEED = int(os.environ.get("COHORTS_FUZZ_SEED", "20261201"))
 SCALE = float(os.environ.get("COHORTS_FUZZ_SCALE", "1"))
 CASES = {group: int(n * SCALE) for group, n in {"native": 1000, "sensors": 1000, "partitions": 200, "sugo": 150,
-                                                 "druid": 150}.items()}
+                                                 "druid": 150, "ark": 150}.items()}
 ROOT = Path(__file__).resolve().parents[2]
 # The vendor documents: shared/seeds beside the checkout (as CI lays it out), else the workplace's.
 SEEDS_DIR = next((p for p in (Path(os.environ.get("COHORTS_SEEDS_DIR", ROOT.parent / "shared" / "seeds")),
@@ -138,6 +143,30 @@ def as_sensors(example) -> dict | None:
     if example.get("type") in SENSORS_NODE_TYPES:
         return sensors_rule({"type": "rules_relation", "relation": "and", "rules": [example]})
     return None
+
+
+def as_ark(example) -> dict | None:
+    """An Ark create body: the example itself, or an example `content` ({ruleGroup, relations}) wrapped in one."""
+    if isinstance(example, dict) and isinstance(example.get("content"), dict) and "ruleGroup" in example["content"]:
+        return example
+    if isinstance(example, dict) and "ruleGroup" in example:
+        return {"name": "ark", "dynamic": 0, "content": example}
+    return None
+
+
+def ark_test_bodies() -> list[dict]:
+    """Bodies built from the Ark dialect tests: every function on a user rule and a filter, every time form."""
+    users = [ark_user(f"user.{prop}", function, params) for function, params, _ in ARK_FUNCTION_CASES
+             for prop in ("level", "birthday", "city")]
+    filters = [ark_event(filter={"conditions": [{"expression": "event.pay.amount", "function": function,
+                                                 "params": params}], "relation": "AND"})
+               for function, params, _ in ARK_FUNCTION_CASES]
+    times = [ark_event(relative=relative) for relative in ("6,0,day", "7,1,day", "0 day", "1,0,week")] + [
+        ark_event("event.$Anything.channel", aggregator="REMOVE_DUMPLICATE", absolute=["2024-03-01", "2024-03-20"])]
+    groups = [users[:12], users[12:], filters, times]
+    return [{"name": "ark", "dynamic": n % 2, "content": ark_content((rules, "OR"), (times[:1], "AND"),
+                                                                     relations=["AND_NOT"] if n % 3 else [])}
+            for n, rules in enumerate(groups)]
 
 
 def redirect_hosts(value):
@@ -390,3 +419,30 @@ def test_sugo_and_druid_examples_mutated_get_no_5xx_and_no_internal_error(
     server_errors = [e for e in tally.server_errors
                      if not (e.startswith("POST /druid/v2 501 ") and '"error": "Unsupported operation"' in e)]
     assert not server_errors and not internal
+
+
+def test_ark_examples_mutated_get_no_5xx_and_no_internal_error(fuzz_client, fuzz_project, worker, pg, capsys):
+    project_id, token = fuzz_project
+    with pg.cursor() as cur:
+        cur.execute("SELECT name FROM projects WHERE id = %s", (project_id,))
+        headers = {"Authorization": f"Bearer {token}", "appKey": cur.fetchone()[0]}
+    pg.commit()
+    rnd = random.Random(SEED + 2)
+    tally = Tally()
+    seeds = [b for b in map(as_ark, doc_examples()) if b] + [copy.deepcopy(ARK_SEED_BODY)] + ark_test_bodies()
+    assert len(seeds) >= 6, len(seeds)
+    before = {row[0] for row in ended_jobs(pg, project_id)}
+    created = []
+    for n, (_, body) in enumerate(cases(seeds, "ark", rnd)):
+        if isinstance(body, dict) and isinstance(body.get("name"), str):
+            body["name"] = f"{body['name'][:60]}_{n}"
+        response = tally.send(fuzz_client, "post", "/uba/api/cohort", body, headers)
+        if response.status_code == 200:
+            created.append(response.get_json()["id"])
+    assert created
+    jobs = [row for row in wait_for_jobs(pg, project_id) if row[0] not in before]
+    bad = [row for row in jobs if row[3] in ("internal_error", "bad_definition")]
+    with capsys.disabled():
+        print(f"\nark fuzz: answers {dict(sorted(tally.statuses.items()))}, jobs {Counter(row[3] or row[2] for row in jobs)}")
+    assert not tally.server_errors, "\n".join(tally.server_errors[:10])
+    assert not bad, bad[:10]

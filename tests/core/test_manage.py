@@ -102,3 +102,48 @@ def test_webhook_targets_share_the_allowlist(env, project, database_url, capsys)
         assert "own stores" in capsys.readouterr().err
     assert manage.main(["deny", name, "--webhook", "hooks.example.com:443"]) == 0
     assert [t["kind"] for t in targets(database_url, project_id)] == ["redis"]
+
+
+def _daily_state(database_url, project_id):
+    with db.connection(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT daily_refresh_time FROM projects WHERE id = %s", (project_id,))
+        hhmm = cur.fetchone()[0]
+        cur.execute("SELECT name, cron FROM cohorts WHERE project_id = %s ORDER BY name", (project_id,))
+        return hhmm, dict(cur.fetchall())
+
+
+def test_set_refresh_time_moves_the_daily_cohorts_only(env, project, database_url, capsys):
+    from core.data import cohorts, projects
+    from core.services.cohorts import CohortService
+
+    name, project_id = project
+    tree = {"type": "ids", "keys": []}
+    with db.connection(database_url) as conn:
+        service = CohortService(conn, projects.by_name(conn, name), env)
+        service.create("daily", tree, daily_refresh=True)
+        cohorts.insert(conn, project_id, "hourly", tree, dynamic=True, cron="0 4 * * *", scheduler_running=True)
+    assert _daily_state(database_url, project_id) == ("04:00", {"daily": "0 4 * * *", "hourly": "0 4 * * *"})
+    assert manage.main(["set-refresh-time", name, "5:30"]) == 0
+    assert "1 daily cohorts moved" in capsys.readouterr().out
+    assert _daily_state(database_url, project_id) == ("05:30", {"daily": "30 5 * * *", "hourly": "0 4 * * *"})
+    assert manage.main(["set-refresh-time", name, "25:00"]) == 2
+    assert "HH:MM" in capsys.readouterr().err
+    assert _daily_state(database_url, project_id)[0] == "05:30"
+
+
+def test_set_app_key_is_unique_across_projects(env, project, database_url, capsys):
+    from tests.services import create_token_project
+
+    other, _, _ = create_token_project(database_url)
+    key = "ak" + project[0]
+    assert manage.main(["set-app-key", project[0], key]) == 0
+    assert manage.main(["set-app-key", other, key]) == 2
+    assert "belongs to another project" in capsys.readouterr().err
+    assert manage.main(["set-app-key", project[0], "bad key!"]) == 2
+    with db.connection(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT app_key FROM projects WHERE name = %s", (project[0],))
+        assert cur.fetchone()[0] == key
+    assert manage.main(["set-app-key", project[0], "--clear"]) == 0
+    with db.connection(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT app_key FROM projects WHERE name = %s", (project[0],))
+        assert cur.fetchone()[0] is None

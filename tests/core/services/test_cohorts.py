@@ -65,3 +65,14 @@ def test_domain_errors(service):
     cohorts.delete(cohorts.get(user["id"], lock=True))
     with pytest.raises(NotFound):
         cohorts.get(user["id"])
+
+
+def test_a_daily_cohort_follows_the_project_time_until_its_cron_is_set_by_hand(service):
+    cohorts, _ = service
+    daily = cohorts.create("daily", LEAF, daily_refresh=True)
+    assert (daily["cron"], daily["daily_refresh"], daily["dynamic"], daily["scheduler_running"]) == (
+        "0 4 * * *", True, True, True)
+    same = cohorts.update(daily, LEAF, None, {"cron": "0 4 * * *", "name": "daily"})
+    assert same["daily_refresh"] is True
+    moved = cohorts.update(same, LEAF, None, {"cron": "30 6 * * *"})
+    assert (moved["cron"], moved["daily_refresh"]) == ("30 6 * * *", False)
