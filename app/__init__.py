@@ -26,13 +26,15 @@ def create_app(config: dict | None = None):
     app.extensions["celery"] = app.config["CELERY"]
 
     from app import db, errors, input_rules
-    from app.api import docs, health, history, native, webhooks
+    from app.api import docs, health, history, imports, native, tags, webhooks
     from core import dialects
 
     db.init_app(app)
     errors.init_app(app)
     input_rules.init_app(app)
     app.register_blueprint(native.bp)
+    app.register_blueprint(imports.bp)
+    app.register_blueprint(tags.bp)
     app.register_blueprint(history.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)

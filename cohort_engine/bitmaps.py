@@ -52,13 +52,19 @@ def load_cached(redis, key: str, durable) -> BitMap | None:
     Redis is a cache of the published bitmaps (they are lost with a restart of a Redis without
     persistence). The refill only sets a missing key (NX): a publisher's newer bitmap is never replaced.
     """
+    payload = load_cached_payload(redis, key, durable)
+    return None if payload is None else BitMap.deserialize(payload)
+
+
+def load_cached_payload(redis, key: str, durable) -> bytes | None:
+    """The bytes under key, refilled from durable() on a miss as load_cached does (tag versions use it too)."""
     payload = redis.get(key)
     if payload is None:
         payload = durable()
         if payload is None:
             return None
         redis.set(key, payload, nx=True)
-    return BitMap.deserialize(payload)
+    return payload
 
 
 def is_member(redis, key: str, uid: int | None) -> bool:

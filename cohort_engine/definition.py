@@ -248,9 +248,63 @@ class CohortLeafSchema(Schema):
     cohort_id = fields.Integer(strict=True, required=True, validate=validate.Range(min=1, max=MAX_COHORT_ID))
 
 
+class TagLeafSchema(Schema):
+    """Users by the value of a tag's latest good version; comparators as for a property of the tag's type."""
+
+    type = fields.Constant("tag", required=True)
+    tag_id = fields.Integer(strict=True, required=True, validate=validate.Range(min=1, max=MAX_COHORT_ID))
+    cmp = fields.String(required=True, validate=validate.OneOf(PROPERTY_COMPARATORS))
+    values = fields.List(fields.Raw(allow_none=True), load_default=list)
+
+    @validates_schema
+    def _values_fit(self, data, **kwargs):
+        check_values(data["cmp"], data["values"])
+
+
 class IdsLeafSchema(Schema):
     type = fields.Constant("ids", required=True)
     keys = fields.List(fields.String(validate=validate.Length(min=1, max=512)), required=True)
+
+
+MAX_UPLOAD_ID = 2**63 - 1  # uploads ids are PostgreSQL bigints
+
+
+def _strict_bool(value) -> None:
+    if not isinstance(value, bool):
+        raise ValidationError("must be true or false")
+
+
+class ImportSourceSchema(Schema):
+    """Where a routine import re-reads its IDs: a path under the import directory, or a URL."""
+
+    path = fields.String(validate=validate.Length(min=1, max=1024))
+    url = fields.String(validate=validate.Length(min=1, max=2048))
+
+    @validates_schema
+    def _one(self, data, **kwargs):
+        if len(data) != 1:
+            raise ValidationError("give exactly one of path (under the import directory) or url", "_schema")
+
+
+class ImportLeafSchema(Schema):
+    """Users named by an ID import (docs/imports.md): an uploaded file by id, or a source re-read per compute."""
+
+    type = fields.Constant("import", required=True)
+    upload_id = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_UPLOAD_ID))
+    source = fields.Nested(ImportSourceSchema)
+    # A profile property the IDs are values of (ThinkingData's mainColumnName); none: the user key.
+    match = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=200))
+    keep_unmatched = fields.Raw(load_default=False, validate=_strict_bool)
+    header = fields.String(load_default="auto", validate=validate.OneOf(("auto", "true", "false")))
+
+    @validates_schema
+    def _one_origin(self, data, **kwargs):
+        if ("upload_id" in data) == ("source" in data):
+            raise ValidationError("give exactly one of upload_id (an uploaded file) or source (re-read on "
+                                  "every compute)", "upload_id")
+        if data.get("keep_unmatched") is True and data.get("match"):
+            raise ValidationError("keeping unmatched IDs as new users needs matching on the user key "
+                                  "(leave match out)", "keep_unmatched")
 
 
 LEAF_SCHEMAS = {
@@ -259,6 +313,8 @@ LEAF_SCHEMAS = {
     "sequence": SequenceLeafSchema,
     "cohort": CohortLeafSchema,
     "ids": IdsLeafSchema,
+    "import": ImportLeafSchema,
+    "tag": TagLeafSchema,
 }
 
 
@@ -358,14 +414,28 @@ def iter_leaves(node):
 
 
 def cohort_references(tree) -> set[int]:
-    """The cohort ids a tree refers to through `cohort` leaves."""
-    return {leaf["cohort_id"] for leaf in iter_leaves(tree) if leaf.get("type") == "cohort"}
+    """The ids a tree (or a tag definition) refers to through `cohort` and `tag` leaves.
+
+    Cohorts and tags share one id space (docs/tags.md), so one walk covers both kinds of edge.
+    """
+    if "kind" in tree:  # a tag definition: the trees of a values tag
+        trees = [v["definition"] for v in tree.get("values", [])] if tree.get("kind") == "values" else []
+    else:
+        trees = [tree]
+    return {leaf["cohort_id"] if leaf.get("type") == "cohort" else leaf["tag_id"]
+            for t in trees for leaf in iter_leaves(t) if leaf.get("type") in ("cohort", "tag")}
+
+
+def import_leaves(tree) -> list[dict]:
+    """The `import` leaves of a tree, left to right."""
+    return [leaf for leaf in iter_leaves(tree) if leaf.get("type") == "import"]
 
 
 def check_no_cycle(cohort_id: int | None, tree, load_definition) -> None:
-    """Reject a tree whose cohort references lead back to cohort_id or to a missing cohort.
+    """Reject a tree whose cohort or tag references lead back to cohort_id or to a missing cohort.
 
-    load_definition(id) returns the referenced cohort's canonical tree, or None if it does not exist.
+    load_definition(id) returns the referenced cohort's canonical tree (or tag's definition), or
+    None if it does not exist.
     """
     seen: set[int] = set()
     stack = [(ref, [ref]) for ref in sorted(cohort_references(tree))]

@@ -11,11 +11,13 @@ from zoneinfo import ZoneInfo
 
 from pyroaring import BitMap
 
+from . import imports
 from .backends import Session
 from .bitmaps import to_bitmap
 from .errors import EngineError
+from .tag_column import NEGATIONS
 
-__all__ = ["EngineError", "EvalContext", "Result", "count_steps", "evaluate"]
+__all__ = ["EngineError", "EvalContext", "Result", "count_steps", "evaluate", "evaluate_many"]
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +34,18 @@ class EvalContext:
     encode_keys: Callable[[list[str]], object] | None = None
     load_cohort: Callable[[int], BitMap | None] | None = None
     progress: Callable[[int, int], None] | None = None
+    # The distinct IDs of an `import` leaf (its stored upload, or its source read now).
+    load_import: Callable[[dict], list[str]] | None = None
+    # A tag's latest good version (a cohort_engine.tag_column.TagColumn), or None when it has none.
+    load_tag: Callable[[int], object | None] | None = None
 
 
 @dataclass
 class Result:
     bitmap: BitMap
     timings: list[dict] = field(default_factory=list)
+    # One entry per `import` leaf: its match counts (docs/imports.md).
+    imports: list[dict] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -50,7 +58,22 @@ def evaluate(tree: dict, ctx: EvalContext) -> Result:
         ctx = replace(ctx, base_time=ctx.base_time.replace(tzinfo=ctx.tz))
     evaluator = _Evaluator(ctx)
     bitmap = evaluator.node(tree, "")
-    return Result(bitmap, evaluator.timings)
+    return Result(bitmap, evaluator.timings, evaluator.imports)
+
+
+def evaluate_many(trees: list[dict], ctx: EvalContext, path: str = "") -> list[Result]:
+    """The member bitmaps of several trees in one walk (one progress scale), e.g. a values tag's rules."""
+    if ctx.base_time.tzinfo is None:
+        ctx = replace(ctx, base_time=ctx.base_time.replace(tzinfo=ctx.tz))
+    evaluator = _Evaluator(ctx)
+    evaluator.total = sum(count_steps(t) for t in trees)
+    if ctx.progress:
+        ctx.progress(0, evaluator.total)
+    results = []
+    for i, tree in enumerate(trees):
+        evaluator.timings = []
+        results.append(Result(evaluator.node(tree, f"{path}[{i}]"), evaluator.timings))
+    return results
 
 
 def count_steps(tree: dict) -> int:
@@ -68,6 +91,7 @@ class _Evaluator:
         self.total = 0
         self.done = 0
         self.timings: list[dict] = []
+        self.imports: list[dict] = []
 
     def step(self) -> None:
         self.done += 1
@@ -102,6 +126,10 @@ class _Evaluator:
             return self.leaf_ids(leaf)
         if kind == "cohort":
             return self.leaf_cohort(leaf)
+        if kind == "import":
+            return self.leaf_import(leaf)
+        if kind == "tag":
+            return self.leaf_tag(leaf)
         if kind in BACKEND_LEAVES:
             return getattr(self.ctx.session, kind)(leaf, self.ctx)
         raise EngineError("unsupported", f"leaf type {kind!r} is not supported")
@@ -119,3 +147,25 @@ class _Evaluator:
             raise EngineError("cohort_not_ready",
                               f"cohort {leaf['cohort_id']} has no computed version yet; compute it first")
         return bitmap
+
+    def leaf_import(self, leaf: dict) -> BitMap:
+        if self.ctx.load_import is None or self.ctx.encode_keys is None:
+            raise EngineError("unsupported", "import leaves need an import loader and a user-key dictionary")
+        keys = self.ctx.load_import(leaf)
+        found = imports.match(self.ctx.session, self.ctx.encode_keys, keys, leaf.get("match"),
+                              leaf.get("keep_unmatched", False))
+        origin = {"upload_id": leaf["upload_id"]} if "upload_id" in leaf else {"source": leaf["source"]}
+        self.imports.append({**origin, "ids": len(keys), **found.counts()})
+        if not len(found.bitmap):
+            by = f"profile property {leaf['match']!r}" if leaf.get("match") else "user key"
+            raise EngineError("import_no_match", f"none of the {len(keys)} imported IDs matched a user by {by}; "
+                                                 "check the file and the match column")
+        return found.bitmap
+    def leaf_tag(self, leaf: dict) -> BitMap:
+        column = self.ctx.load_tag(leaf["tag_id"]) if self.ctx.load_tag else None
+        if column is None:
+            raise EngineError("tag_not_ready", f"tag {leaf['tag_id']} has no computed version yet; compute it first")
+        positive = NEGATIONS.get(leaf["cmp"], leaf["cmp"])
+        hits = column.select(positive, leaf["values"], self.ctx.tz, self.ctx.base_time, f"tag {leaf['tag_id']}")
+        # A negative comparator is the universe minus its positive: users without a value match it.
+        return self.ctx.session.universe() - hits if positive != leaf["cmp"] else hits

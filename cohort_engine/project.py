@@ -14,6 +14,7 @@ from .config import EngineConfig
 from .dictionary import MISSING, UserKeyDictionary
 from .errors import EngineError
 from .evaluate import EvalContext, Result, evaluate
+from .tags import TagResult, compute_tag
 from .timewin import parse_base_time
 
 
@@ -85,21 +86,29 @@ class ProjectEngine:
     def ingest_users(self, path, **columns) -> int:
         return self.store.ingest_users(path, self.encode, self.tz, **columns)
 
-    def compute(self, tree: dict, base_time=None, load_cohort=None, progress=None) -> Result:
+    def compute(self, tree: dict, base_time=None, load_cohort=None, progress=None, load_tag=None,
+                load_import=None) -> Result:
         """Evaluate a validated canonical tree at base_time (default: now)."""
         session = self.open_session()
         try:
-            ctx = EvalContext(
-                session=session,
-                tz=self.tz,
-                base_time=parse_base_time(base_time, self.tz),
-                encode_keys=self.encode,
-                load_cohort=load_cohort,
-                progress=progress,
-            )
-            return evaluate(tree, ctx)
+            return evaluate(tree, self._context(session, base_time, load_cohort, progress, load_tag, load_import))
         finally:
             session.close()
+
+    def compute_tag(self, definition: dict, base_time=None, load_cohort=None, progress=None, load_tag=None,
+                    load_import=None) -> TagResult:
+        """Each user's value of a parsed tag definition at base_time (default: now)."""
+        session = self.open_session()
+        try:
+            ctx = self._context(session, base_time, load_cohort, progress, load_tag)
+            return compute_tag(definition, ctx, load_import=load_import)
+        finally:
+            session.close()
+
+    def _context(self, session, base_time, load_cohort, progress, load_tag, load_import=None) -> EvalContext:
+        return EvalContext(session=session, tz=self.tz, base_time=parse_base_time(base_time, self.tz),
+                           encode_keys=self.encode, load_cohort=load_cohort, progress=progress, load_tag=load_tag,
+                           load_import=load_import)
 
     def base_time(self, value) -> datetime:
         return parse_base_time(value, self.tz)

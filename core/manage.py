@@ -4,6 +4,7 @@ each project's outbound allowlist.
     python -m core.manage set-refresh-time PROJECT HH:MM   (local time in the project's zone; default 04:00)
     python -m core.manage set-app-key PROJECT APP_KEY      (or --clear; the name Ark's appKey header may use)
     python -m core.manage allow PROJECT --redis host:port/db --hproxy host:port --broker host:port --webhook host:port
+                                        --import host:port   (routine ID-import URLs, docs/imports.md)
     python -m core.manage deny PROJECT --redis host:port/db ...   (or --all)
     python -m core.manage targets PROJECT
 (sugo-allow, sugo-deny and sugo-targets are the same commands under their first names.)
@@ -34,6 +35,8 @@ def _target_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hproxy", action="append", default=[], metavar="HOST:PORT", help="repeatable")
     parser.add_argument("--broker", action="append", default=[], metavar="HOST:PORT",
                         help="a remote Druid broker; repeatable (the embedded /druid/v2 needs none)")
+    parser.add_argument("--import", action="append", default=[], metavar="HOST:PORT",
+                        help="a host routine ID imports may fetch http(s) URLs from; repeatable")
     parser.add_argument("--webhook", action="append", default=[], metavar="HOST:PORT",
                         help="an address the project's webhooks may call (http or https); repeatable")
 
@@ -76,6 +79,8 @@ def _check_app_key(args) -> str | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.manage")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("projects", help="list the projects: id (ThinkingData's projectId), name, time zone, daily "
+                   "refresh time")
     token = sub.add_parser("set-token", help="set (replace) the API token of a project")
     token.add_argument("project")
     token.add_argument("token")
@@ -111,6 +116,11 @@ def main(argv=None) -> int:
         if error:
             print(error, file=sys.stderr)
             return 2
+    if args.command == "projects":
+        with db.connection(settings.engine.database_url) as conn:
+            for row in projects.listing(conn):
+                print(f"{row['id']}\t{row['name']}\t{row['timezone']}\t{row['daily_refresh_time']}")
+        return 0
     with db.connection(settings.engine.database_url) as conn:
         project = projects.by_name(conn, args.project)
         if project is None:
@@ -144,7 +154,7 @@ def main(argv=None) -> int:
                 print(f"removed {sugo_targets.remove_all(conn, project['id'])} Sugo targets of {args.project}")
                 return 0
             if not targets:
-                print("name at least one --redis, --hproxy, --broker or --webhook", file=sys.stderr)
+                print("name at least one --redis, --hproxy, --broker, --import or --webhook", file=sys.stderr)
                 return 2
             change = sugo_targets.add if args.command == "sugo-allow" else sugo_targets.remove
             for target in targets:

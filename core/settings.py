@@ -54,6 +54,13 @@ class Settings:
     sugo_hproxy_backoff: float = 0.5
     # Largest request body read (docs/api.md); larger ones are answered 413 before they are read.
     max_body_bytes: int = 2 * 1024 * 1024
+    # ID imports (docs/imports.md): the largest upload body and row count (above max_body_bytes: the
+    # upload endpoints stream their body), the directory routine-import paths are confined to ("" =
+    # path sources off), and the connect/read timeout of a URL source.
+    import_max_bytes: int = 256 * 1024 * 1024
+    import_max_rows: int = 2_000_000
+    import_dir: str = ""
+    import_fetch_timeout: float = 30.0
     # /metrics: loopback clients only, unless a scraper sends this as a Bearer token (docs/jobs.md).
     metrics_token: str = ""
     # The embedded broker /druid/v2 (docs/druid.md "Limits"): time buckets, result rows and bytes,
@@ -63,6 +70,9 @@ class Settings:
     druid_max_response_bytes: int = 32 * 1024 * 1024
     druid_timeout_ms: int = 10_000
     druid_max_depth: int = 64
+    # ThinkingData /open answers (docs/dialects/thinkingdata.md "Errors"): 0 answers each error with the
+    # HTTP status of its kind; 200 answers every error 200, for clients whose HTTP library throws on 4xx.
+    thinkingdata_error_status: int = 0
     # POST /api/v1/cohorts/preview (docs/api.md): how long the request waits for its job before answering 202,
     # the sample size when the body names none, and how long a finished preview job stays readable.
     preview_wait_seconds: float = 3.0

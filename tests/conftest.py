@@ -88,6 +88,7 @@ TEST_BROKER_URL = os.environ.get("COHORTS_TEST_BROKER_URL", "redis://127.0.0.1:6
 def service_env(database_url, redis_url, tmp_path_factory) -> dict:
     """Environment for worker/beat subprocesses: test database, test Redis dbs, fast heartbeats."""
     store = tmp_path_factory.mktemp("service-store")
+    import_dir = tmp_path_factory.mktemp("import-dir")
     broker = redis_lib.Redis.from_url(TEST_BROKER_URL)
     broker.flushdb()
     broker.close()
@@ -97,6 +98,7 @@ def service_env(database_url, redis_url, tmp_path_factory) -> dict:
         "COHORTS_REDIS_URL": redis_url,
         "COHORTS_BROKER_URL": TEST_BROKER_URL,
         "COHORTS_STORE_DIR": str(store),
+        "COHORTS_IMPORT_DIR": str(import_dir),
         "COHORTS_KEY_PREFIX": "cohorts-test",
         "COHORTS_THREADS": "1",
         "COHORTS_HEARTBEAT_INTERVAL": "0.5",

@@ -104,6 +104,46 @@ def restart_redis(server: RedisServer) -> None:
 __all__ = ["PostgresServer", "postgres_server", "restart_redis", "standalone_server"]
 
 
+class ServedFile:
+    """A small real HTTP server answering GET with `body` (changeable), counting the requests it got.
+
+    Stands in for a customer's file server (routine ID imports, docs/imports.md).
+    """
+
+    def __init__(self, host: str = "127.0.0.1"):
+        import http.server
+        import threading
+
+        served = self
+        self.body = b""
+        self.status = 200
+        self.requests: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                served.requests.append(self.path)
+                self.send_response(served.status)
+                self.send_header("Content-Type", "text/csv")
+                self.send_header("Content-Length", str(len(served.body)))
+                self.end_headers()
+                self.wfile.write(served.body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.host, self.port = host, self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/ids.csv") -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @dataclass
 class Received:
     at: float  # time.monotonic() when the request arrived

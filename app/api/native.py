@@ -104,16 +104,19 @@ def patch_cohort(cohort_id):
     return change_cohort(cohort_id, data, None)
 
 
-def change_cohort(cohort_id: int, data: dict, body: dict | None):
-    """Apply the fields named in data (all of them for PUT); a changed definition gets a new job."""
-    service = cohort_service()
+def change_cohort(cohort_id: int, data: dict, body: dict | None, service=None, view=cohort_view, key="cohort"):
+    """Apply the fields named in data (all of them for PUT); a changed definition gets a new job.
+
+    service, view, key: the tag API changes tags with the same steps (app/api/tags.py).
+    """
+    service = service or cohort_service()
     service.check_project(data.get("project"))
     cohort = service.get(cohort_id, lock=True)
     merged = {field: data.get(field, cohort[field]) for field in EDITABLE}
     check_schedule(merged["dynamic"], merged["cron"])
     changed = {field: merged[field] for field in EDITABLE if merged[field] != cohort[field]}
     if not changed:
-        return jsonify({"cohort": cohort_view(cohort), "job": None}), 200
+        return jsonify({key: view(cohort), "job": None}), 200
     fields = {field: changed[field] for field in SETTING_FIELDS if field in changed}
     if "dynamic" in changed:
         fields["scheduler_running"] = merged["dynamic"]
@@ -124,10 +127,10 @@ def change_cohort(cohort_id: int, data: dict, body: dict | None):
     cohort = service.update(cohort, merged["definition"], request_body, fields, restart_schedule=restart)
     if "definition" not in changed:
         service.commit_and_enqueue([])
-        return jsonify({"cohort": cohort_view(cohort), "job": None}), 200
+        return jsonify({key: view(cohort), "job": None}), 200
     submitted = service.submit(cohort, "recalculate", supersede=True)
     service.commit_and_enqueue([submitted])
-    return jsonify({"cohort": cohort_view(cohort), "job": jobs.public(submitted[0])}), 202
+    return jsonify({key: view(cohort), "job": jobs.public(submitted[0])}), 202
 
 
 @bp.delete("/cohorts/<int:cohort_id>")

@@ -12,10 +12,11 @@ from __future__ import annotations
 import importlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+import numpy as np
 from pyroaring import BitMap
 
 from ..errors import EngineError
@@ -29,6 +30,19 @@ log = logging.getLogger(__name__)
 DEFAULT_KIND = "embedded"
 # Modules that register a backend when imported; a new backend adds its module here.
 BUILTIN_BACKENDS = ("cohort_engine.backends.embedded",)
+
+
+@dataclass
+class UserValues:
+    """Per-user values from a backend: unique ascending uint32 uids and aligned values (Session.user_values)."""
+
+    value_type: str
+    uids: np.ndarray
+    values: np.ndarray
+
+    def __post_init__(self):
+        if len(self.uids) != len(self.values):
+            raise ValueError("uids and values must have the same length")
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,34 @@ class Session(Protocol):
     def event(self, leaf: dict, ctx: EvalContext) -> BitMap: ...
 
     def sequence(self, leaf: dict, ctx: EvalContext) -> BitMap: ...
+
+    def match_profile(self, column: str, values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The users whose profile property `column` equals one of values (ID imports, docs/imports.md).
+
+        values are distinct strings. Returns two aligned arrays, (index into values as int64, uid as
+        uint32), one pair per matching user: a value may match several users, a user matches at most
+        one value (its property has one value). A string property compares as text, exactly; a number
+        property compares numerically with each value read as a number (values that are not numbers
+        match nobody). The caller checks that column is a string or number profile property.
+        """
+
+    def user_values(self, spec: dict, ctx: EvalContext) -> UserValues:
+        """Per-user values of a metric or first_last tag (docs/definition.md "Tags"), one query.
+
+        spec is a parsed tag definition (cohort_engine.tag_definition) of kind:
+        - "metric": {event, filter?, agg, window}: the event leaf's aggregate (same rows, same
+          functions, same window) for each user with at least one matching row, as float64. A user
+          whose aggregate is null (avg/min/max over no non-null value) is left out. Users without a
+          matching row are left out too: the engine adds the zeros of count/count_distinct/sum/days.
+        - "first_last": {which, event, filter?, window, property}: for each user with at least one
+          matching row whose `property` (a property, or the built-in `time` / `event`) is not null,
+          the property's value on the row that is smallest ("first") or largest ("last") by
+          (time, value): ties in time are broken by the value, so the answer is deterministic.
+        The answer's uids are unique and ascending; values align with them, typed by value_type:
+        number float64, time int64 microseconds since the epoch (UTC), boolean bool, string object
+        (str). value_type is the column's kind (first_last) or "number" (metric). Errors as for
+        leaves: EngineError unknown_property, type_mismatch (sum of a string), backend_error.
+        """
 
     def close(self) -> None: ...
 

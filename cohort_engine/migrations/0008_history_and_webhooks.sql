@@ -16,7 +16,8 @@ CREATE INDEX jobs_preview_finished ON jobs (finished_at) WHERE kind = 'preview';
 
 -- Webhook addresses share the per-project outbound allowlist (python -m core.manage allow --webhook host:port).
 ALTER TABLE sugo_targets DROP CONSTRAINT sugo_targets_kind_check;
-ALTER TABLE sugo_targets ADD CONSTRAINT sugo_targets_kind_check CHECK (kind IN ('redis', 'hproxy', 'broker', 'webhook'));
+ALTER TABLE sugo_targets ADD CONSTRAINT sugo_targets_kind_check
+    CHECK (kind IN ('redis', 'hproxy', 'broker', 'import', 'webhook'));
 
 -- Webhooks (docs/webhooks.md): per project, or per cohort when cohort_id is set.
 CREATE TABLE webhooks (

@@ -6,19 +6,25 @@ from psycopg2.extras import Json, RealDictCursor
 
 COLUMNS = ("id, project_id, name, display_name, dialect, request_body, definition, definition_version, dynamic,"
            " cron, scheduler_running, last_fire_at, error_count, retry_after, owner, latest_version_id,"
-           " created_at, updated_at, schedule_error, schedule_error_at, daily_refresh")
+           " created_at, updated_at, schedule_error, schedule_error_at, daily_refresh, entity, value_type")
+
+
+# The settings an update may change besides the definition.
+SETTING_COLUMNS = ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner", "daily_refresh",
+                   "value_type")
 
 
 def insert(conn, project_id: int, name: str, definition: dict, *, display_name=None, dialect="native",
            request_body=None, dynamic=False, cron=None, scheduler_running=False, owner=None,
-           daily_refresh=False) -> dict:
+           daily_refresh=False, entity="cohort", value_type=None) -> dict:
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(
             "INSERT INTO cohorts (project_id, name, display_name, dialect, request_body, definition, dynamic, cron,"
-            " scheduler_running, owner, daily_refresh) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " scheduler_running, owner, daily_refresh, entity, value_type)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             f" RETURNING {COLUMNS}",
             (project_id, name, display_name, dialect, Json(request_body), Json(definition), dynamic, cron,
-             scheduler_running, owner, daily_refresh))
+             scheduler_running, owner, daily_refresh, entity, value_type))
         return cur.fetchone()
 
 
@@ -36,16 +42,24 @@ def get_any(conn, cohort_id: int, lock: bool = False) -> dict | None:
 
 
 def definition_of(conn, project_id: int, cohort_id: int) -> dict | None:
-    """The canonical tree of a cohort of this project, or None."""
+    """The canonical tree of a cohort (or definition of a tag) of this project, or None."""
     with conn.cursor() as cur:
         cur.execute("SELECT definition FROM cohorts WHERE id = %s AND project_id = %s", (cohort_id, project_id))
         row = cur.fetchone()
     return None if row is None else row[0]
 
 
-def list_page(conn, project_id: int, *, status=None, limit=50, offset=0) -> tuple[int, list[dict]]:
-    """A page of cohorts with their latest version's status, newest first, and the total."""
-    where, params = ["c.project_id = %s"], [project_id]
+def entities_of(conn, project_id: int, ids) -> dict[int, tuple[str, str | None]]:
+    """{id: (entity, value_type)} of those of the ids that are this project's cohorts or tags."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, entity, value_type FROM cohorts WHERE project_id = %s AND id = ANY(%s)",
+                    (project_id, list(ids)))
+        return {r[0]: (r[1], r[2]) for r in cur.fetchall()}
+
+
+def list_page(conn, project_id: int, *, status=None, limit=50, offset=0, entity="cohort") -> tuple[int, list[dict]]:
+    """A page of cohorts (or tags) with their latest version's status, newest first, and the total."""
+    where, params = ["c.project_id = %s", "c.entity = %s"], [project_id, entity]
     if status:
         where.append("v.status = %s")
         params.append(status)
@@ -66,7 +80,7 @@ def update_definition(conn, cohort_id: int, definition: dict, request_body=None,
     sets = ["definition = %s", "definition_version = definition_version + 1", "updated_at = now()",
             "request_body = coalesce(%s, request_body)"]
     params = [Json(definition), Json(request_body) if request_body is not None else None]
-    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner", "daily_refresh"):
+    for column in SETTING_COLUMNS:
         if column in fields:
             sets.append(f"{column} = %s")
             params.append(fields[column])
@@ -79,7 +93,7 @@ def update_settings(conn, cohort_id: int, request_body=None, **fields) -> dict:
     """Change name, display name, owner or schedule without touching the definition (no new definition_version)."""
     sets, params = ["updated_at = now()", "request_body = coalesce(%s, request_body)"], [
         Json(request_body) if request_body is not None else None]
-    for column in ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner", "daily_refresh"):
+    for column in SETTING_COLUMNS:
         if column in fields:
             sets.append(f"{column} = %s")
             params.append(fields[column])
@@ -95,11 +109,11 @@ def id_by_name(conn, project_id: int, name: str) -> int | None:
     return None if row is None else row[0]
 
 
-def list_by_dialect(conn, project_id: int, dialect: str) -> list[dict]:
-    """The project's cohorts created through one dialect, oldest first."""
+def list_by_dialect(conn, project_id: int, dialect: str, entity: str = "cohort") -> list[dict]:
+    """The project's cohorts (or tags) created through one dialect, oldest first."""
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
-        cur.execute(f"SELECT {COLUMNS} FROM cohorts WHERE project_id = %s AND dialect = %s ORDER BY id",
-                    (project_id, dialect))
+        cur.execute(f"SELECT {COLUMNS} FROM cohorts WHERE project_id = %s AND dialect = %s AND entity = %s"
+                    " ORDER BY id", (project_id, dialect, entity))
         return cur.fetchall()
 
 
@@ -115,12 +129,13 @@ def delete(conn, project_id: int, cohort_id: int) -> bool:
 
 
 def referencing(conn, project_id: int, cohort_id: int) -> list[int]:
-    """Ids of this project's cohorts whose definition refers to cohort_id."""
+    """Ids of this project's cohorts and tags whose definition refers to cohort_id (a cohort or a tag leaf)."""
     with conn.cursor() as cur:
         cur.execute(
             "SELECT id FROM cohorts WHERE project_id = %s AND id <> %s"
-            " AND jsonb_path_exists(definition, 'strict $.**.cohort_id ? (@ == $id)', jsonb_build_object('id', %s))",
-            (project_id, cohort_id, cohort_id))
+            " AND (jsonb_path_exists(definition, 'strict $.**.cohort_id ? (@ == $id)', jsonb_build_object('id', %s))"
+            " OR jsonb_path_exists(definition, 'strict $.**.tag_id ? (@ == $id)', jsonb_build_object('id', %s)))",
+            (project_id, cohort_id, cohort_id, cohort_id))
         return [r[0] for r in cur.fetchall()]
 
 
@@ -167,3 +182,39 @@ def record_outcome(conn, cohort_id: int, failed: bool, backoff_base: float, back
                 (backoff_max, backoff_base, cohort_id))
         else:
             cur.execute("UPDATE cohorts SET error_count = 0, retry_after = NULL WHERE id = %s", (cohort_id,))
+
+
+def with_status(conn, project_id: int, dialect: str, *, cohort_id=None, name=None, name_contains=None,
+                body_values: dict | None = None, limit=None, offset=0) -> tuple[int, list[dict]]:
+    """A dialect's cohorts (oldest first) with their newest job (job_status, job_progress), latest published
+    version (users_num, refreshed_at, base_time) and number of computed versions, and the total.
+
+    name_contains: a case-insensitive substring of the name; body_values: {request_body field: [values]}.
+    """
+    where, params = ["c.project_id = %s", "c.dialect = %s"], [project_id, dialect]
+    if cohort_id is not None:
+        where.append("c.id = %s")
+        params.append(cohort_id)
+    if name is not None:
+        where.append("c.name = %s")
+        params.append(name)
+    if name_contains:
+        where.append("strpos(lower(c.name), lower(%s)) > 0")
+        params.append(name_contains)
+    for key, values in (body_values or {}).items():
+        where.append("c.request_body ->> %s = ANY(%s)")
+        params.extend([key, list(values)])
+    condition = " AND ".join(where)
+    page = "" if limit is None else " LIMIT %s OFFSET %s"
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"SELECT count(*) AS n FROM cohorts c WHERE {condition}", params)
+        total = cur.fetchone()["n"]
+        cur.execute(
+            f"SELECT {', '.join('c.' + c.strip() for c in COLUMNS.split(','))}, j.status AS job_status,"
+            " j.progress AS job_progress, v.count AS users_num, v.finished_at AS refreshed_at, v.base_time,"
+            " (SELECT count(*) FROM cohort_versions cv WHERE cv.cohort_id = c.id AND cv.status = 'succeed') AS versions"
+            " FROM cohorts c LEFT JOIN cohort_versions v ON v.id = c.latest_version_id"
+            " LEFT JOIN LATERAL (SELECT status, progress FROM jobs WHERE cohort_id = c.id ORDER BY id DESC LIMIT 1) j"
+            f" ON true WHERE {condition} ORDER BY c.id{page}",
+            params + ([] if limit is None else [limit, offset]))
+        return total, cur.fetchall()

@@ -51,3 +51,10 @@ def set_app_key(conn, project_id: int, app_key: str | None) -> None:
     """
     with conn.cursor() as cur:
         cur.execute("UPDATE projects SET app_key = %s WHERE id = %s", (app_key, project_id))
+
+
+def listing(conn) -> list[dict]:
+    """Every project, by id."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"SELECT {COLUMNS} FROM projects ORDER BY id")
+        return cur.fetchall()

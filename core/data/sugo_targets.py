@@ -1,11 +1,12 @@
-"""sugo_targets table: each project's outbound allowlist: the Redis, hproxy and broker addresses its Sugo requests
-may name, and the host:port its webhooks may call (kind webhook)."""
+"""sugo_targets table: each project's outbound allowlist: Sugo's Redis, hproxy and broker targets, the hosts
+routine ID imports may fetch from (kind `import`, docs/imports.md), and those its webhooks may call (kind `webhook`,
+docs/webhooks.md)."""
 
 from __future__ import annotations
 
 from psycopg2.extras import RealDictCursor
 
-KINDS = ("redis", "hproxy", "broker", "webhook")
+KINDS = ("redis", "hproxy", "broker", "import", "webhook")
 
 
 def for_project(conn, project_id: int, kind: str | None = None) -> list[dict]:

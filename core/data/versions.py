@@ -10,17 +10,44 @@ COLUMNS = ("id, cohort_id, definition_version, base_time, status, count, bitmap_
            " expired_at")
 
 
-def insert_succeeded(conn, cohort_id: int, definition_version: int, base_time, count: int, bitmap_key: str, *,
-                     job: dict | None = None, timings: list | None = None) -> dict:
-    """A computed version, with the job that wrote it (its id and first start) and its per-leaf timings."""
+def insert_succeeded(conn, cohort_id: int, definition_version: int, base_time, count: int, bitmap_key: str,
+                     tag_meta: dict | None = None, *, job: dict | None = None, timings: list | None = None) -> dict:
+    """A computed version (a tag's with its meta), with the job that wrote it (its id and first start) and its
+    per-leaf timings."""
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(
             "INSERT INTO cohort_versions (cohort_id, definition_version, base_time, status, count, bitmap_key,"
-            " finished_at, job_id, started_at, timings) VALUES (%s, %s, %s, 'succeed', %s, %s, now(), %s, %s, %s)"
-            " RETURNING " + COLUMNS,
-            (cohort_id, definition_version, base_time, count, bitmap_key, *_job_fields(job),
-             None if timings is None else Json(timings)))
+            " finished_at, tag_meta, job_id, started_at, timings)"
+            " VALUES (%s, %s, %s, 'succeed', %s, %s, now(), %s, %s, %s, %s) RETURNING " + COLUMNS,
+            (cohort_id, definition_version, base_time, count, bitmap_key, Json(tag_meta) if tag_meta else None,
+             *_job_fields(job), None if timings is None else Json(timings)))
         return cur.fetchone()
+
+
+def published_tag(conn, cohort_id: int) -> dict | None:
+    """The published version of a tag with its meta (layout, distribution), or None."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT " + ", ".join("v." + c.strip() for c in COLUMNS.split(",")) + ", v.tag_meta"
+                    " FROM cohorts c JOIN cohort_versions v ON v.id = c.latest_version_id"
+                    " WHERE c.id = %s AND v.tag_meta IS NOT NULL", (cohort_id,))
+        return cur.fetchone()
+
+
+def payload(conn, version_id: int) -> bytes | None:
+    """A version's whole durable payload (bitmap or tag column), or None when it has none (expired)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT bitmap FROM cohort_versions WHERE id = %s AND bitmap IS NOT NULL", (version_id,))
+        row = cur.fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def payload_range(conn, version_id: int, offset: int, length: int) -> bytes | None:
+    """length bytes of a version's durable payload from offset (0-based): EXTERNAL storage reads only those chunks."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT substring(bitmap FROM %s FOR %s) FROM cohort_versions WHERE id = %s AND bitmap IS NOT NULL",
+                    (offset + 1, length, version_id))
+        row = cur.fetchone()
+    return None if row is None else bytes(row[0])
 
 
 def insert_failed(conn, cohort_id: int, definition_version: int, base_time, code: str, message: str, *,

@@ -13,6 +13,7 @@ from core import webhooks
 from core.data import cohorts, versions
 from core.jobs.retention import drop_bitmaps, expire_old_versions
 from core.jobs.runner import JobRun, JobStopped
+from core.services import imports
 
 log = logging.getLogger(__name__)
 # A job computing a definition for POST /api/v1/cohorts/preview: no cohort, its result holds a sample of keys.
@@ -24,6 +25,10 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
     project, cohort = run.project, run.cohort
     if job["cohort_id"] and cohort is None:
         raise JobStopped("cohort_deleted", "the cohort was deleted before its job ran")
+    if cohort is not None and cohort["entity"] == "tag":
+        from core.jobs.tag import compute_tag  # the tag handler builds on this module (publish)
+
+        return compute_tag(run, job)
     definition = cohort["definition"] if cohort else job["params"]["definition"]
     definition_version = cohort["definition_version"] if cohort else 0
     engine = ProjectEngine(run.settings.engine, project["name"], project_id=project["id"],
@@ -34,10 +39,11 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
         return bitmaps.load_cached(run.redis, bitmaps.cohort_key(prefix, project["id"], cohort_id),
                                    lambda: durable_bitmap(run, cohort_id))
 
+    load_import = imports.loader(lambda: db.connection(run.dsn), project["id"], run.settings)
     result = engine.compute(parse_definition(definition), base_time=job["base_time"], load_cohort=load_cohort,
-                            progress=run.progress)
+                            progress=run.progress, load_import=load_import, load_tag=tag_loader(run))
     if cohort is None:
-        outcome = {"count": result.count}
+        outcome = {"count": result.count, **({"imports": result.imports} if result.imports else {})}
         if job["kind"] == PREVIEW_KIND:
             # The smallest ids: a stable sample (the first users the dictionary saw).
             outcome["sample"] = list(engine.iter_keys(result.bitmap[:job["params"].get("sample", 10)]))
@@ -52,6 +58,20 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
         raise
 
 
+def tag_loader(run: JobRun):
+    """load_tag(tag_id) for tag leaves: the tag's published column (Redis cache, else the durable copy)."""
+    from cohort_engine.tag_column import TagColumn
+
+    prefix = run.settings.engine.key_prefix
+
+    def load_tag(tag_id: int):
+        payload = bitmaps.load_cached_payload(run.redis, bitmaps.cohort_key(prefix, run.project["id"], tag_id),
+                                              lambda: durable_bitmap(run, tag_id))
+        return None if payload is None else TagColumn.deserialize(payload)
+
+    return load_tag
+
+
 def durable_bitmap(run: JobRun, cohort_id: int) -> bytes | None:
     """A referenced cohort's published bitmap from PostgreSQL (a Redis miss: Redis lost it)."""
     with db.connection(run.dsn) as conn:
@@ -62,8 +82,13 @@ def durable_bitmap(run: JobRun, cohort_id: int) -> bytes | None:
         return versions.published_bitmap(conn, cohort_id)
 
 
-def publish(run: JobRun, job: dict, definition_version: int, version_key: str, result, payload: bytes) -> dict:
-    """Record the version, mark the job succeed and, if it is the newest, publish it: one transaction."""
+def publish(run: JobRun, job: dict, definition_version: int, version_key: str, result, payload: bytes,
+            tag_meta: dict | None = None) -> dict:
+    """Record the version, mark the job succeed and, if it is the newest, publish it: one transaction.
+
+    result has count and timings; payload is the version's bytes (a cohort's bitmap, a tag's column,
+    whose layout and distribution are tag_meta).
+    """
     settings = run.settings
     prefix = settings.engine.key_prefix
     with db.connection(run.dsn) as conn:
@@ -76,13 +101,15 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
                                            "the job for the new definition publishes instead")
         leaves = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()} for t in result.timings]
         version = versions.insert_succeeded(conn, cohort["id"], definition_version, job["base_time"],
-                                            result.count, version_key, job=job, timings=leaves)
+                                            result.count, version_key, tag_meta, job=job, timings=leaves)
         # The durable copy commits with the version row: a version that exists survives Redis.
         versions.store_bitmap(conn, version["id"], payload)
         latest = versions.get(conn, cohort["latest_version_id"])
         is_newest = latest is None or (latest["definition_version"], latest["base_time"]) <= (
             definition_version, job["base_time"])
         outcome = {"count": result.count, "version_id": version["id"], "published": is_newest, "leaves": leaves}
+        if getattr(result, "imports", None):  # a cohort's import leaves (a TagResult has none)
+            outcome["imports"] = result.imports
         # Also locks the job row, so the reaper cannot take the job before this commits.
         run.mark_succeeded(conn, outcome, version["id"])
         deliveries = []
@@ -91,7 +118,7 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
                 version = record_change(conn, version, latest, result.bitmap)
             cohorts.set_latest_version(conn, cohort["id"], version["id"])
             bitmaps.publish(run.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
-                            result.bitmap, payload=payload)
+                            None, payload=payload)
             deliveries = webhooks.record(conn, cohort, "version.published", version=version, job=job,
                                          project=run.project)
         if job["kind"] == "cron":

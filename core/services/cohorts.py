@@ -22,10 +22,12 @@ from core.crons import daily_cron
 from core.data import cohorts, jobs, versions
 from core.errors import Conflict, DuplicateName, Forbidden, NotFound
 from core.queue import submit_cohort_job, time_partition
+from core.services import imports
+from core.services.references import check_leaf_targets
 
 log = logging.getLogger(__name__)
 
-SETTING_FIELDS = ("name", "display_name", "dynamic", "cron", "scheduler_running", "owner")
+SETTING_FIELDS = cohorts.SETTING_COLUMNS
 
 
 @dataclass
@@ -43,6 +45,8 @@ class CohortService:
     redis: Callable[[], Any] | None = field(default=None, kw_only=True)
     # What the API calls a cohort in its messages ("cohort", Sensors' "rule").
     noun: str = field(default="cohort", kw_only=True)
+    # The rows this service acts on: cohorts, or tags (core/services/tags.py; one table, docs/tags.md).
+    entity: str = field(default="cohort", kw_only=True)
 
     # -- reads and checks -----------------------------------------------------------------------------
 
@@ -50,7 +54,7 @@ class CohortService:
             field: str | None = None) -> dict:
         """The project's cohort (of that dialect, when named), or NotFound (naming field, when given)."""
         cohort = cohorts.get(self.conn, self.project["id"], cohort_id, lock=lock) if cohort_id <= MAX_COHORT_ID else None
-        if cohort is None or (dialect is not None and cohort["dialect"] != dialect):
+        if cohort is None or cohort["entity"] != self.entity or (dialect is not None and cohort["dialect"] != dialect):
             noun = noun or self.noun
             raise NotFound(f"{noun} {cohort_id} not found", {field: [f"no such {noun}"]} if field else None)
         return cohort
@@ -61,9 +65,11 @@ class CohortService:
             raise Forbidden(f"the token belongs to project {self.project['name']!r}, not {named!r}")
 
     def check_definition(self, cohort_id: int | None, definition: dict) -> None:
-        """Before writing a (new) definition: no cohort cycle (DefinitionError), and the broker answers."""
+        """Before writing a (new) definition: no cohort cycle (DefinitionError), imports it may read, the broker answers."""
         project_id = self.project["id"]
         check_no_cycle(cohort_id, definition, lambda ref: cohorts.definition_of(self.conn, project_id, ref))
+        imports.check_imports(self.conn, self.project, self.settings, definition)
+        check_leaf_targets(self.conn, project_id, definition)
         self.check_broker()
 
     def references(self, cohort_id: int) -> list[int]:
@@ -74,11 +80,12 @@ class CohortService:
 
     def create(self, name: str, definition: dict, *, dialect: str = "native", request_body=None,
                display_name=None, dynamic: bool = False, cron=None, scheduler_running: bool = False,
-               owner=None, daily_refresh: bool = False) -> dict:
+               owner=None, daily_refresh: bool = False, value_type=None) -> dict:
         """Check the definition and insert the cohort (uncommitted); DuplicateName if the name is taken.
 
         daily_refresh: recompute it every day at the project's daily refresh time (overrides cron and
         makes it dynamic and running); `core.manage set-refresh-time` moves such cohorts along.
+        value_type: a tag's (TagService).
         """
         self.check_definition(None, definition)
         if daily_refresh:
@@ -86,7 +93,8 @@ class CohortService:
         try:
             return cohorts.insert(self.conn, self.project["id"], name, definition, display_name=display_name,
                                   dialect=dialect, request_body=request_body, dynamic=dynamic, cron=cron,
-                                  scheduler_running=scheduler_running, owner=owner, daily_refresh=daily_refresh)
+                                  scheduler_running=scheduler_running, owner=owner, daily_refresh=daily_refresh,
+                                  entity=self.entity, value_type=value_type)
         except psycopg2.errors.UniqueViolation:
             raise DuplicateName(name) from None
 
@@ -157,7 +165,7 @@ class CohortService:
         """
         users = self.references(cohort["id"])
         if users:
-            raise Conflict(f"cohorts {users} refer to this {self.noun}; change or delete them first")
+            raise Conflict(f"cohorts or tags {users} refer to this {self.noun}; change or delete them first")
         keys = versions.bitmap_keys(self.conn, cohort["id"])
         keys.append(bitmaps.cohort_key(self.settings.engine.key_prefix, self.project["id"], cohort["id"]))
         cohorts.delete(self.conn, self.project["id"], cohort["id"])

@@ -53,6 +53,8 @@ TIME_FUNCTIONS = ("absolute_between", "relative_within", "relative_between")
 WINDOW_UNITS = ("day", "week", "month")
 DURATION_UNITS = ("minute", "hour", "day", "week", "month")
 COHORT_PREFIXES = ("segmenter_", "user_group_")
+# Sensors shows a user tag as a profile property named user_tag_<tag name> (docs/dialects/sensors.md).
+TAG_PREFIX = "user_tag_"
 ANY_EVENT = "$Anything"
 NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_]{0,99}"
 BASE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -369,6 +371,14 @@ class ProfileRuleSchema(_PropertyConditionSchema):
 
     @post_load
     def _to_canonical(self, data, **kwargs):
+        if re.fullmatch(rf"user\.{TAG_PREFIX}[^.]+", data["field"]):
+            tag_id = self._resolve(data["field"][len("user.") + len(TAG_PREFIX):], "tag")
+            try:
+                parts = _condition_parts(data["function"], data["params"])
+            except ValidationError as exc:
+                raise _params_error(exc) from None
+            return _conjunction([{"type": "tag", "tag_id": tag_id, "cmp": cmp, "values": values}
+                                 for cmp, values in parts])
         cohort_name, prop = self._parse_field(data["field"])
         condition = None
         if prop is not None:
@@ -405,10 +415,11 @@ class ProfileRuleSchema(_PropertyConditionSchema):
             return None, first
         return first[len(prefix):], second
 
-    def _resolve(self, name: str) -> int:
+    def _resolve(self, name: str, noun: str = "cohort") -> int:
+        # One resolver for both: cohorts and tags share names and ids; the save checks which one it is.
         cohort_id = self.resolve_cohort(name) if self.resolve_cohort else None
         if cohort_id is None:
-            raise ValidationError(f"no cohort named {name!r}", "field")
+            raise ValidationError(f"no {noun} named {name!r}", "field")
         return cohort_id
 
 
@@ -597,6 +608,39 @@ def _validate_type(value: int) -> None:
         raise ValidationError("must be one of: 0 (run once), 1 (routine), 5 (import once), 6 (import routine)")
 
 
+class ImportSchema(Schema):
+    """Where an import rule's IDs come from (docs/dialects/sensors.md "Import rules")."""
+
+    upload_id = fields.Integer(strict=True, metadata={"description": "type 5: a file stored by POST /api/v1/uploads"})
+    path = fields.String(metadata={"description": "type 6: a file under the service's import directory"})
+    url = fields.String(metadata={"description": "type 6: an http(s) URL allowed for the project"})
+    match = fields.String(load_default=None, allow_none=True,
+                          metadata={"description": "a profile property the IDs are values of; default the user key"})
+    keep_unmatched = StrictBoolean(load_default=False)
+    header = fields.String(load_default="auto", validate=validate.OneOf(("auto", "true", "false")))
+
+
+def import_definition(kind: int, spec: dict) -> dict:
+    """The canonical `import` leaf of a type 5 (upload_id) or type 6 (path or url) rule; ValidationError."""
+    origins = [name for name in ("upload_id", "path", "url") if name in spec]
+    wanted = ("upload_id",) if kind == IMPORT_ONCE else ("path", "url")
+    if len(origins) != 1 or origins[0] not in wanted:
+        raise ValidationError({"import": ["type 5 (import once) takes upload_id, a file stored by POST "
+                                          "/api/v1/uploads" if kind == IMPORT_ONCE else
+                                          "type 6 (routine import) re-reads a source on its cron: give path "
+                                          "(under the import directory) or url (allowed for the project)"]})
+    leaf = {"type": "import", "match": spec["match"], "keep_unmatched": spec["keep_unmatched"],
+            "header": spec["header"]}
+    if kind == IMPORT_ONCE:
+        leaf["upload_id"] = spec["upload_id"]
+    else:
+        leaf["source"] = {origins[0]: spec[origins[0]]}
+    try:
+        return parse_definition(leaf)
+    except DefinitionError as exc:
+        raise ValidationError({"import": [m for messages in exc.errors.values() for m in messages]}) from None
+
+
 class SegmenterRuleSchema(_DialectSchema):
     """Body of POST /segmenter/rule; loads to the body plus `definition` (canonical tree, or None for imports)."""
 
@@ -610,6 +654,7 @@ class SegmenterRuleSchema(_DialectSchema):
     dir_id = fields.Integer(strict=True, allow_none=True)
     scheduler = fields.Nested(SchedulerSchema)
     content = fields.Raw(load_default=None)
+    import_ = fields.Nested(ImportSchema, data_key="import", load_default=None)
 
     @pre_load
     def _drop_listing_fields(self, data, **kwargs):
@@ -644,6 +689,13 @@ class SegmenterRuleSchema(_DialectSchema):
             if content is not None and not (isinstance(content, dict) and not content.get("rules")):
                 errors["content"] = ["import cohorts (type 5, 6) take their members from imported files;"
                                      " leave content out or give it no rules"]
+            if data.get("import_") is not None:
+                try:
+                    data["definition"] = import_definition(kind, data["import_"])
+                except ValidationError as exc:
+                    errors.update(exc.messages)
+        elif data.get("import_") is not None:
+            errors["import"] = ["only import rules (type 5, 6) take an import"]
         elif content is None:
             errors["content"] = ["Missing data for required field."]
         else:

@@ -16,11 +16,13 @@ from app.auth import TokenPolicy, require_project
 from app.db import get_db
 from app.errors import ApiError
 from app.services import cohort_service
-from cohort_engine.definition import DefinitionError
+from cohort_engine.definition import DefinitionError, import_leaves
 from core.data import cohorts, jobs
-from core.errors import DuplicateName
+from core.errors import DuplicateName, Invalid
 from dialects.sensors.translate import (
     BASE_TIME_FORMAT,
+    IMPORT_ONCE,
+    IMPORT_ROUTINE,
     IMPORT_TYPES,
     ROUTINE,
     RUN_ONCE,
@@ -31,14 +33,15 @@ from dialects.sensors.translate import (
 bp = Blueprint("sensors", __name__, url_prefix="/segmenter")
 
 DIALECT = "sensors"
-# Import cohorts (types 5, 6) get their members from imported files; until an import exists the
-# stored tree is an empty id list, which the execute endpoint refuses to compute.
+# Import cohorts (types 5, 6) saved without an `import` (the body field naming their IDs' upload or
+# source) are stored with an empty id list, which the execute endpoint refuses to compute.
 IMPORT_DEFINITION = {"type": "ids", "keys": []}
 # The seed's error_code is an integer; our job error codes are names. 0 = no error.
 ERROR_CODES = {
     "internal_error": 1, "timeout": 2, "worker_lost": 3, "backend_unavailable": 4, "backend_error": 5,
     "cancelled": 6, "superseded": 7, "cohort_deleted": 8, "claim_lost": 9, "bad_definition": 10,
     "unknown_property": 11, "type_mismatch": 12, "bad_value": 13, "cohort_not_ready": 14, "unsupported": 15,
+    "import_no_match": 16, "import_bad_rows": 17, "import_source_error": 18, "import_missing": 19,
 }
 UNKNOWN_ERROR_CODE = 99
 
@@ -125,8 +128,9 @@ def save_rule():
     kind, cohort_id, name = data["type"], data["id"], data["name"]
     definition = data["definition"] or IMPORT_DEFINITION
     scheduler = data.get("scheduler") or {}
-    # Import-routine cohorts (6) have nothing to recompute until imports exist, so only type 1 is scheduled.
-    cron = scheduler.get("cron_expression") if kind == ROUTINE else None
+    # A routine import (6) is scheduled once it names a source to re-read; without one it is stored only.
+    importing = data["definition"] is not None and kind in IMPORT_TYPES
+    cron = scheduler.get("cron_expression") if kind == ROUTINE or (kind == IMPORT_ROUTINE and importing) else None
     running = bool(cron and scheduler.get("running"))
     fields = {"name": name, "display_name": data["cname"], "dynamic": cron is not None, "cron": cron,
               "scheduler_running": running}
@@ -147,8 +151,12 @@ def save_rule():
         raise ValidationError({"content": [m for messages in exc.errors.values() for m in messages]}) from None
     except DuplicateName:
         raise duplicate_name(name) from None
+    except Invalid as exc:
+        # The import's checks name canonical paths (definition.upload_id, definition.source.url).
+        raise ValidationError({"import." + path.rsplit(".", 1)[-1]: messages
+                               for path, messages in (exc.errors or {}).items()}) from None
     base_time, submitted = None, []
-    if kind == RUN_ONCE:
+    if kind == RUN_ONCE or (kind == IMPORT_ONCE and importing):
         base_time = datetime.now(zone()).replace(microsecond=0)
         submitted.append(rules.submit(cohort, job_kind, base_time, supersede=True))
     elif running:
@@ -169,9 +177,10 @@ def requested_partitions():
 def execute():
     targets = []
     for path, cohort, wanted in requested_partitions():
-        if rule_type(cohort) in IMPORT_TYPES:
-            raise ApiError(409, f"segmenter rule {cohort['id']} is an import cohort; it has no rules to compute",
-                           errors={path: ["import cohorts (type 5, 6) are not computed from rules"]})
+        if rule_type(cohort) in IMPORT_TYPES and not import_leaves(cohort["definition"]):
+            raise ApiError(409, f"segmenter rule {cohort['id']} is an import cohort without an import; save it with "
+                                "`import` (docs/dialects/sensors.md) to compute it",
+                           errors={path: ["import cohorts (type 5, 6) are computed from their `import`"]})
         targets.append((cohort, list(wanted.values())))
     service().execute_partitions(targets)
     return jsonify({})

@@ -8,16 +8,18 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
-from app.auth import MISSING_TOKEN, TokenPolicy
+from app.auth import MISSING_TOKEN, TokenPolicy, require_project
 from app.auth import current_project as resolve_project
 from app.db import check_broker, get_db, settings
 from app.errors import ApiError
 from app.services import send_jobs, wait_for
 from cohort_engine.broker import DataSources, respond_query
 from core.data import jobs, sugo_targets
+from core.services.tags import TagService
 from dialects.sugo import schemas as dialect
+from dialects.sugo import tag_push
 from dialects.sugo.broker_queries import QUERY_TYPES
 
 log = logging.getLogger(__name__)
@@ -148,3 +150,21 @@ def druid_cancel(query_id):
 def druid_datasources():
     current_project()
     return druid_response(200, sorted(dialect.datasource_mapping(settings(), "").keys()))
+
+
+@bp.post("/api/v1/tags/<int:tag_id>/push/sugo")
+@require_project
+def push_tag(tag_id):
+    """Push the tag's published version to an hproxy as one column (202 with the job; docs/tags.md)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", errors={"_body": ["not a JSON object"]})
+    data = tag_push.TagPushSchema().load(body)
+    service = TagService(get_db(), g.project, settings(), check_broker=check_broker, send=send_jobs)
+    tag = service.get(tag_id)
+    version = service.published(tag)
+    tag_push.check_hosts(data, dialect.targets_for(settings(), sugo_targets.for_project(get_db(), g.project["id"])))
+    check_broker()
+    job = tag_push.submit(get_db(), g.project, tag, version, data, settings())
+    service.commit_and_enqueue([(job, True)])
+    return jsonify({"job": jobs.public(job), "version_id": version["id"]}), 202

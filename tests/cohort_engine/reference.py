@@ -79,12 +79,14 @@ class Reference:
     """Evaluate canonical trees over a Dataset at one base time in one time zone."""
 
     def __init__(self, data: Dataset, tz: tzinfo, base_time: datetime,
-                 load_cohort: Callable[[int], set[str] | None] | None = None):
+                 load_cohort: Callable[[int], set[str] | None] | None = None,
+                 load_tag: Callable[[int], tuple[str, dict] | None] | None = None):
         assert base_time.tzinfo is not None
         self.data = data
         self.tz = tz
         self.base = instant(base_time)
         self.load_cohort = load_cohort
+        self.load_tag = load_tag
         self.universe = data.universe()
         self.profile_of = {p["key"]: p for p in data.profiles}
         # The event name and time are columns like any other, so filters may test them.
@@ -110,11 +112,80 @@ class Reference:
             if found is None:
                 raise RefError("cohort_not_ready", f"cohort {node['cohort_id']}")
             return set(found)
+        if kind == "tag":
+            return self.tag_members(node)
         if kind == "profile":
             return self.profile_members(node)
         if kind == "event":
             return self.event_members(node)
         return self.sequence_members(node)
+
+    def tag_members(self, leaf: dict) -> set[str]:
+        """A tag leaf: the tag's {key: value} tested like a property; users without a value are null."""
+        found = self.load_tag(leaf["tag_id"]) if self.load_tag else None
+        if found is None:
+            raise RefError("tag_not_ready", f"tag {leaf['tag_id']}")
+        kind, values = found
+        cmp = leaf["cmp"]
+        if cmp in NEGATIVE_OF:
+            positive = self.positive(NEGATIVE_OF[cmp], leaf["values"], kind)
+            return {k for k in self.universe if not positive(values.get(k))}
+        positive = self.positive(cmp, leaf["values"], kind)
+        return {k for k in self.universe | set(values) if positive(values.get(k))}
+
+    # -- tags ---------------------------------------------------------------------------------
+
+    def tag_values(self, tag: dict) -> tuple[str, dict[str, object]]:
+        """(value type, {user key: value}) of a parsed tag definition, straight from docs/definition.md."""
+        kind = tag["kind"]
+        if kind == "values":
+            out: dict[str, object] = {}
+            for entry in tag["values"]:
+                for key in self.members(entry["definition"]):
+                    out.setdefault(key, entry["value"])  # the first value that matches wins
+            value_type = tag["type"]
+            out = {k: self.tag_scalar(v, value_type) for k, v in out.items()}
+        elif kind == "metric":
+            value_type, out = tag["type"], {}
+            rows = self.matching_rows(tag["event"], tag.get("filter"), tag["window"])
+            fn, prop = tag["agg"]["fn"], tag["agg"].get("property")
+            if prop is not None and fn not in ("count", "days"):
+                if prop not in self.event_kinds:
+                    raise RefError("unknown_property", prop)
+                if fn != "count_distinct" and self.event_kinds[prop] != "number":
+                    raise RefError("type_mismatch", f"{fn} of {prop}")
+            for key in self.universe:
+                value = aggregate(fn, prop, [r for r in rows if r["key"] == key], self.tz)
+                if value is not None and tag.get("buckets"):
+                    value = next((b["label"] for b in tag["buckets"]
+                                  if (b["low"] is None or b["low"] <= value)
+                                  and (b["high"] is None or value < b["high"])), None)
+                if value is not None:
+                    out[key] = value
+        else:
+            prop = tag["property"]
+            if prop not in self.event_kinds:
+                raise RefError("unknown_property", prop)
+            value_type = self.event_kinds[prop]
+            if tag.get("type") and tag["type"] != value_type:
+                raise RefError("type_mismatch", prop)
+            rows = self.matching_rows(tag["event"], tag.get("filter"), tag["window"])
+            out = {}
+            for key in self.universe:
+                pairs = [(instant(r["time"]), instant(r[prop]) if value_type == "time" else r[prop])
+                         for r in rows if r["key"] == key and r.get(prop) is not None]
+                if pairs:
+                    # Ties in time go to the smaller value for first, the larger for last (docs).
+                    chosen = min(pairs) if tag["which"] == "first" else max(pairs)
+                    out[key] = chosen[1]
+        if tag.get("default") is not None:
+            default = self.tag_scalar(tag["default"], value_type)
+            for key in self.universe - set(out):
+                out[key] = default
+        return value_type, out
+
+    def tag_scalar(self, value, value_type: str):
+        return instant(local_time(value, self.tz)) if value_type == "time" else value
 
     def profile_members(self, leaf: dict) -> set[str]:
         kinds = self.data.user_kinds
@@ -433,32 +504,65 @@ class EngineRunner:
     def close(self) -> None:
         self.session.close()
 
-    def members(self, tree: dict, base_time: datetime, cohorts: dict[int, set[str]] | None = None):
-        """(error code, None) or (None, member keys) for a validated tree."""
+    def context(self, base_time: datetime, cohorts: dict[int, set[str]] | None = None, tags: dict | None = None):
+        """An EvalContext on the shared session; cohorts as {id: keys}, tags as {id: TagColumn}."""
         from pyroaring import BitMap
 
-        from cohort_engine.evaluate import EngineError, EvalContext, evaluate
+        from cohort_engine.evaluate import EvalContext
 
         def load_cohort(cohort_id):
             members = (cohorts or {}).get(cohort_id)
             return None if members is None else BitMap(self.engine.encode(sorted(members)).tolist())
 
-        ctx = EvalContext(session=self.session, tz=self.engine.tz, base_time=base_time,
-                          encode_keys=self.engine.encode, load_cohort=load_cohort)
-        try:
-            bitmap = evaluate(tree, ctx).bitmap
-        except EngineError as exc:
-            return exc.code, None
-        unknown = [i for i in bitmap if i not in self.key_of]
+        return EvalContext(session=self.session, tz=self.engine.tz, base_time=base_time,
+                           encode_keys=self.engine.encode, load_cohort=load_cohort, load_tag=(tags or {}).get)
+
+    def keys(self, uids) -> list[str]:
+        from pyroaring import BitMap
+
+        unknown = [int(i) for i in uids if int(i) not in self.key_of]
         if unknown:
             self.key_of.update(zip(unknown, self.engine.iter_keys(BitMap(unknown)), strict=True))
-        return None, {self.key_of[i] for i in bitmap}
+        return [self.key_of[int(i)] for i in uids]
+
+    def members(self, tree: dict, base_time: datetime, cohorts: dict[int, set[str]] | None = None,
+                tags: dict | None = None):
+        """(error code, None) or (None, member keys) for a validated tree."""
+        from cohort_engine.evaluate import EngineError, evaluate
+
+        try:
+            bitmap = evaluate(tree, self.context(base_time, cohorts, tags)).bitmap
+        except EngineError as exc:
+            return exc.code, None
+        return None, set(self.keys(bitmap))
+
+    def tag(self, definition: dict, base_time: datetime, cohorts: dict[int, set[str]] | None = None,
+            tags: dict | None = None):
+        """(error code, None) or (None, {key: value}) for a parsed tag definition, and the TagColumn (or None)."""
+        from cohort_engine.evaluate import EngineError
+        from cohort_engine.tags import compute_tag
+
+        try:
+            column = compute_tag(definition, self.context(base_time, cohorts, tags)).column
+        except EngineError as exc:
+            return (exc.code, None), None
+        values = column.as_dict()
+        return (None, dict(zip(self.keys(list(values)), values.values(), strict=True))), column
 
 
 def reference_outcome(data: Dataset, tz: tzinfo, tree: dict, base_time: datetime,
-                      cohorts: dict[int, set[str]] | None = None):
+                      cohorts: dict[int, set[str]] | None = None, tags: dict[int, tuple[str, dict]] | None = None):
     """(error code, None) or (None, member keys) from the reference."""
     try:
-        return None, Reference(data, tz, base_time, (cohorts or {}).get).members(tree)
+        return None, Reference(data, tz, base_time, (cohorts or {}).get, (tags or {}).get).members(tree)
+    except RefError as exc:
+        return exc.code, None
+
+
+def reference_tag(data: Dataset, tz: tzinfo, tag: dict, base_time: datetime,
+                  cohorts: dict[int, set[str]] | None = None, tags: dict[int, tuple[str, dict]] | None = None):
+    """(error code, None) or (None, {key: value}) of a parsed tag definition from the reference."""
+    try:
+        return None, Reference(data, tz, base_time, (cohorts or {}).get, (tags or {}).get).tag_values(tag)[1]
     except RefError as exc:
         return exc.code, None

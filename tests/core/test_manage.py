@@ -147,3 +147,10 @@ def test_set_app_key_is_unique_across_projects(env, project, database_url, capsy
     with db.connection(database_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT app_key FROM projects WHERE name = %s", (project[0],))
         assert cur.fetchone()[0] is None
+
+
+def test_projects_lists_ids_names_zones_and_refresh_times(env, project, capsys):
+    name, project_id = project
+    assert manage.main(["projects"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{project_id}\t{name}\tUTC\t04:00" in lines and lines[0].startswith("1\tdefault\t")

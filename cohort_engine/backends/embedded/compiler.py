@@ -5,11 +5,15 @@ from __future__ import annotations
 import operator
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 from pyroaring import BitMap
 
 from ...bitmaps import to_bitmap
 from ...errors import EngineError
-from ...timewin import day_range, duration_before, parse_local, resolve_window, to_utc_naive
+from ...timewin import day_range, duration_before, resolve_window, to_utc_naive
+from ...values import coerce_value
+from .. import UserValues
 from .store import Snapshot, property_kind, quote
 
 # A negative comparator is the complement of a positive one, so that users whose value is null
@@ -48,6 +52,28 @@ class EmbeddedSession:
 
     def sequence(self, leaf: dict, ctx) -> BitMap:
         return _Compiler(self, ctx).sequence(leaf)
+
+    def match_profile(self, column: str, values) -> tuple[np.ndarray, np.ndarray]:
+        sql_type = self.snapshot.user_columns.get(column)
+        if sql_type is None:
+            return np.empty(0, np.int64), np.empty(0, np.uint32)
+        wanted = pa.table({"i": pa.array(np.arange(len(values), dtype=np.int64)), "v": pa.array(values, pa.string())})
+        number = property_kind(sql_type) == "number"
+        # A number property: each value is read as a number, so "7" and "7.0" both match 7.
+        target = "TRY_CAST(w.v AS DOUBLE)" if number else "w.v"
+        name = "match_values"
+        self.con.register(name, wanted)
+        try:
+            found = self.con.execute(
+                f"SELECT w.i AS i, u.uid AS uid FROM {name} w JOIN users u ON u.{quote(column)} = {target}").fetchnumpy()
+        except duckdb.Error as exc:
+            raise EngineError("backend_error", f"the event store rejected a query: {exc}") from None
+        finally:
+            self.con.unregister(name)
+        return np.asarray(found["i"], dtype=np.int64), np.asarray(found["uid"], dtype=np.uint32)
+
+    def user_values(self, spec: dict, ctx) -> UserValues:
+        return _Compiler(self, ctx).user_values(spec)
 
     def close(self) -> None:
         if self._con is not None:
@@ -113,6 +139,40 @@ class _Compiler:
                     f" ON e.uid = p.uid AND e.time > p.t WHERE {where} GROUP BY e.uid)")
             params += step_params
         return self.query_ids(f"WITH {', '.join(ctes)} SELECT uid FROM s{len(ctes) - 1}", params)
+
+    def user_values(self, spec: dict) -> UserValues:
+        where, params = self.event_scope(spec["event"], spec.get("filter"), spec["window"])
+        if spec["kind"] == "metric":
+            value_type, having = "number", ""
+            value_sql = f"CAST({self.aggregate(spec['agg'])} AS DOUBLE)"
+            if spec["agg"]["fn"] in ("avg", "min", "max"):
+                having = " HAVING v IS NOT NULL"
+            sql = f"SELECT uid, {value_sql} AS v FROM events WHERE {where} GROUP BY uid{having} ORDER BY uid"
+        else:
+            prop = spec["property"]
+            if prop in ("time", "event"):
+                column, value_type = quote(prop), "time" if prop == "time" else "string"
+            else:
+                column = self.column(prop, self.snapshot.event_columns, "event")
+                value_type = property_kind(self.snapshot.event_columns[prop])
+            order = "ASC" if spec["which"] == "first" else "DESC"
+            picked = f"first({column} ORDER BY time {order}, {column} {order})"
+            if value_type == "time":
+                picked = f"epoch_us({picked})"
+            elif value_type == "number":
+                picked = f"CAST({picked} AS DOUBLE)"
+            sql = (f"SELECT uid, {picked} AS v FROM events WHERE {where} AND {column} IS NOT NULL"
+                   " GROUP BY uid ORDER BY uid")
+        try:
+            result = self.con.execute(sql, params).fetchnumpy()
+        except duckdb.Error as exc:
+            raise EngineError("backend_error", f"the event store rejected a query: {exc}") from None
+        values = result["v"]
+        if value_type == "string":
+            values = np.asarray(values, dtype=object)
+        elif value_type == "boolean":
+            values = np.asarray(values, dtype=bool)
+        return UserValues(value_type, np.asarray(result["uid"], dtype=np.uint32), np.asarray(values))
 
     # -- SQL pieces ---------------------------------------------------------------------------
 
@@ -199,28 +259,7 @@ class _Compiler:
         return _compare(col, cmp, typed)
 
     def coerce(self, value, kind: str, prop: str):
-        try:
-            if kind == "number":
-                if isinstance(value, bool):
-                    raise ValueError
-                return float(value)
-            if kind == "string":
-                if isinstance(value, bool):
-                    return "true" if value else "false"
-                return str(value)
-            if kind == "boolean":
-                if isinstance(value, bool):
-                    return value
-                text = str(value).strip().lower()
-                if text in ("true", "1"):
-                    return True
-                if text in ("false", "0"):
-                    return False
-                raise ValueError
-            return to_utc_naive(parse_local(str(value), self.ctx.tz))
-        except (TypeError, ValueError, OverflowError):
-            # OverflowError: a time at the edge of the calendar (year 1) moved out of it by the zone.
-            raise EngineError("bad_value", f"{value!r} is not a valid {kind} for property {prop!r}") from None
+        return coerce_value(value, kind, prop, self.ctx.tz)
 
 
 def _compare(expr: str, cmp: str, values: list) -> tuple[str, list]:

@@ -153,6 +153,22 @@ def test_cohort_reference_without_resolver_is_an_error():
     assert "no cohort named 'vip'" in errors["content.rules[0].field"][0]
 
 
+# -- tags -------------------------------------------------------------------------------------
+
+
+def test_user_tag_fields_become_tag_leaves():
+    # Cohorts and tags share names and ids: the resolver names both (the save checks which it is).
+    assert translate(profile_rule("user.user_tag_vip", "equal", ["gold", "silver"])) == {
+        "type": "tag", "tag_id": 7, "cmp": "eq", "values": ["gold", "silver"]}
+    assert translate(profile_rule("user.user_tag_churned", "notEqual", [3])) == {
+        "type": "tag", "tag_id": 8, "cmp": "ne", "values": [3]}
+    assert translate(profile_rule("user.user_tag_vip", "relative_between", [1, 3, "day"])) == {
+        "op": "and", "children": [{"type": "tag", "tag_id": 7, "cmp": "within_last", "values": [3, "day"]},
+                                  {"type": "tag", "tag_id": 7, "cmp": "before_last", "values": [1, "day"]}]}
+    errors = errors_of(to_canonical, content(profile_rule("user.user_tag_nobody", "isSet")), COHORTS.get)
+    assert "no tag named 'nobody'" in errors["content.rules[0].field"][0]
+
+
 # -- event rules ------------------------------------------------------------------------------
 
 
