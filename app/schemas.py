@@ -227,6 +227,13 @@ class DiffQuery(Schema):
         "description": "stream the keys of users who entered or left as text/csv, one a line"})
 
 
+class TagDiffQuery(Schema):
+    from_ = fields.Integer(data_key="from", load_default=None, validate=VERSION_ID, metadata={
+        "description": "version id (default: the version published before `to`)"})
+    to = fields.Integer(load_default=None, validate=VERSION_ID, metadata={
+        "description": "version id (default: the published version)"})
+
+
 class PreviewSchema(Schema):
     project = fields.String(load_default=None, metadata={"description": "must match the token's project if given"})
     definition = DefinitionField(required=True, metadata=DEFINITION_DOC)
@@ -279,6 +286,33 @@ class DiffSchema(Schema):
     to = fields.Nested(DiffSideSchema)
     entered = fields.Integer(metadata={"description": "users in `to` and not in `from`"})
     left = fields.Integer(metadata={"description": "users in `from` and not in `to`"})
+
+
+class ChangeSchema(Schema):
+    from_ = fields.Raw(data_key="from")
+    to = fields.Raw()
+    change = fields.Raw()
+
+
+class ValueChangeSchema(ChangeSchema):
+    value = fields.Raw(metadata={"description": "a tag value (string, number, time, boolean)"})
+
+
+class TagDiffSchema(Schema):
+    tag = fields.Integer()
+    value_type = fields.String()
+    from_ = fields.Nested(DiffSideSchema, data_key="from")
+    to = fields.Nested(DiffSideSchema)
+    kind = fields.String(metadata={"description": "values: per value; histogram: either side is a histogram, whose "
+                                                  "bins are not comparable, so both are given with their summaries"})
+    count = fields.Nested(ChangeSchema, metadata={"description": "users with a value"})
+    values = fields.List(fields.Nested(ValueChangeSchema), metadata={"description": "kind values: largest change "
+                                                                                    "first"})
+    other = fields.Nested(ChangeSchema, metadata={"description": "kind values: users of the values not listed"})
+    from_summary = fields.Dict()
+    to_summary = fields.Dict()
+    from_bins = fields.List(fields.Dict())
+    to_bins = fields.List(fields.Dict())
 
 
 class PreviewResultSchema(Schema):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from app.api.native import iso, json_body, load_cohort
+from app.api.tags import shown, tag_service
 from app.auth import require_project
 from app.db import get_db, get_redis, settings
 from app.errors import ApiError
-from app.schemas import DiffQuery, PageQuery, PreviewSchema
+from app.schemas import DiffQuery, PageQuery, PreviewSchema, TagDiffQuery
 from app.services import cohort_service, wait_for
 from cohort_engine.project import ProjectEngine
 from core.data import jobs
@@ -68,6 +69,28 @@ def diff_versions(cohort_id):
         "X-To-Version": str(change.after["id"])})
 
 
+@bp.get("/tags/<int:tag_id>/versions")
+@require_project
+def list_tag_versions(tag_id):
+    query = PageQuery().load(request.args)
+    tag = tag_service().get(tag_id)
+    total, rows = history.page(get_db(), tag, limit=query["per_page"], offset=(query["page"] - 1) * query["per_page"])
+    return jsonify({"total": total, "page": query["page"], "per_page": query["per_page"],
+                    "versions": [version_view(v, tag) for v in rows]})
+
+
+@bp.get("/tags/<int:tag_id>/diff")
+@require_project
+def diff_tag_versions(tag_id):
+    query = TagDiffQuery().load(request.args)
+    service = tag_service()
+    tag = service.get(tag_id)
+    before, after, old, new = history.tag_distributions(get_db(), tag, query["from_"], query["to"])
+    value_type, tz = tag["value_type"], service.tz
+    change = history.distribution_diff(shown(old, value_type, tz), shown(new, value_type, tz))
+    return jsonify({"tag": tag_id, "value_type": value_type, "from": _side(before), "to": _side(after), **change})
+
+
 @bp.post("/cohorts/preview")
 @require_project
 def preview():
@@ -93,7 +116,7 @@ def add_paths(spec, docs, cohort_id: dict) -> None:
     """This module's operations in /openapi.json (called by app/api/docs.py)."""
     from app import schemas
 
-    for name in ("Preview", "PreviewResult", "PreviewAccepted", "VersionPage", "Diff"):
+    for name in ("Preview", "PreviewResult", "PreviewAccepted", "VersionPage", "Diff", "TagDiff"):
         spec.components.schema(name, schema=getattr(schemas, name + "Schema"))
     spec.path("/api/v1/cohorts/{cohort_id}/versions", operations={
         "get": docs.operation("Every version of the cohort, newest first: base time, count, status, error, duration, "
@@ -113,6 +136,17 @@ def add_paths(spec, docs, cohort_id: dict) -> None:
                              body=True)
     answers["202"] = {"description": "still computing: poll the job; its result is {count, sample}",
                       **docs._json("PreviewAccepted")}
+    tag_id = {**cohort_id, "name": "tag_id"}
+    spec.path("/api/v1/tags/{tag_id}/versions", operations={
+        "get": docs.operation("Every version of the tag, newest first (as for cohorts; entered and left are null: "
+                              "a tag's change is its distribution diff)",
+                              docs.responses("200", "VersionPage", "a page of versions"),
+                              [tag_id, {"in": "query", "schema": schemas.PageQuery}])})
+    spec.path("/api/v1/tags/{tag_id}/diff", operations={
+        "get": docs.operation("How the tag's distribution changed between two versions (default: the published "
+                              "version against the one published before it)",
+                              docs.responses("200", "TagDiff", "per value: users before, after and the change", "409"),
+                              [tag_id, {"in": "query", "schema": schemas.TagDiffQuery}])})
     spec.path("/api/v1/cohorts/preview", operations={
         "post": docs.operation("A definition's count and a sample of member keys; nothing is saved (no cohort)",
                                answers, body="Preview",

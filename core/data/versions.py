@@ -91,6 +91,14 @@ def of_cohort(conn, cohort_id: int, version_id: int) -> dict | None:
         return cur.fetchone()
 
 
+def meta_of(conn, version_id: int) -> dict | None:
+    """A tag version's meta (layout, distribution), kept with the row even after its payload expired."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT tag_meta FROM cohort_versions WHERE id = %s", (version_id,))
+        row = cur.fetchone()
+    return None if row is None else row[0]
+
+
 def bitmap_of(conn, version_id: int) -> bytes | None:
     """The durable copy of one version's bitmap, or None if it has none (failed, or expired)."""
     with conn.cursor() as cur:

@@ -114,8 +114,11 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
         run.mark_succeeded(conn, outcome, version["id"])
         deliveries = []
         if is_newest:
-            if cohort.get("entity", "cohort") == "cohort":  # a tag version's payload is not a member bitmap
+            if cohort["entity"] == "cohort":
                 version = record_change(conn, version, latest, result.bitmap)
+            else:  # a tag version's payload is a value column: its change is a distribution diff (history.py)
+                versions.set_change(conn, version["id"], latest and latest["id"], None, None)
+                version = {**version, "previous_version_id": latest and latest["id"]}
             cohorts.set_latest_version(conn, cohort["id"], version["id"])
             bitmaps.publish(run.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
                             None, payload=payload)

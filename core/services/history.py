@@ -62,11 +62,8 @@ def _bitmap(conn, redis, version: dict, field: str) -> BitMap:
     return bitmap
 
 
-def diff(conn, redis, cohort: dict, from_id: int | None, to_id: int | None) -> VersionDiff:
+def versions_to_compare(conn, cohort: dict, from_id: int | None, to_id: int | None) -> tuple[dict, dict]:
     """The two versions named (to: default the published one; from: default the one published before `to`)."""
-    if cohort.get("entity", "cohort") != "cohort":
-        # A tag version's payload is a value column, not a member bitmap: its diff is a distribution diff.
-        raise Conflict(f"{cohort['id']} is a tag; the diff of tag versions (their distributions) is not built yet")
     if to_id is None:
         if cohort["latest_version_id"] is None:
             raise Conflict(f"cohort {cohort['id']} has no published version yet; name both from and to",
@@ -78,8 +75,58 @@ def diff(conn, redis, cohort: dict, from_id: int | None, to_id: int | None) -> V
         if from_id is None:
             raise Conflict(f"version {after['id']} has no previously published version to compare with; name from",
                            {"from": ["version has no previous published version"]})
-    before = _version(conn, cohort, from_id, "from")
+    return _version(conn, cohort, from_id, "from"), after
+
+
+def diff(conn, redis, cohort: dict, from_id: int | None, to_id: int | None) -> VersionDiff:
+    """Two versions of a cohort with their members (a tag's versions compare by distribution_diff)."""
+    before, after = versions_to_compare(conn, cohort, from_id, to_id)
     return VersionDiff(before, after, _bitmap(conn, redis, before, "from"), _bitmap(conn, redis, after, "to"))
+
+
+def tag_distributions(conn, tag: dict, from_id: int | None, to_id: int | None) -> tuple[dict, dict, dict, dict]:
+    """(from version, to version, their distributions): kept with each version row, so expiry does not matter."""
+    before, after = versions_to_compare(conn, tag, from_id, to_id)
+    found = []
+    for version, field in ((before, "from"), (after, "to")):
+        meta = versions.meta_of(conn, version["id"]) if version["status"] == "succeed" else None
+        if meta is None:
+            why = f"version {version['id']} {version['status']} ({version['error_code']}), so it has no distribution"
+            raise Conflict(why, {field: [why]})
+        found.append(meta["distribution"])
+    return before, after, found[0], found[1]
+
+
+def distribution_diff(before: dict, after: dict) -> dict:
+    """How a tag's distribution changed: per value (users before, after, change), or, when either side is a
+    histogram (whose bins move with min and max), the summaries and both histograms."""
+    answer = {"count": _change(before.get("count", 0), after.get("count", 0))}
+    if before["kind"] == "values" and after["kind"] == "values":
+        counts_before = {_key(v["value"]): v for v in before["values"]}
+        counts_after = {_key(v["value"]): v for v in after["values"]}
+        rows = []
+        for key in [*counts_before, *(k for k in counts_after if k not in counts_before)]:
+            value = (counts_after.get(key) or counts_before[key])["value"]
+            rows.append({"value": value, **_change(counts_before.get(key, {}).get("count", 0),
+                                                   counts_after.get(key, {}).get("count", 0))})
+        rows.sort(key=lambda row: -abs(row["change"]))  # stable: ties keep the earlier version's order
+        answer.update(kind="values", values=rows,
+                      other=_change(before.get("other_count", 0), after.get("other_count", 0)))
+        return answer
+    summary = ("count", "min", "max", "sum", "avg")
+    answer.update(kind="histogram", **{
+        "from_summary": {k: before[k] for k in summary if k in before},
+        "to_summary": {k: after[k] for k in summary if k in after},
+        "from_bins": before.get("bins") or before.get("values"), "to_bins": after.get("bins") or after.get("values")})
+    return answer
+
+
+def _key(value):
+    return repr(value)  # 1 and "1" (and True) stay distinct values
+
+
+def _change(before, after) -> dict:
+    return {"from": before, "to": after, "change": after - before}
 
 
 def submit_preview(service, definition: dict, sample: int) -> dict:

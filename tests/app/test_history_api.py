@@ -198,3 +198,45 @@ def test_preview_whose_job_fails_answers_422_with_its_error(client, worker, api_
     body = answer.get_json()
     assert body["error_code"] == "unsupported" and body["job"]["status"] == "failed" and body["error"]
     assert cohort_and_job_counts(database_url, project_id) == (0, 1)
+
+
+def tag_levels(high: int) -> dict:
+    return {"kind": "values", "default": "low", "values": [
+        {"value": "high", "definition": {"type": "profile", "property": "level", "cmp": "gte", "values": [high]}},
+        {"value": "mid", "definition": {"type": "profile", "property": "level", "cmp": "gte", "values": [3]}}]}
+
+
+def test_tag_versions_and_distribution_diff(client, worker, dataset):
+    _, headers, data = dataset
+
+    def expected(high: int) -> dict:
+        # First matching value wins, else the default (docs/definition.md "Tags"), by hand over the profiles.
+        found: dict = {}
+        for profile in data.profiles:
+            value = "high" if profile["level"] >= high else "mid" if profile["level"] >= 3 else "low"
+            found[value] = found.get(value, 0) + 1
+        return found
+
+    created = client.post("/api/v1/tags", json={"name": "levels", "definition": tag_levels(6)}, headers=headers)
+    computed(client, headers, created)
+    tag_id = created.get_json()["tag"]["id"]
+    computed(client, headers, client.patch(f"/api/v1/tags/{tag_id}", json={"definition": tag_levels(8)},
+                                           headers=headers))
+    v2, v1 = client.get(f"/api/v1/tags/{tag_id}/versions", headers=headers).get_json()["versions"]
+    assert (v2["previous_version_id"], v2["published"], v1["published"]) == (v1["id"], True, False)
+    assert v2["entered"] is None and v2["timings"]
+    before, after = expected(6), expected(8)
+    assert before != after
+    diff = client.get(f"/api/v1/tags/{tag_id}/diff", headers=headers).get_json()
+    assert (diff["kind"], diff["from"]["id"], diff["to"]["id"]) == ("values", v1["id"], v2["id"])
+    rows = {row["value"]: (row["from"], row["to"], row["change"]) for row in diff["values"]}
+    assert rows == {value: (before.get(value, 0), after.get(value, 0), after.get(value, 0) - before.get(value, 0))
+                    for value in set(before) | set(after)}
+    assert [abs(row["change"]) for row in diff["values"]] == sorted((abs(r["change"]) for r in diff["values"]),
+                                                                    reverse=True)
+    assert diff["count"] == {"from": len(data.profiles), "to": len(data.profiles), "change": 0}
+    back = client.get(f"/api/v1/tags/{tag_id}/diff?from={v2['id']}&to={v1['id']}", headers=headers).get_json()
+    assert {row["value"]: row["change"] for row in back["values"]} == {v: -c[2] for v, c in rows.items()}
+    # A tag is not a cohort (and the reverse): each path answers for its own kind only.
+    assert client.get(f"/api/v1/cohorts/{tag_id}/versions", headers=headers).status_code == 404
+    assert client.get(f"/api/v1/cohorts/{tag_id}/diff", headers=headers).status_code == 404
