@@ -52,6 +52,7 @@ run: sample token sugo-demo
 	$(SERVICES_ENV) bash scripts/run.sh
 
 test: $(BIN)/.installed services
+	@bash scripts/ensure-browser.sh
 	$(SERVICES_ENV) $(BIN)/python -m pytest -q
 
 bench: migrate

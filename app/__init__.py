@@ -27,6 +27,7 @@ def create_app(config: dict | None = None):
 
     from app import db, errors, input_rules
     from app.api import docs, health, history, imports, native, tags, webhooks
+    from app.dashboard import views as dashboard
     from core import dialects
 
     db.init_app(app)
@@ -39,6 +40,7 @@ def create_app(config: dict | None = None):
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(dashboard.bp)
     for dialect in dialects.enabled(settings):
         if dialect.blueprint:
             app.register_blueprint(dialects.load(dialect.blueprint))

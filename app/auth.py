@@ -32,6 +32,8 @@ class TokenPolicy:
     fallback_setting: str | None = None
     # The 404 message when that project does not exist ({name} is its name).
     unknown_fallback: str = "project {name!r} does not exist"
+    # Also accept the token from this cookie (the dashboard's login sets it).
+    cookie: str | None = None
     # A header carrying the bare token (Ark's `token`); when sent, it is the token (before any Bearer token).
     token_header: str | None = None
     # A header naming the project, required with every call (Ark's `appKey`): the token's project's
@@ -62,6 +64,11 @@ def bearer_token() -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
+def project_for_token(token: str) -> dict | None:
+    """The project a token belongs to, or None (the cached resolver every API uses)."""
+    return _project_for(token)
+
+
 def current_project(policy: TokenPolicy = NATIVE) -> dict:
     """Resolve the request's project under policy into g.project, or raise 401 (404 for a missing fallback)."""
     # The vendor's own header first: a client sending it means it (even empty), beside any Authorization header.
@@ -70,7 +77,8 @@ def current_project(policy: TokenPolicy = NATIVE) -> dict:
         if not token:
             raise ApiError(401, f"empty {policy.token_header} header: send the project's API token")
     else:
-        token = bearer_token() or (request.args.get("token", "").strip() if policy.query_token else "")
+        token = (bearer_token() or (request.args.get("token", "").strip() if policy.query_token else "")
+                 or (request.cookies.get(policy.cookie, "").strip() if policy.cookie else ""))
     named = request.headers.get(policy.project_header, "").strip() if policy.project_header else None
     if named == "":
         raise ApiError(401, f"missing {policy.project_header} header: send the project's name or app key")

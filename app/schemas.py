@@ -32,8 +32,9 @@ class DefinitionField(fields.Field):
             raise ValidationError(nested) from None
 
 
-DEFINITION_DOC = {"type": "object", "description": "the canonical rule tree (docs/definition.md); the rules"
-                  " between its fields are checked on save and answered 400 naming the field"}
+DEFINITION_DOC = {"allOf": [{"$ref": "#/components/schemas/Definition"}],
+                  "description": "the canonical rule tree (docs/definition.md); the rules between its fields are"
+                                 " checked on save and answered 400 naming the field"}
 
 
 def valid_cron(value: str) -> None:

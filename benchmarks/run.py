@@ -12,6 +12,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cohorts_cli.progress import Display
+
 from . import REPO, SECTIONS, BenchContext, Row, machine_note
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -111,16 +113,20 @@ def main(argv=None) -> int:
     )
     command = ("BENCH_SCALE=small " if ctx.small else "") + "make bench" + (f" ({' '.join(args.sections)})" if args.sections else "")
     blocks, failed = {}, False
-    for name in names:
-        ctx.notes = []
-        started = time.perf_counter()
-        rows = SECTIONS[name](ctx)
-        seconds = time.perf_counter() - started
-        print_table(f"{name} (scale {scale}, {seconds:.0f} s)", rows)
-        for note in ctx.notes:
-            print(f"  note: {note}")
-        blocks[name] = markdown(name, rows, ctx, command, seconds)
-        failed |= any(r.passed is False for r in rows)
+    # The cohorts command's display (docs/cli.md): a bar over the sections on a terminal, lines otherwise.
+    with Display(os.environ.get("COHORTS_PROGRESS", "auto")).task("bench", len(names), "sections") as bar:
+        for done, name in enumerate(names):
+            bar.update(done, status=name)
+            ctx.notes = []
+            started = time.perf_counter()
+            rows = SECTIONS[name](ctx)
+            seconds = time.perf_counter() - started
+            print_table(f"{name} (scale {scale}, {seconds:.0f} s)", rows)
+            for note in ctx.notes:
+                print(f"  note: {note}")
+            blocks[name] = markdown(name, rows, ctx, command, seconds)
+            failed |= any(r.passed is False for r in rows)
+        bar.update(len(names))
     if not ctx.small and not args.no_doc:
         write_doc(blocks)
         print(f"\nwrote {DOC.relative_to(REPO)}")

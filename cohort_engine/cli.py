@@ -1,4 +1,9 @@
-"""`cohorts` command line: migrate, ingest, sample data, compute a definition, demo."""
+"""The engine's commands of `cohorts`: migrate, ingest, sample data, compute a definition, demo.
+
+`cohorts` itself is cohorts_cli (the service's REST client), which registers these commands with
+add_commands and gives them a progress display as args.progress; run alone (`python -m
+cohort_engine.cli`) they show none. The engine draws nothing itself (docs/cli.md).
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,25 @@ DEMO_COHORTS = {
 }
 
 
+class NoProgress:
+    """What a command reports progress to when no display is given: nothing."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, done: float, total: float | None = None) -> None:
+        return None
+
+
+def progress_of(args, description: str, total: float | None, unit: str = ""):
+    """A progress task for a long step: the display args.progress(description, total, unit), or none."""
+    factory = getattr(args, "progress", None)
+    return factory(description, total, unit) if factory else NoProgress()
+
+
 def _project_engine(args) -> ProjectEngine:
     return ProjectEngine(EngineConfig.from_env(), args.project)
 
@@ -68,15 +92,19 @@ def cmd_project(args) -> int:
 
 def cmd_ingest(args) -> int:
     engine = _project_engine(args)
-    for path in args.files:
-        started = time.perf_counter()
-        if args.kind == "events":
-            rows = engine.ingest_events(path, key_column=args.key_column, event_column=args.event_column,
-                                        time_column=args.time_column)
-        else:
-            rows = engine.ingest_users(path, key_column=args.key_column)
-        elapsed = time.perf_counter() - started
-        print(f"ingested {rows} {args.kind} rows from {path} in {elapsed:.2f}s ({rows / max(elapsed, 1e-9):,.0f} rows/s)")
+    # One step a file: a file is one load statement of the store, which reports no progress inside it.
+    with progress_of(args, f"ingest {args.kind}", len(args.files), "files") as bar:
+        for done, path in enumerate(args.files, 1):
+            started = time.perf_counter()
+            if args.kind == "events":
+                rows = engine.ingest_events(path, key_column=args.key_column, event_column=args.event_column,
+                                            time_column=args.time_column)
+            else:
+                rows = engine.ingest_users(path, key_column=args.key_column)
+            elapsed = time.perf_counter() - started
+            bar.update(done)
+            print(f"ingested {rows} {args.kind} rows from {path} in {elapsed:.2f}s"
+                  f" ({rows / max(elapsed, 1e-9):,.0f} rows/s)")
     return 0
 
 
@@ -87,12 +115,16 @@ def cmd_sample(args) -> int:
         return 0
     started = time.perf_counter()
     end = date.fromisoformat(args.end) if args.end else None
-    written = write_sample(args.out, args.users, args.events, args.seed, end=end)
+    with progress_of(args, "write sample", args.events, "events") as bar:
+        written = write_sample(args.out, args.users, args.events, args.seed, end=end, progress=bar.update)
     print(f"wrote {args.users} users and {args.events} events to {args.out} in {time.perf_counter() - started:.1f}s")
     if engine:
-        engine.ingest_users(written["users"])
-        for part in written["events"]:
-            engine.ingest_events(part)
+        with progress_of(args, "load sample", 1 + len(written["events"]), "files") as bar:
+            engine.ingest_users(written["users"])
+            bar.update(1)
+            for done, part in enumerate(written["events"], 2):
+                engine.ingest_events(part)
+                bar.update(done)
         print(f"loaded the sample into project {args.project}")
     return 0
 
@@ -108,7 +140,8 @@ def cmd_compute(args) -> int:
     tree = parse_definition(json.loads(Path(args.definition).read_text()))
     check_no_cycle(None, tree, lambda cohort_id: None)
     started = time.perf_counter()
-    result = engine.compute(tree, base_time=args.base_time)
+    with progress_of(args, "compute", None, "steps") as bar:
+        result = engine.compute(tree, base_time=args.base_time, progress=bar.update)
     _print_result(args.definition, result, time.perf_counter() - started)
     return 0
 
@@ -117,19 +150,29 @@ def cmd_demo(args) -> int:
     engine = _project_engine(args)
     snapshot = engine.store.snapshot()
     print(f"project {engine.name}: {snapshot.manifest.event_rows} events, {len(snapshot.universe())} known users")
-    for label, definition in DEMO_COHORTS.items():
-        started = time.perf_counter()
-        result = engine.compute(parse_definition(definition), base_time=args.base_time)
-        _print_result(label, result, time.perf_counter() - started)
+    with progress_of(args, "demo cohorts", len(DEMO_COHORTS), "cohorts") as bar:
+        for done, (label, definition) in enumerate(DEMO_COHORTS.items(), 1):
+            started = time.perf_counter()
+            result = engine.compute(parse_definition(definition), base_time=args.base_time)
+            bar.update(done)
+            _print_result(label, result, time.perf_counter() - started)
     return 0
+
+
+def add_global_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", default="default", help="project name of the engine commands (default: default)")
+    parser.add_argument("-v", "--verbose", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cohorts", description=__doc__)
-    parser.add_argument("--project", default="default", help="project name (default: default)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    add_global_options(parser)
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
 
+
+def add_commands(sub) -> None:
+    """Register the engine's commands on a subparsers object (this module's parser, or cohorts_cli's)."""
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("project", help="create a project or change its time zone")
@@ -163,13 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="compute example cohorts over the project's data")
     p.add_argument("--base-time")
     p.set_defaults(func=cmd_demo)
-    return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return run(args)
+
+
+def run(args) -> int:
+    """Run a parsed engine command; errors a user can fix are printed, exit status 2."""
     try:
         return args.func(args)
     except DefinitionError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
@@ -37,8 +38,11 @@ def _used_keys(keys: pa.Array, who: np.ndarray) -> pa.DictionaryArray:
 
 
 def write_sample(out: str | Path, users: int, events: int, seed: int, end: date | None = None,
-                 days: int = 60) -> dict:
-    """Write users.parquet and events/part-*.parquet under out; return the paths and sizes."""
+                 days: int = 60, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write users.parquet and events/part-*.parquet under out; return the paths and sizes.
+
+    progress(events written, events) is called after each part (for a command's progress bar).
+    """
     out = Path(out)
     (out / "events").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -104,4 +108,6 @@ def write_sample(out: str | Path, users: int, events: int, seed: int, end: date 
         parts.append(path)
         written += size
         index += 1
+        if progress:
+            progress(written, events)
     return {"users": out / "users.parquet", "events": parts, "user_count": users, "event_count": events}

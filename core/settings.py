@@ -52,6 +52,9 @@ class Settings:
     sugo_wait_seconds: float = 25.0
     sugo_hproxy_retries: int = 3
     sugo_hproxy_backoff: float = 0.5
+    # The dashboard at / (docs/dashboard.md): the project shown to visitors without a token ("" = none:
+    # they get the login form).
+    dashboard_project: str = ""
     # Largest request body read (docs/api.md); larger ones are answered 413 before they are read.
     max_body_bytes: int = 2 * 1024 * 1024
     # ID imports (docs/imports.md): the largest upload body and row count (above max_body_bytes: the

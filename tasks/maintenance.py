@@ -54,7 +54,9 @@ def broker_client(url: str):
     return bitmaps.redis_client(url)
 
 
-@shared_task(name="cohorts.sweep", bind=True, ignore_result=True)
+# send_events=False: no task events for these periodic runs, so Flower's task list keeps the jobs
+# (docs/jobs.md "Logs and Flower").
+@shared_task(name="cohorts.sweep", bind=True, ignore_result=True, send_events=False)
 def sweep(self) -> dict:
     """Reap jobs whose heartbeat stopped, re-enqueue jobs left `new` and jobs the broker lost."""
     settings = self.app.cohort_settings
@@ -97,7 +99,7 @@ def due_fire_time(cron: str, tz: ZoneInfo, since: datetime, now: datetime) -> da
     return latest if latest > since else None
 
 
-@shared_task(name="cohorts.schedule", bind=True, ignore_result=True)
+@shared_task(name="cohorts.schedule", bind=True, ignore_result=True, send_events=False)
 def schedule(self) -> list[int]:
     """Create one job per dynamic cohort whose cron fired since its last fire (missed fires coalesce)."""
     settings = self.app.cohort_settings

@@ -182,3 +182,26 @@ def api_project(project, database_url):
     with db.connection(database_url) as conn:
         set_token(conn, name, token)
     return name, project_id, {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="session")
+def live_server(service_settings, celery_app):
+    """The service's web app on a real loopback port (werkzeug in a thread): .url; for the CLI and the browser."""
+    from app import create_app
+    from tests.services import LiveServer
+
+    server = LiveServer(create_app({"TESTING": True, "SETTINGS": service_settings, "CELERY": celery_app}))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def small_sample(database_url, service_settings, tmp_path_factory):
+    """A token project with 1,500 sample users and 60,000 events: (name, id, token, sample files).
+
+    tests.tasks.conftest.slow_definition(40) takes a second or two over it, leaf by leaf (progress to watch).
+    """
+    from tests.services import create_sample_project
+
+    return create_sample_project(database_url, service_settings.engine, tmp_path_factory.mktemp("small-sample"),
+                                 1500, 60_000, seed=5, prefix="m")

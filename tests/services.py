@@ -14,21 +14,21 @@ CELERY = [sys.executable, "-m", "celery", "-A", "workers.main"]
 
 
 def start_worker(env: dict, name: str, log_path: Path, concurrency: int = 2, extra_env: dict | None = None,
-                 queues: str | None = None):
+                 queues: str | None = None, loglevel: str = "INFO"):
     """A prefork worker on queues (default: the env's COHORTS_QUEUE), in its own process group."""
     log = open(log_path, "ab")
     env = {**env, **(extra_env or {})}
     queues = queues or env.get("COHORTS_QUEUE", "cohorts")
     return subprocess.Popen(
         [*CELERY, "worker", "--pool", "prefork", "--concurrency", str(concurrency), "--queues", queues,
-         "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+         "--hostname", f"{name}@%h", "--loglevel", loglevel, "--without-mingle", "--without-gossip"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def start_maintenance_worker(env: dict, log_path: Path):
+def start_maintenance_worker(env: dict, log_path: Path, name: str = "maintenance", loglevel: str = "INFO"):
     """The Procfile's `maintenance` process: one child consuming only the sweep/schedule queue."""
-    return start_worker(env, "maintenance", log_path, concurrency=1,
-                        queues=env.get("COHORTS_MAINTENANCE_QUEUE", "cohorts.maintenance"))
+    return start_worker(env, name, log_path, concurrency=1,
+                        queues=env.get("COHORTS_MAINTENANCE_QUEUE", "cohorts.maintenance"), loglevel=loglevel)
 
 
 def start_beat(env: dict, schedule_path: Path, log_path: Path):
@@ -126,3 +126,22 @@ def allow_sugo_targets(database_url: str, project_id: int, redis=(), hproxy=(), 
         for kind, values in (("redis", redis), ("hproxy", hproxy), ("broker", broker)):
             for text in values:
                 sugo_targets.add(conn, project_id, kind, *parse_target(kind, text))
+
+
+class LiveServer:
+    """The Flask app served over real HTTP by werkzeug in a thread (for clients that are not the test client)."""
+
+    def __init__(self, app):
+        import threading
+
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="live-server", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)

@@ -11,8 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # package -> the top-level packages (or dotted prefixes) its modules may not import, and why.
 RULES = {
-    "cohort_engine": ({"flask", "celery", "app", "core", "tasks", "workers", "dialects"},
+    "cohort_engine": ({"flask", "celery", "app", "core", "tasks", "workers", "dialects", "cohorts_cli"},
                       "the engine is a library: no web, no Celery, no service or vendor code"),
+    "cohorts_cli": ({"flask", "werkzeug", "celery", "app", "core", "tasks", "workers", "dialects"},
+                    "the command-line client talks to the service over HTTP only (and runs the engine's commands)"),
     "core": ({"flask", "werkzeug", "celery", "app", "tasks", "workers"},
              "core is shared by the web app and the workers: it imports neither"),
     "app": ({"tasks", "workers", "celery"}, "the web sends jobs through the sender create_app is given"),

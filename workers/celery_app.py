@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery, signals
 
 from core.queue import urgent_queue
@@ -9,6 +11,40 @@ from core.settings import Settings
 from tasks.jobs import register_job_tasks
 
 MAINTENANCE_TASKS = ("cohorts.sweep", "cohorts.schedule")
+# Celery's own lines about every task (beat's "Sending due task", the worker's "received" and
+# "succeeded"): for the periodic maintenance tasks they are demoted to DEBUG, so a run that did
+# nothing leaves no INFO line; the tasks log their own key=value line when they did something.
+CELERY_TASK_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+
+class QuietMaintenance(logging.Filter):
+    """Demote Celery's per-task records of MAINTENANCE_TASKS to DEBUG (dropped unless DEBUG is on)."""
+
+    def __init__(self, logger: logging.Logger):
+        super().__init__()
+        self.logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not is_maintenance(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+
+def is_maintenance(record: logging.LogRecord) -> bool:
+    data = getattr(record, "data", None)  # the worker's records carry the task's name in `data`
+    if isinstance(data, dict) and data.get("name") in MAINTENANCE_TASKS:
+        return True
+    # beat: "Scheduler: Sending due task %s (%s)" % (entry name, task name)
+    return isinstance(record.args, tuple) and len(record.args) == 2 and record.args[1] in MAINTENANCE_TASKS
+
+
+def quiet_maintenance_logs() -> None:
+    """Install QuietMaintenance once per process on Celery's task loggers."""
+    for name in CELERY_TASK_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietMaintenance) for f in logger.filters):
+            logger.addFilter(QuietMaintenance(logger))
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
@@ -45,6 +81,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     )
     celery.cohort_settings = settings
     register_job_tasks(celery, settings)
+    quiet_maintenance_logs()
     return celery
 
 

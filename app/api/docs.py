@@ -11,6 +11,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from app import schemas
 from app.api import history, imports, tags, webhooks
+from app.api.definition_schema import add_definition_schemas
 from app.input_rules import MAX_PATH_INT
 from cohort_engine.definition import MAX_COHORT_ID
 from core import dialects
@@ -47,6 +48,10 @@ def _responses(success_code: str, schema_name: str, description: str, *errors: s
 
 EXAMPLE_BODY = {"name": "paid_last_week", "display_name": "Paid in the last 7 days", "definition": {
     "type": "event", "event": "pay", "window": {"last": 7}, "cmp": "gte", "values": [1]}}
+# PUT replaces the whole cohort: every editable field (tests/app/test_openapi_examples.py sends each example).
+PUT_EXAMPLE = {**EXAMPLE_BODY, "definition": {"op": "and", "children": [
+    EXAMPLE_BODY["definition"], {"type": "profile", "property": "user_level", "cmp": "gte", "values": [3]}]},
+    "dynamic": True, "cron": "0 3 * * *", "owner": "analytics"}
 
 
 def _operation(summary: str, responses: dict, parameters=(), body: str | None = None, example=None) -> dict:
@@ -77,11 +82,12 @@ def build_spec() -> dict:
                    plugins=[MarshmallowPlugin()],
                    info={"description": "Cohorts computed as asynchronous jobs. Poll GET /api/v1/jobs/{id}. "
                                         "Input rules and limits: docs/api.md. Any path also answers 405 "
-                                        "(with Allow) to a method it does not have. The vendor dialects' own APIs keep their "
-                                        "vendors' shapes and are documented with them: Sugo /ant and the embedded "
-                                        "/druid/v2 broker in docs/dialects/sugo.md and docs/druid.md."})
+                                        "(with Allow) to a method it does not have. The vendor dialects' APIs keep their "
+                                        "vendors' shapes (docs/dialects/, docs/druid.md); their paths are listed here "
+                                        "too. The dashboard is at /."})
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
                                                "description": "the project's token: Authorization: Bearer <token>"})
+    add_definition_schemas(spec)
     for name in ("CohortCreate", "CohortUpdate", "CohortPatch", *RESPONSE_SCHEMAS):
         spec.components.schema(name, schema=getattr(schemas, name + "Schema"))
     cohort_id = {"name": "cohort_id", "in": "path", "required": True,
@@ -102,7 +108,7 @@ def build_spec() -> dict:
         "get": _operation("A cohort with its latest version", _responses("200", "Cohort", "the cohort"),
                           [cohort_id]),
         "put": _operation("Replace the whole cohort (every field required); a changed definition gets a job",
-                          _change_responses(), [cohort_id], body="CohortUpdate"),
+                          _change_responses(), [cohort_id], body="CohortUpdate", example=PUT_EXAMPLE),
         "patch": _operation("Change only the fields given; a changed definition gets a job",
                             _change_responses(), [cohort_id], body="CohortPatch",
                             example={"display_name": "Paid in the last 7 days"}),

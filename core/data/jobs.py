@@ -283,3 +283,29 @@ def enqueued_waiting(conn, older_than_seconds: float, limit: int = 1000) -> list
                     " AND enqueued_at < now() - make_interval(secs => %s) ORDER BY id LIMIT %s",
                     (older_than_seconds, limit))
         return cur.fetchall()
+
+
+def latest_per_cohort(conn, project_id: int) -> dict[int, dict]:
+    """cohort id -> its newest job (of any partition), for every cohort of the project that has one."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT DISTINCT ON (cohort_id) " + COLUMNS + " FROM jobs WHERE project_id = %s"
+                    " AND cohort_id IS NOT NULL ORDER BY cohort_id, id DESC", (project_id,))
+        return {row["cohort_id"]: row for row in cur.fetchall()}
+
+
+def recent_failures_first(conn, project_id: int, limit: int = 100) -> list[dict]:
+    """The project's newest jobs, failed ones first, then computing, new, succeeded (newest first in each)."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            "SELECT * FROM (SELECT " + COLUMNS + " FROM jobs WHERE project_id = %s ORDER BY id DESC LIMIT %s) j"
+            " ORDER BY CASE status WHEN 'failed' THEN 0 WHEN 'computing' THEN 1 WHEN 'new' THEN 2 ELSE 3 END,"
+            " id DESC", (project_id, limit))
+        return cur.fetchall()
+
+
+def live_in_project(conn, project_id: int) -> list[dict]:
+    """The project's jobs still new or computing: id, cohort_id, status, progress."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT id, cohort_id, status, progress FROM jobs WHERE project_id = %s"
+                    " AND status IN ('new', 'computing') ORDER BY id", (project_id,))
+        return cur.fetchall()

@@ -159,3 +159,29 @@ def published_bitmap(conn, cohort_id: int) -> bytes | None:
                     " WHERE c.id = %s AND v.bitmap IS NOT NULL", (cohort_id,))
         row = cur.fetchone()
     return None if row is None else bytes(row[0])
+
+
+def recent_counts(conn, cohort_ids, per_cohort: int = 20) -> dict[int, list[dict]]:
+    """cohort id -> its newest succeeded versions (oldest first): id, base_time, count, finished_at."""
+    if not cohort_ids:
+        return {}
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            "SELECT cohort_id, id, base_time, count, finished_at FROM (SELECT cohort_id, id, base_time, count,"
+            " finished_at, row_number() OVER (PARTITION BY cohort_id ORDER BY finished_at DESC, id DESC) AS n"
+            " FROM cohort_versions WHERE cohort_id = ANY(%s) AND status = 'succeed') v WHERE n <= %s"
+            " ORDER BY cohort_id, finished_at, id", (list(cohort_ids), per_cohort))
+        found: dict[int, list[dict]] = {}
+        for row in cur.fetchall():
+            found.setdefault(row.pop("cohort_id"), []).append(row)
+        return found
+
+
+def get_many(conn, version_ids) -> dict[int, dict]:
+    """id -> version row, for the ids that exist (None ids ignored)."""
+    wanted = [v for v in version_ids if v is not None]
+    if not wanted:
+        return {}
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT " + COLUMNS + " FROM cohort_versions WHERE id = ANY(%s)", (wanted,))
+        return {row["id"]: row for row in cur.fetchall()}

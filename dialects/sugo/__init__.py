@@ -3,7 +3,7 @@
 from core.dialects import Dialect
 
 DIALECT = Dialect(
-    name="sugo", blueprint="dialects.sugo.views:bp", openapi="dialects.sugo.tag_push:add_paths",
+    name="sugo", blueprint="dialects.sugo.views:bp", openapi="dialects.sugo.openapi:add_paths",
     job_handlers={"usergroup": "dialects.sugo.jobs:run_sugo_job", "batchUpdate": "dialects.sugo.jobs:run_sugo_job",
                   # A tag version pushed to hproxy as one column (docs/tags.md); sent to jobs.run.
                   "sugo.tagPush": "dialects.sugo.tag_push:run_tag_push"},
