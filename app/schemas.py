@@ -322,6 +322,12 @@ class PreviewResultSchema(Schema):
     job = fields.Nested(JobSchema)
 
 
+class PreviewFailedSchema(Schema):
+    error = fields.String(required=True, metadata={"description": "why the preview's job failed"})
+    error_code = fields.String(metadata={"description": "the job's error_code (docs/jobs.md)"})
+    job = fields.Nested(JobSchema)
+
+
 class PreviewAcceptedSchema(Schema):
     job = fields.Nested(JobSchema, metadata={"description": "poll GET /api/v1/jobs/{id}: its result is {count, "
                                                            "sample} once it succeeds"})

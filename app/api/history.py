@@ -116,7 +116,8 @@ def add_paths(spec, docs, cohort_id: dict) -> None:
     """This module's operations in /openapi.json (called by app/api/docs.py)."""
     from app import schemas
 
-    for name in ("Preview", "PreviewResult", "PreviewAccepted", "VersionPage", "Diff", "TagDiff"):
+    for name in ("Preview", "PreviewResult", "PreviewAccepted", "PreviewFailed", "VersionPage", "Diff",
+                 "TagDiff"):
         spec.components.schema(name, schema=getattr(schemas, name + "Schema"))
     spec.path("/api/v1/cohorts/{cohort_id}/versions", operations={
         "get": docs.operation("Every version of the cohort, newest first: base time, count, status, error, duration, "
@@ -132,8 +133,8 @@ def add_paths(spec, docs, cohort_id: dict) -> None:
         "get": docs.operation("Who entered and left between two versions (default: the published version against "
                               "the one published before it); side=entered|left streams the keys",
                               answers, [cohort_id, {"in": "query", "schema": schemas.DiffQuery}])})
-    answers = docs.responses("200", "PreviewResult", "computed within COHORTS_PREVIEW_WAIT_SECONDS", "403", "422",
-                             body=True)
+    answers = docs.responses("200", "PreviewResult", "computed within COHORTS_PREVIEW_WAIT_SECONDS", "403", body=True)
+    answers["422"] = {"description": docs.ERROR_ANSWERS["422"], **docs._json("PreviewFailed")}
     answers["202"] = {"description": "still computing: poll the job; its result is {count, sample}",
                       **docs._json("PreviewAccepted")}
     tag_id = {**cohort_id, "name": "tag_id"}
