@@ -1,6 +1,7 @@
 """Schemathesis over /openapi.json against the WSGI app: every check, positive and negative data, no 5xx.
 
-Bounded (examples per operation and mode, seeded, deterministic) to stay near half a minute.
+Bounded (examples per operation and mode, seeded, deterministic) to stay near half a minute: with
+about 70 operations over five dialects, 40 examples each (it was 75 over 25 operations).
 For a deeper run: COHORTS_FUZZ_SCALE=10 COHORTS_FUZZ_SEED=<n>.
 """
 
@@ -16,7 +17,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS
 from schemathesis.config import HealthCheck
 
-MAX_EXAMPLES = int(75 * float(os.environ.get("COHORTS_FUZZ_SCALE", "1")))
+MAX_EXAMPLES = int(40 * float(os.environ.get("COHORTS_FUZZ_SCALE", "1")))
 SEED = int(os.environ.get("COHORTS_FUZZ_SEED", "8"))
 STATUSES: Counter = Counter()
 # A random object is rarely a valid rule tree, and JSON Schema cannot state the rules between a
