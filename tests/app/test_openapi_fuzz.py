@@ -86,4 +86,10 @@ def test_api_conforms_to_its_openapi_document(case):
         excluded = [CHECKS.get_one("negative_data_rejection")]
     response = case.call_and_validate(excluded_checks=excluded)
     STATUSES[response.status_code] += 1
+    if case.operation.label == "GET /healthz" and response.status_code == 503:
+        # An honest "unhealthy" (e.g. a worker too busy to answer the 1 s inspect on a loaded machine)
+        # is an answer, not a crash: it must say which check failed.
+        body = response.json()
+        assert body["ok"] is False and any(not c["ok"] for c in body["checks"].values()), body
+        return
     assert response.status_code < 500, (case.operation.label, response.status_code, response.text[:500])
