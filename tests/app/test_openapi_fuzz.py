@@ -54,6 +54,18 @@ MISSING_IS_400 = {"GET /uba/api/cohort/{cohort_id}", "DELETE /uba/api/cohort/{co
 
 
 @pytest.fixture
+def app(service_settings, celery_app):
+    """The app of conftest, but previews answer 202 at once: waiting for each generated preview's job (it is
+    computed either way) would make this test many seconds longer; test_history_api.py covers the 200 path."""
+    from dataclasses import replace
+
+    from app import create_app
+
+    return create_app({"TESTING": True, "SETTINGS": replace(service_settings, preview_wait_seconds=0.0),
+                       "CELERY": celery_app})
+
+
+@pytest.fixture
 def api_schema(app, api_project, client, worker, maintenance_worker):
     # Both workers: /healthz answers 200 only when the compute and the maintenance queue are consumed.
     name, _, headers = api_project
