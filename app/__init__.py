@@ -26,7 +26,7 @@ def create_app(config: dict | None = None):
     app.extensions["celery"] = app.config["CELERY"]
 
     from app import db, errors, input_rules
-    from app.api import docs, health, imports, native, tags
+    from app.api import docs, health, history, imports, native, tags, webhooks
     from app.dashboard import views as dashboard
     from core import dialects
 
@@ -36,6 +36,8 @@ def create_app(config: dict | None = None):
     app.register_blueprint(native.bp)
     app.register_blueprint(imports.bp)
     app.register_blueprint(tags.bp)
+    app.register_blueprint(history.bp)
+    app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(dashboard.bp)

@@ -214,3 +214,207 @@ class ProjectSchema(Schema):
 class HealthSchema(Schema):
     ok = fields.Boolean()
     checks = fields.Dict(keys=fields.String(), values=fields.Dict())
+
+
+# -- history, diff, preview (docs/api.md) and webhooks (docs/webhooks.md) ----------------------------------
+
+VERSION_ID = validate.Range(min=1, max=2147483647)
+
+
+class PageQuery(Schema):
+    page = page_field()
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class DiffQuery(Schema):
+    from_ = fields.Integer(data_key="from", load_default=None, validate=VERSION_ID, metadata={
+        "description": "version id (default: the version published before `to`)"})
+    to = fields.Integer(load_default=None, validate=VERSION_ID, metadata={
+        "description": "version id (default: the published version)"})
+    side = fields.String(load_default=None, validate=validate.OneOf(("entered", "left")), metadata={
+        "description": "stream the keys of users who entered or left as text/csv, one a line"})
+
+
+class TagDiffQuery(Schema):
+    from_ = fields.Integer(data_key="from", load_default=None, validate=VERSION_ID, metadata={
+        "description": "version id (default: the version published before `to`)"})
+    to = fields.Integer(load_default=None, validate=VERSION_ID, metadata={
+        "description": "version id (default: the published version)"})
+
+
+class PreviewSchema(Schema):
+    project = fields.String(load_default=None, metadata={"description": "must match the token's project if given"})
+    definition = DefinitionField(required=True, metadata=DEFINITION_DOC)
+    sample = fields.Integer(load_default=None, strict=True, validate=validate.Range(min=0, max=100), metadata={
+        "description": "how many member keys to return (default COHORTS_PREVIEW_SAMPLE, 10)"})
+
+
+class VersionHistorySchema(Schema):
+    id = fields.Integer()
+    definition_version = fields.Integer()
+    base_time = fields.DateTime()
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    count = fields.Integer(allow_none=True)
+    error_code = fields.String(allow_none=True)
+    error_message = fields.String(allow_none=True)
+    published = fields.Boolean(metadata={"description": "this is the cohort's published (latest) version"})
+    kept = fields.Boolean(metadata={"description": "its members are kept (diff and members can read them)"})
+    entered = fields.Integer(allow_none=True, metadata={
+        "description": "users in this version but not in the one published before it (all members for a first "
+                       "version); null when this version was not published"})
+    left = fields.Integer(allow_none=True, metadata={"description": "users in the previous published version only"})
+    previous_version_id = fields.Integer(allow_none=True)
+    job_id = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    duration_seconds = fields.Float(allow_none=True, metadata={
+        "description": "from its job's first start to the version's end"})
+    timings = fields.List(fields.Dict(), allow_none=True, metadata={
+        "description": "per leaf: {leaf (path), type, seconds, count}"})
+
+
+class VersionPageSchema(Schema):
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+    versions = fields.List(fields.Nested(VersionHistorySchema))
+
+
+class DiffSideSchema(Schema):
+    id = fields.Integer()
+    count = fields.Integer()
+    base_time = fields.DateTime()
+    definition_version = fields.Integer()
+
+
+class DiffSchema(Schema):
+    cohort = fields.Integer()
+    from_ = fields.Nested(DiffSideSchema, data_key="from")
+    to = fields.Nested(DiffSideSchema)
+    entered = fields.Integer(metadata={"description": "users in `to` and not in `from`"})
+    left = fields.Integer(metadata={"description": "users in `from` and not in `to`"})
+
+
+class ChangeSchema(Schema):
+    from_ = fields.Raw(data_key="from")
+    to = fields.Raw()
+    change = fields.Raw()
+
+
+class ValueChangeSchema(ChangeSchema):
+    value = fields.Raw(metadata={"description": "a tag value (string, number, time, boolean)"})
+
+
+class TagDiffSchema(Schema):
+    tag = fields.Integer()
+    value_type = fields.String()
+    from_ = fields.Nested(DiffSideSchema, data_key="from")
+    to = fields.Nested(DiffSideSchema)
+    kind = fields.String(metadata={"description": "values: per value; histogram: either side is a histogram, whose "
+                                                  "bins are not comparable, so both are given with their summaries"})
+    count = fields.Nested(ChangeSchema, metadata={"description": "users with a value"})
+    values = fields.List(fields.Nested(ValueChangeSchema), metadata={"description": "kind values: largest change "
+                                                                                    "first"})
+    other = fields.Nested(ChangeSchema, metadata={"description": "kind values: users of the values not listed"})
+    from_summary = fields.Dict()
+    to_summary = fields.Dict()
+    from_bins = fields.List(fields.Dict())
+    to_bins = fields.List(fields.Dict())
+
+
+class PreviewResultSchema(Schema):
+    count = fields.Integer()
+    sample = fields.List(fields.String(), metadata={"description": "member keys (the smallest ids)"})
+    job = fields.Nested(JobSchema)
+
+
+class PreviewFailedSchema(Schema):
+    error = fields.String(required=True, metadata={"description": "why the preview's job failed"})
+    error_code = fields.String(metadata={"description": "the job's error_code (docs/jobs.md)"})
+    job = fields.Nested(JobSchema)
+
+
+class PreviewAcceptedSchema(Schema):
+    job = fields.Nested(JobSchema, metadata={"description": "poll GET /api/v1/jobs/{id}: its result is {count, "
+                                                           "sample} once it succeeds"})
+
+
+WEBHOOK_EVENTS = ("version.published", "job.failed")
+WEBHOOK_URL = validate.Length(min=1, max=2000)
+WEBHOOK_SECRET = validate.Length(min=16, max=200)
+
+
+class WebhookCreateSchema(Schema):
+    url = fields.String(required=True, validate=WEBHOOK_URL, metadata={
+        "description": "http(s) URL; its host:port must be allowed for the project "
+                       "(python -m core.manage allow PROJECT --webhook HOST:PORT)"})
+    secret = fields.String(load_default=None, validate=WEBHOOK_SECRET, metadata={
+        "description": "HMAC-SHA256 key of the X-Cohorts-Signature header (default: generated, shown once)"})
+    cohort_id = fields.Integer(load_default=None, allow_none=True, strict=True,
+                               validate=validate.Range(min=1, max=MAX_COHORT_ID), metadata={"description": "only this cohort's events (default: every cohort's)"})
+    events = fields.List(fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)), load_default=list(WEBHOOK_EVENTS),
+                         validate=validate.Length(min=1, max=len(WEBHOOK_EVENTS)))
+    active = StrictBoolean(load_default=True)
+
+
+class WebhookPatchSchema(WebhookCreateSchema):
+    def __init__(self, **kwargs):
+        super().__init__(partial=True, **kwargs)
+
+    url = fields.String(validate=WEBHOOK_URL)
+    secret = fields.String(validate=WEBHOOK_SECRET)
+    cohort_id = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1, max=MAX_COHORT_ID))
+    events = fields.List(fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)),
+                         validate=validate.Length(min=1, max=len(WEBHOOK_EVENTS)))
+    active = StrictBoolean()
+
+
+class WebhookSchema(Schema):
+    id = fields.Integer()
+    url = fields.String()
+    cohort_id = fields.Integer(allow_none=True)
+    events = fields.List(fields.String())
+    active = fields.Boolean()
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    secret = fields.String(metadata={"description": "only in the answer that creates it (or sets a new one)"})
+
+
+class WebhookPageSchema(Schema):
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+    webhooks = fields.List(fields.Nested(WebhookSchema))
+
+
+class DeliveryListQuery(Schema):
+    status = fields.String(load_default=None, validate=validate.OneOf(("pending", "delivered", "failed")))
+    page = page_field()
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class DeliverySchema(Schema):
+    id = fields.Integer()
+    webhook_id = fields.Integer()
+    event = fields.String()
+    cohort_id = fields.Integer(allow_none=True)
+    version_id = fields.Integer(allow_none=True)
+    job_id = fields.Integer(allow_none=True)
+    status = fields.String(metadata={"description": "pending (an attempt is due), delivered, failed (no more tries)"})
+    attempts = fields.Integer()
+    status_code = fields.Integer(allow_none=True, metadata={"description": "of the last attempt"})
+    error = fields.String(allow_none=True, metadata={"description": "of the last attempt"})
+    history = fields.List(fields.Dict(), metadata={"description": "every attempt: {attempt, at, status_code, error, "
+                                                                  "seconds}"})
+    body = fields.Dict(metadata={"description": "the JSON body sent (docs/webhooks.md)"})
+    created_at = fields.DateTime()
+    next_attempt_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class DeliveryPageSchema(Schema):
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+    deliveries = fields.List(fields.Nested(DeliverySchema))

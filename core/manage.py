@@ -1,13 +1,15 @@
-"""Service administration: `python -m core.manage set-token PROJECT TOKEN`, daily refresh times, app keys, Sugo targets.
+"""Service administration: `python -m core.manage set-token PROJECT TOKEN`, daily refresh times, app keys, and
+each project's outbound allowlist.
 
     python -m core.manage set-refresh-time PROJECT HH:MM   (local time in the project's zone; default 04:00)
     python -m core.manage set-app-key PROJECT APP_KEY      (or --clear; the name Ark's appKey header may use)
-    python -m core.manage sugo-allow PROJECT --redis host:port/db --hproxy host:port --broker host:port
-                                             --import host:port   (routine ID-import URLs, docs/imports.md)
-    python -m core.manage sugo-deny PROJECT --redis host:port/db ...   (or --all)
-    python -m core.manage sugo-targets PROJECT
+    python -m core.manage allow PROJECT --redis host:port/db --hproxy host:port --broker host:port --webhook host:port
+                                        --import host:port   (routine ID-import URLs, docs/imports.md)
+    python -m core.manage deny PROJECT --redis host:port/db ...   (or --all)
+    python -m core.manage targets PROJECT
     python -m core.manage druid-backend PROJECT --brokers http://broker:8082 --events DS [--profiles DS] ...
     python -m core.manage druid-backend PROJECT --show | --embedded
+(sugo-allow, sugo-deny and sugo-targets are the same commands under their first names.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import psycopg2
 
 from cohort_engine import db
+from core import addresses
 from core.crons import daily_cron, parse_daily_time
 from core.data import cohorts, projects, sugo_targets
 from core.errors import Invalid
@@ -40,6 +43,8 @@ def _target_flags(parser: argparse.ArgumentParser) -> None:
                         help="a remote Druid broker; repeatable (the embedded /druid/v2 needs none)")
     parser.add_argument("--import", action="append", default=[], metavar="HOST:PORT",
                         help="a host routine ID imports may fetch http(s) URLs from; repeatable")
+    parser.add_argument("--webhook", action="append", default=[], metavar="HOST:PORT",
+                        help="an address the project's webhooks may call (http or https); repeatable")
 
 
 def _targets(args, settings: Settings) -> list[tuple[str, str, int, int]]:
@@ -55,6 +60,9 @@ def _targets(args, settings: Settings) -> list[tuple[str, str, int, int]]:
             if kind == "redis" and dialect.is_own(own, host, port, redis_db):
                 raise ValueError(f"--redis {text}: one of this service's own Redis databases (bitmaps, job "
                                  "broker) is never a Sugo target")
+            if kind == "webhook" and addresses.is_own(addresses.own_addresses(settings), host, port):
+                raise ValueError(f"--webhook {text}: one of this service's own stores (PostgreSQL, Redis) is never "
+                                 "a webhook target")
             found.append((kind, host, port, redis_db))
     return found
 
@@ -158,16 +166,17 @@ def main(argv=None) -> int:
     app_key.add_argument("project")
     app_key.add_argument("app_key", nargs="?")
     app_key.add_argument("--clear", action="store_true", help="remove the project's app key")
-    allow = sub.add_parser("sugo-allow", help="allow Sugo targets for a project")
+    allow = sub.add_parser("sugo-allow", aliases=["allow"], help="allow outbound targets for a project")
     _target_flags(allow)
-    deny = sub.add_parser("sugo-deny", help="remove Sugo targets of a project")
+    deny = sub.add_parser("sugo-deny", aliases=["deny"], help="remove outbound targets of a project")
     _target_flags(deny)
-    deny.add_argument("--all", action="store_true", help="remove every Sugo target of the project")
-    listing = sub.add_parser("sugo-targets", help="list the Sugo targets of a project")
+    deny.add_argument("--all", action="store_true", help="remove every target of the project")
+    listing = sub.add_parser("sugo-targets", aliases=["targets"], help="list the outbound targets of a project")
     listing.add_argument("project")
     druid = sub.add_parser("druid-backend", help="point a project's rules at a Druid (or Sugo) cluster")
     _druid_flags(druid)
     args = parser.parse_args(argv)
+    args.command = {"allow": "sugo-allow", "deny": "sugo-deny", "targets": "sugo-targets"}.get(args.command, args.command)
     settings = Settings.from_env()
     if args.command == "set-token" and len(args.token) < 8:
         print("a token needs at least 8 characters", file=sys.stderr)
@@ -223,7 +232,7 @@ def main(argv=None) -> int:
                 print(f"removed {sugo_targets.remove_all(conn, project['id'])} Sugo targets of {args.project}")
                 return 0
             if not targets:
-                print("name at least one --redis, --hproxy, --broker or --import", file=sys.stderr)
+                print("name at least one --redis, --hproxy, --broker, --import or --webhook", file=sys.stderr)
                 return 2
             change = sugo_targets.add if args.command == "sugo-allow" else sugo_targets.remove
             for target in targets:

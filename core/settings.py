@@ -76,6 +76,18 @@ class Settings:
     # ThinkingData /open answers (docs/dialects/thinkingdata.md "Errors"): 0 answers each error with the
     # HTTP status of its kind; 200 answers every error 200, for clients whose HTTP library throws on 4xx.
     thinkingdata_error_status: int = 0
+    # POST /api/v1/cohorts/preview (docs/api.md): how long the request waits for its job before answering 202,
+    # the sample size when the body names none, and how long a finished preview job stays readable.
+    preview_wait_seconds: float = 3.0
+    preview_sample: int = 10
+    preview_keep_seconds: float = 3600.0
+    # Webhook deliveries (docs/webhooks.md): attempts, backoff base * 2^(n-1) capped at max, request timeout,
+    # and how overdue a pending delivery is before the sweeper resends it (its message was lost).
+    webhook_max_attempts: int = 6
+    webhook_backoff_base: float = 10.0
+    webhook_backoff_max: float = 600.0
+    webhook_timeout: float = 5.0
+    webhook_lost_after: float = 300.0
 
     @property
     def druid_limits(self):

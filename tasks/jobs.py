@@ -36,6 +36,7 @@ def run_job(task, job_id: int) -> None:
     busy, transient = int(headers.get(BUSY_HEADER, 0)), int(headers.get(TRANSIENT_HEADER, 0))
     executor = JobRun(settings, job_id)
     executor.resume = headers.get(RESUME_HEADER)
+    executor.sender = task.app  # sends the run's webhook deliveries after their commit
     started = time.monotonic()
     try:
         executor.run()

@@ -12,7 +12,8 @@ from celery import shared_task
 from croniter import croniter
 
 from cohort_engine import db
-from core.data import cohorts, jobs, projects
+from core import webhooks
+from core.data import cohorts, jobs, projects, webhook_deliveries
 from core.jobs.runner import end_failed
 from core.queue import (
     broker_job_ids,
@@ -59,16 +60,16 @@ def broker_client(url: str):
 def sweep(self) -> dict:
     """Reap jobs whose heartbeat stopped, re-enqueue jobs left `new` and jobs the broker lost."""
     settings = self.app.cohort_settings
-    requeued, failed = [], []
+    requeued, failed, outbox = [], [], []
     with db.connection(settings.engine.database_url) as conn:
         for job in jobs.stale_computing(conn, settings.stale_after):
             if job["cancel_requested"]:
-                end_failed(conn, settings, job, "cancelled", "the job was cancelled on request")
+                end_failed(conn, settings, job, "cancelled", "the job was cancelled on request", outbox=outbox)
                 failed.append(job["id"])
             elif job["attempts"] >= job["max_attempts"]:
                 end_failed(conn, settings, job, "worker_lost",
                            f"the worker computing this job stopped sending heartbeats ({job['attempts']} attempts); "
-                           "check that workers are running and not running out of memory")
+                           "check that workers are running and not running out of memory", outbox=outbox)
                 failed.append(job["id"])
             else:
                 jobs.requeue(conn, job["id"])
@@ -78,12 +79,18 @@ def sweep(self) -> dict:
         resend = list({job["id"]: job for job in [*requeued, *waiting, *lost]}.values())
         requeued_ids = {job["id"] for job in requeued}
         jobs.mark_enqueued(conn, [job["id"] for job in resend if job["id"] not in requeued_ids])
+        # Deliveries whose message was lost (or never sent) are sent again; they carry their own attempts.
+        overdue = webhook_deliveries.overdue(conn, settings.webhook_lost_after)
+        previews = jobs.delete_finished_previews(conn, settings.preview_keep_seconds)
     # Resends go to the urgent queue: a reaped or lost job has waited already, not behind the backlog.
     enqueue(self.app, lambda: db.connection(settings.engine.database_url), resend, urgent=True)
+    webhooks.send(self.app, outbox + overdue)
     resent_ids = [job["id"] for job in resend]
-    if resend or failed:
-        log.info("sweep requeued=%s lost=%s failed=%s", resent_ids, [job["id"] for job in lost], failed)
-    return {"requeued": resent_ids, "lost": [job["id"] for job in lost], "failed": failed}
+    if resend or failed or overdue or previews:
+        log.info("sweep requeued=%s lost=%s failed=%s deliveries_resent=%s previews_deleted=%s", resent_ids,
+                 [job["id"] for job in lost], failed, overdue, previews)
+    return {"requeued": resent_ids, "lost": [job["id"] for job in lost], "failed": failed,
+            "deliveries_resent": overdue, "previews_deleted": previews}
 
 
 def due_fire_time(cron: str, tz: ZoneInfo, since: datetime, now: datetime) -> datetime | None:

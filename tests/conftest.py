@@ -111,6 +111,10 @@ def service_env(database_url, redis_url, tmp_path_factory) -> dict:
         "COHORTS_HARD_TIME_LIMIT": "90",
         "COHORTS_BACKOFF_BASE": "2",
         "COHORTS_BACKOFF_MAX": "30",
+        # Webhook retries in tenths of a second (tests/app/test_webhooks.py measures the doubling).
+        "COHORTS_WEBHOOK_BACKOFF_BASE": "0.2",
+        "COHORTS_WEBHOOK_MAX_ATTEMPTS": "4",
+        "COHORTS_WEBHOOK_TIMEOUT": "3",
     }
 
 

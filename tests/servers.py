@@ -142,3 +142,55 @@ class ServedFile:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@dataclass
+class Received:
+    at: float  # time.monotonic() when the request arrived
+    path: str
+    headers: dict
+    body: bytes
+
+
+class WebhookReceiver:
+    """A real HTTP server standing in for a client's webhook endpoint: records every POST and answers the
+    scripted statuses in order (then 200)."""
+
+    def __init__(self, statuses=()):
+        import http.server
+        import threading
+
+        self.statuses = list(statuses)
+        self.received: list[Received] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                import time
+
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver.lock:
+                    receiver.received.append(Received(time.monotonic(), self.path, dict(self.headers), body))
+                    status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

@@ -50,7 +50,7 @@ def quiet_maintenance_logs() -> None:
 def create_celery(settings: Settings | None = None) -> Celery:
     """A configured Celery app; tasks are found in the `tasks` package, dialects' job task names in the registry."""
     settings = settings or Settings.from_env()
-    celery = Celery("cohorts", broker=settings.broker_url, include=["tasks.jobs", "tasks.maintenance"])
+    celery = Celery("cohorts", broker=settings.broker_url, include=["tasks.jobs", "tasks.maintenance", "tasks.webhooks"])
     celery.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

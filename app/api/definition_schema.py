@@ -12,6 +12,7 @@ from cohort_engine.definition import (
     AGGREGATE_COMPARATORS,
     AGGREGATE_FUNCTIONS,
     MAX_COHORT_ID,
+    MAX_UPLOAD_ID,
     PROPERTY_COMPARATORS,
     WINDOW_UNITS,
 )
@@ -34,7 +35,8 @@ def closed(description: str, required: list[str], **properties) -> dict:
 SCHEMAS = {
     "Definition": {"description": "a node of the rule tree: an and/or/not group or a leaf (docs/definition.md)",
                    "oneOf": [ref(n) for n in ("AndOr", "Not", "ProfileLeaf", "EventLeaf", "SequenceLeaf",
-                                              "CohortLeaf", "IdsLeaf", "TagLeaf")], "example": EXAMPLE},
+                                              "CohortLeaf", "IdsLeaf", "TagLeaf", "ImportLeaf")],
+                   "example": EXAMPLE},
     "AndOr": closed("intersection (and) or union (or) of the children", ["op", "children"],
                     op={"type": "string", "enum": ["and", "or"]},
                     children={"type": "array", "minItems": 1, "items": ref("Definition")}),
@@ -63,6 +65,19 @@ SCHEMAS = {
                       type={"type": "string", "enum": ["tag"]},
                       tag_id={"type": "integer", "minimum": 1, "maximum": MAX_COHORT_ID},
                       cmp={"type": "string", "enum": list(PROPERTY_COMPARATORS)}, values=VALUES),
+    "ImportLeaf": closed("users named by an ID import: an uploaded file by id, or a source re-read per compute"
+                         " (docs/imports.md)", ["type"],
+                         type={"type": "string", "enum": ["import"]},
+                         upload_id={"type": "integer", "minimum": 1, "maximum": MAX_UPLOAD_ID},
+                         source=ref("ImportSource"),
+                         match={**NAME, "nullable": True,
+                                "description": "the profile property the IDs are values of; none: the user key"},
+                         keep_unmatched={"type": "boolean"},
+                         header={"type": "string", "enum": ["auto", "true", "false"]}),
+    "ImportSource": {"description": "exactly one of path (under the import directory) or url (an allowed import target)",
+                     "type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+                     "properties": {"path": {"type": "string", "minLength": 1, "maxLength": 1024},
+                                    "url": {"type": "string", "minLength": 1, "maxLength": 2048}}},
     "Step": closed("one step of a sequence", ["event"], event=NAME, filter=ref("Filter")),
     "Aggregate": closed("what is computed per user (default count)", ["fn"],
                         fn={"type": "string", "enum": list(AGGREGATE_FUNCTIONS)},
@@ -86,7 +101,8 @@ SCHEMAS = {
 # The marshmallow schema each OpenAPI schema describes (checked for the same fields by the tests).
 ENGINE_SCHEMAS = {"AndOr": "AndOrSchema", "Not": "NotSchema", "ProfileLeaf": "ProfileLeafSchema",
                   "EventLeaf": "EventLeafSchema", "SequenceLeaf": "SequenceLeafSchema",
-                  "CohortLeaf": "CohortLeafSchema", "IdsLeaf": "IdsLeafSchema", "TagLeaf": "TagLeafSchema", "Step": "StepSchema",
+                  "CohortLeaf": "CohortLeafSchema", "IdsLeaf": "IdsLeafSchema", "TagLeaf": "TagLeafSchema",
+                  "ImportLeaf": "ImportLeafSchema", "Step": "StepSchema",
                   "Aggregate": "AggregateSchema", "Condition": "ConditionSchema", "FilterGroup": "FilterGroupSchema",
                   "RelativeWindow": "RelativeWindowSchema", "AbsoluteWindow": "AbsoluteWindowSchema"}
 

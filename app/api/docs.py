@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, jsonify, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from app import schemas
-from app.api import imports, tags
+from app.api import history, imports, tags, webhooks
 from app.api.definition_schema import add_definition_schemas
 from app.input_rules import MAX_PATH_INT
 from cohort_engine.definition import MAX_COHORT_ID
@@ -27,6 +27,7 @@ ERROR_ANSWERS = {
     "409": "conflicts with the current state (see the message)",
     "413": "request body larger than COHORTS_MAX_BODY_BYTES (ID uploads: COHORTS_IMPORT_MAX_BYTES)",
     "415": "unsupported Content-Type (ID uploads: text/csv or multipart/form-data)",
+    "422": "the computation ended failed (error_code and the job in the body)",
     "503": "PostgreSQL or Redis unreachable; nothing was written",
 }
 
@@ -140,6 +141,8 @@ def build_spec() -> dict:
                            _responses("202", "Job", "cancel requested", "409"), [job_id])})
     imports.add_paths(spec, sys.modules[__name__])
     tags.add_paths(spec, sys.modules[__name__])
+    for add_paths in (history.add_paths, webhooks.add_paths):
+        add_paths(spec, sys.modules[__name__], cohort_id)
     # The enabled dialects' paths (Dialect(openapi="module:attr"), called as add_paths(spec, this module)).
     for dialect in dialects.enabled(current_app.config["SETTINGS"]):
         if dialect.openapi:

@@ -113,15 +113,22 @@ def distribution(tag_id):
     service = tag_service()
     tag = service.get(tag_id)
     found = service.distribution(tag)
-    tz = service.tz
-    for entry in found.get("values", []):
-        entry["value"] = render(_typed(entry["value"], tag["value_type"]), tz)
-    for entry in found.get("bins", []):
-        entry["low"], entry["high"] = (render(_typed(entry[k], tag["value_type"]), tz) for k in ("low", "high"))
+    return jsonify({**shown(found, tag["value_type"], service.tz), "value_type": tag["value_type"]})
+
+
+def shown(distribution: dict, value_type: str, tz) -> dict:
+    """A stored distribution (or part of one) with its values, bin bounds and min / max as the API shows them."""
+    found = dict(distribution)
+    if "values" in found:
+        found["values"] = [{**entry, "value": render(_typed(entry["value"], value_type), tz)}
+                           for entry in found["values"]]
+    if "bins" in found:
+        found["bins"] = [{**entry, **{k: render(_typed(entry[k], value_type), tz) for k in ("low", "high")}}
+                         for entry in found["bins"]]
     for bound in ("min", "max"):
         if bound in found:
-            found[bound] = render(_typed(found[bound], tag["value_type"]), tz)
-    return jsonify({**found, "value_type": tag["value_type"]})
+            found[bound] = render(_typed(found[bound], value_type), tz)
+    return found
 
 
 def _typed(value, value_type: str):

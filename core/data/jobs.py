@@ -104,6 +104,14 @@ def partition_summaries(conn, cohort_ids) -> dict[int, dict]:
     return summaries
 
 
+def delete_finished_previews(conn, older_than_seconds: float) -> int:
+    """Delete preview jobs (they have no cohort) finished more than older_than_seconds ago; how many."""
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM jobs WHERE kind = 'preview' AND cohort_id IS NULL AND status IN ('succeed', 'failed')"
+                    " AND finished_at < now() - make_interval(secs => %s)", (older_than_seconds,))
+        return cur.rowcount
+
+
 def mark_enqueued(conn, job_ids: list[int]) -> None:
     with conn.cursor() as cur:
         cur.execute("UPDATE jobs SET enqueued_at = now() WHERE id = ANY(%s)", (list(job_ids),))

@@ -1,18 +1,19 @@
-"""sugo_targets table: the addresses each project's requests may name: Sugo's Redis, hproxy and broker
-targets, and the hosts routine ID imports may fetch from (kind `import`, docs/imports.md)."""
+"""sugo_targets table: each project's outbound allowlist: Sugo's Redis, hproxy and broker targets, the hosts
+routine ID imports may fetch from (kind `import`, docs/imports.md), and those its webhooks may call (kind `webhook`,
+docs/webhooks.md)."""
 
 from __future__ import annotations
 
 from psycopg2.extras import RealDictCursor
 
-KINDS = ("redis", "hproxy", "broker", "import")
+KINDS = ("redis", "hproxy", "broker", "import", "webhook")
 
 
-def for_project(conn, project_id: int) -> list[dict]:
-    """Every target of a project as {kind, host, port, db}, in a stable order."""
+def for_project(conn, project_id: int, kind: str | None = None) -> list[dict]:
+    """Every target of a project (of one kind, if given) as {kind, host, port, db}, in a stable order."""
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
-        cur.execute("SELECT kind, host, port, db FROM sugo_targets WHERE project_id = %s ORDER BY kind, host, port, db",
-                    (project_id,))
+        cur.execute("SELECT kind, host, port, db FROM sugo_targets WHERE project_id = %s AND (%s IS NULL OR kind = %s)"
+                    " ORDER BY kind, host, port, db", (project_id, kind, kind))
         return [dict(row) for row in cur.fetchall()]
 
 

@@ -6,16 +6,21 @@ import psycopg2
 from psycopg2.extras import Json, RealDictCursor
 
 COLUMNS = ("id, cohort_id, definition_version, base_time, status, count, bitmap_key, error_code, error_message,"
-           " created_at, finished_at")
+           " created_at, finished_at, job_id, started_at, timings, previous_version_id, entered_count, left_count,"
+           " expired_at")
 
 
 def insert_succeeded(conn, cohort_id: int, definition_version: int, base_time, count: int, bitmap_key: str,
-                     tag_meta: dict | None = None) -> dict:
+                     tag_meta: dict | None = None, *, job: dict | None = None, timings: list | None = None) -> dict:
+    """A computed version (a tag's with its meta), with the job that wrote it (its id and first start) and its
+    per-leaf timings."""
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(
             "INSERT INTO cohort_versions (cohort_id, definition_version, base_time, status, count, bitmap_key,"
-            " finished_at, tag_meta) VALUES (%s, %s, %s, 'succeed', %s, %s, now(), %s) RETURNING " + COLUMNS,
-            (cohort_id, definition_version, base_time, count, bitmap_key, Json(tag_meta) if tag_meta else None))
+            " finished_at, tag_meta, job_id, started_at, timings)"
+            " VALUES (%s, %s, %s, 'succeed', %s, %s, now(), %s, %s, %s, %s) RETURNING " + COLUMNS,
+            (cohort_id, definition_version, base_time, count, bitmap_key, Json(tag_meta) if tag_meta else None,
+             *_job_fields(job), None if timings is None else Json(timings)))
         return cur.fetchone()
 
 
@@ -45,13 +50,61 @@ def payload_range(conn, version_id: int, offset: int, length: int) -> bytes | No
     return None if row is None else bytes(row[0])
 
 
-def insert_failed(conn, cohort_id: int, definition_version: int, base_time, code: str, message: str) -> dict:
+def insert_failed(conn, cohort_id: int, definition_version: int, base_time, code: str, message: str, *,
+                  job: dict | None = None) -> dict:
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(
             "INSERT INTO cohort_versions (cohort_id, definition_version, base_time, status, error_code,"
-            " error_message, finished_at) VALUES (%s, %s, %s, 'failed', %s, %s, now()) RETURNING " + COLUMNS,
-            (cohort_id, definition_version, base_time, code, message))
+            " error_message, finished_at, job_id, started_at) VALUES (%s, %s, %s, 'failed', %s, %s, now(), %s, %s)"
+            " RETURNING " + COLUMNS,
+            (cohort_id, definition_version, base_time, code, message, *_job_fields(job)))
         return cur.fetchone()
+
+
+def _job_fields(job: dict | None) -> tuple:
+    return (None, None) if job is None else (job["id"], job.get("started_at"))
+
+
+def set_change(conn, version_id: int, previous_version_id: int | None, entered: int, left: int) -> None:
+    """Record who entered and left against the version published before (in the publishing transaction)."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE cohort_versions SET previous_version_id = %s, entered_count = %s, left_count = %s"
+                    " WHERE id = %s", (previous_version_id, entered, left, version_id))
+
+
+def list_page(conn, cohort_id: int, *, limit: int, offset: int) -> tuple[int, list[dict]]:
+    """(total, a page of the cohort's version rows, newest first in publish order)."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT count(*) AS n FROM cohort_versions WHERE cohort_id = %s", (cohort_id,))
+        total = cur.fetchone()["n"]
+        cur.execute("SELECT " + COLUMNS + " FROM cohort_versions WHERE cohort_id = %s"
+                    " ORDER BY definition_version DESC, base_time DESC, id DESC LIMIT %s OFFSET %s",
+                    (cohort_id, limit, offset))
+        return total, cur.fetchall()
+
+
+def of_cohort(conn, cohort_id: int, version_id: int) -> dict | None:
+    """One version row of that cohort (None for another cohort's version)."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT " + COLUMNS + " FROM cohort_versions WHERE id = %s AND cohort_id = %s",
+                    (version_id, cohort_id))
+        return cur.fetchone()
+
+
+def meta_of(conn, version_id: int) -> dict | None:
+    """A tag version's meta (layout, distribution), kept with the row even after its payload expired."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT tag_meta FROM cohort_versions WHERE id = %s", (version_id,))
+        row = cur.fetchone()
+    return None if row is None else row[0]
+
+
+def bitmap_of(conn, version_id: int) -> bytes | None:
+    """The durable copy of one version's bitmap, or None if it has none (failed, or expired)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT bitmap FROM cohort_versions WHERE id = %s AND bitmap IS NOT NULL", (version_id,))
+        row = cur.fetchone()
+    return None if row is None else bytes(row[0])
 
 
 def get(conn, version_id: int | None) -> dict | None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from pyroaring import BitMap
+
 from cohort_engine import bitmaps, db
 from cohort_engine.definition import parse_definition
 from cohort_engine.project import ProjectEngine
+from core import webhooks
 from core.data import cohorts, versions
 from core.jobs.retention import drop_bitmaps, expire_old_versions
 from core.jobs.runner import JobRun, JobStopped
@@ -14,6 +17,8 @@ from core.services import imports
 from core.services.backends import outbound_problem
 
 log = logging.getLogger(__name__)
+# A job computing a definition for POST /api/v1/cohorts/preview: no cohort, its result holds a sample of keys.
+PREVIEW_KIND = "preview"
 
 
 def compute_cohort(run: JobRun, job: dict) -> dict:
@@ -41,7 +46,11 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
                             progress=run.progress, load_import=load_import, load_tag=tag_loader(run),
                             on_cancel=run.on_cancel)
     if cohort is None:
-        return run.finish(job, None, {"count": result.count, **({"imports": result.imports} if result.imports else {})})
+        outcome = {"count": result.count, **({"imports": result.imports} if result.imports else {})}
+        if job["kind"] == PREVIEW_KIND:
+            # The smallest ids: a stable sample (the first users the dictionary saw).
+            outcome["sample"] = list(engine.iter_keys(result.bitmap[:job["params"].get("sample", 10)]))
+        return run.finish(job, None, outcome)
     # One key per attempt: a stale earlier claim finishing late cannot overwrite this one's bitmap.
     version_key = bitmaps.cohort_key(prefix, project["id"], cohort["id"], f"j{job['id']}a{job['attempts']}")
     payload = bitmaps.publish(run.redis, version_key, result.bitmap)
@@ -104,28 +113,51 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
         if cohort["definition_version"] != definition_version:
             raise JobStopped("superseded", "the cohort's definition changed while this job ran; "
                                            "the job for the new definition publishes instead")
+        leaves = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()} for t in result.timings]
         version = versions.insert_succeeded(conn, cohort["id"], definition_version, job["base_time"],
-                                            result.count, version_key, tag_meta)
+                                            result.count, version_key, tag_meta, job=job, timings=leaves)
         # The durable copy commits with the version row: a version that exists survives Redis.
         versions.store_bitmap(conn, version["id"], payload)
         latest = versions.get(conn, cohort["latest_version_id"])
         is_newest = latest is None or (latest["definition_version"], latest["base_time"]) <= (
             definition_version, job["base_time"])
-        outcome = {"count": result.count, "version_id": version["id"], "published": is_newest,
-                   "leaves": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()}
-                              for t in result.timings]}
+        outcome = {"count": result.count, "version_id": version["id"], "published": is_newest, "leaves": leaves}
         if getattr(result, "imports", None):  # a cohort's import leaves (a TagResult has none)
             outcome["imports"] = result.imports
         # Also locks the job row, so the reaper cannot take the job before this commits.
         run.mark_succeeded(conn, outcome, version["id"])
+        deliveries = []
         if is_newest:
+            if cohort["entity"] == "cohort":
+                version = record_change(conn, version, latest, result.bitmap)
+            else:  # a tag version's payload is a value column: its change is a distribution diff (history.py)
+                versions.set_change(conn, version["id"], latest and latest["id"], None, None)
+                version = {**version, "previous_version_id": latest and latest["id"]}
             cohorts.set_latest_version(conn, cohort["id"], version["id"])
             bitmaps.publish(run.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
                             None, payload=payload)
+            deliveries = webhooks.record(conn, cohort, "version.published", version=version, job=job,
+                                         project=run.project)
         if job["kind"] == "cron":
             cohorts.record_outcome(conn, cohort["id"], False, settings.backoff_base, settings.backoff_max)
         expired = expire_old_versions(conn, settings, cohort["id"])
     drop_bitmaps(run.redis, cohort["id"], expired)  # after the commit: a rolled-back prune keeps its bitmaps
+    webhooks.send(run.sender, deliveries)  # after the commit, as jobs are (core/queue.py)
     log.info("job=%s cohort=%s status=succeed count=%s published=%s", job["id"], job["cohort_id"], result.count,
              is_newest)
     return outcome
+
+
+def record_change(conn, version: dict, previous: dict | None, bitmap) -> dict:
+    """Count who entered and left against the previously published version (everyone entered a first one)."""
+    if previous is None:
+        entered, left = len(bitmap), 0
+    else:
+        payload = versions.bitmap_of(conn, previous["id"])
+        if payload is None:
+            return version  # a version from before durable bitmaps: nothing to compare with
+        before = BitMap.deserialize(payload)
+        entered, left = bitmap.difference_cardinality(before), before.difference_cardinality(bitmap)
+    versions.set_change(conn, version["id"], previous and previous["id"], entered, left)
+    return {**version, "previous_version_id": previous and previous["id"], "entered_count": entered,
+            "left_count": left}

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from cohort_engine import bitmaps, db
 from cohort_engine.definition import DefinitionError
 from cohort_engine.evaluate import EngineError
-from core import dialects
+from core import dialects, webhooks
 from core.data import cohorts, jobs, projects, versions
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,12 @@ class Heartbeat(threading.Thread):
         self.join(timeout=self.interval + 5)
 
 
-def end_failed(conn, settings, job: dict, code: str, message: str, token: str | None = None) -> bool:
-    """End a live job failed, with a failed version row and cron backoff for its cohort (one path for all)."""
+def end_failed(conn, settings, job: dict, code: str, message: str, token: str | None = None,
+               outbox: list | None = None) -> bool:
+    """End a live job failed, with a failed version row and cron backoff for its cohort (one path for all).
+
+    outbox: gets the ids of the webhook deliveries of the failure, for the caller to send after its commit.
+    """
     cohort = None
     if job["cohort_id"] is not None:
         # Cohort row before job row: the lock order of every other writer (API, publish, scheduler).
@@ -123,8 +127,11 @@ def end_failed(conn, settings, job: dict, code: str, message: str, token: str | 
     if not jobs.fail(conn, job["id"], code, message, token=token):
         return False
     if cohort is not None:
-        versions.insert_failed(conn, cohort["id"], job["params"].get("definition_version", 0), job["base_time"],
-                               code, message)
+        version = versions.insert_failed(conn, cohort["id"], job["params"].get("definition_version", 0),
+                                         job["base_time"], code, message, job=job)
+        ids = webhooks.record(conn, cohort, "job.failed", version=version, job={**job, "status": "failed"})
+        if outbox is not None:
+            outbox.extend(ids)
         if job["kind"] == "cron":
             cohorts.record_outcome(conn, cohort["id"], True, settings.backoff_base, settings.backoff_max)
     log.warning("job=%s cohort=%s status=failed error_code=%s message=%r", job["id"], job["cohort_id"], code, message)
@@ -144,6 +151,8 @@ class JobRun:
         self.resume: str | None = None
         self.claimed = False
         self.heartbeat: Heartbeat | None = None
+        # Sends the webhook deliveries this run records, after their commit (the task's Celery app).
+        self.sender = None
         # Names the process, so operators (and tests) can tell which worker holds a job.
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
@@ -152,6 +161,13 @@ class JobRun:
         return bitmaps.redis_client(self.settings.engine.redis_url)
 
     def run(self) -> dict | None:
+        outbox: list[int] = []
+        try:
+            return self._run(outbox)
+        finally:
+            webhooks.send(self.sender, outbox)  # after end_failed's commit
+
+    def _run(self, outbox: list[int]) -> dict | None:
         with db.connection(self.dsn) as conn:
             job, why = jobs.claim(conn, self.job_id, self.token, self.settings.stale_after, resume=self.resume)
             if why == "claimed":
@@ -163,10 +179,10 @@ class JobRun:
                 end_failed(conn, self.settings, job, "worker_lost",
                            f"the job was started {job['attempts']} times and its worker was lost each time "
                            "(killed, out of memory, or past the hard time limit); check worker logs, "
-                           "then narrow the definition or give workers more memory")
+                           "then narrow the definition or give workers more memory", outbox=outbox)
                 return None
             if why == "cancelled":
-                end_failed(conn, self.settings, job, "cancelled", "the job was cancelled on request")
+                end_failed(conn, self.settings, job, "cancelled", "the job was cancelled on request", outbox=outbox)
                 return None
         if why == "busy":
             raise RetryLater("another delivery of this job is computing it")
@@ -206,8 +222,10 @@ class JobRun:
         self.claimed = False
 
     def _fail(self, job: dict, code: str, message: str) -> None:
+        outbox: list[int] = []
         with db.connection(self.dsn) as conn:
-            end_failed(conn, self.settings, job, code, message, token=self.token)
+            end_failed(conn, self.settings, job, code, message, token=self.token, outbox=outbox)
+        webhooks.send(self.sender, outbox)
 
     def progress(self, done: int, total: int) -> None:
         """Record done/total as 0..99 percent; raise JobStopped if the job was cancelled or taken away."""

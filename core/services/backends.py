@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 from cohort_engine.backends.druid.settings import BackendSettingError, DruidSettings, public_backend
 from cohort_engine.errors import EngineError
+from core import addresses
 from core.data import projects, sugo_targets
 from core.errors import Conflict, Invalid, Unavailable
 
@@ -22,28 +23,13 @@ __all__ = ["BackendSettingError", "backend_session", "check_outbound", "outbound
 BACKEND_FAILURES = ("backend_error", "backend_timeout", "backend_unavailable", "backend_config")
 
 
-def _own_addresses(settings) -> set[tuple[str, int]]:
-    """(host, port) of the service's own PostgreSQL and Redis servers: never a broker."""
-    from urllib.parse import urlsplit
-
-    found = set()
-    for holder in (settings, settings.engine):
-        for name, value in vars(holder).items():
-            if name.endswith("_url") and isinstance(value, str) and "://" in value:
-                parts = urlsplit(value)
-                if parts.hostname:
-                    default = 5432 if parts.scheme.startswith("postgres") else 6379
-                    found.add((parts.hostname.lower(), parts.port or default))
-    return found
-
-
-def check_outbound(conn, settings, project_id: int, addresses: list[tuple[str, int]]) -> str | None:
+def check_outbound(conn, settings, project_id: int, targets: list[tuple[str, int]]) -> str | None:
     """Why a project may not contact one of these (host, port) brokers, or None when it may contact them all."""
-    allowed = {(r["host"].lower(), r["port"]) for r in sugo_targets.for_project(conn, project_id)
-               if r["kind"] == "broker"}
-    own = _own_addresses(settings)
-    for host, port in addresses:
-        if (host, port) in own:
+    allowed = {(addresses.normal_host(r["host"]), r["port"]) for r in sugo_targets.for_project(conn, project_id, "broker")}
+    own = addresses.own_addresses(settings)
+    for host, port in targets:
+        host = addresses.normal_host(host)
+        if addresses.is_own(own, host, port):
             return f"{host}:{port} is one of this service's own stores (PostgreSQL, Redis), never a Druid broker"
         if (host, port) not in allowed:
             return (f"broker {host}:{port} is not allowed for this project; allow it with python -m core.manage "

@@ -14,6 +14,7 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, vali
 
 from cohort_engine.broker import DataSourceSpec
 from cohort_engine.druid.client import broker_endpoints
+from core.addresses import same_host
 from dialects.sugo.hproxy import cell, hproxy_endpoints, is_multi_value
 from dialects.sugo.redis_targets import SugoRedisConfigError, format_address, normalise, parse_hosts
 
@@ -374,21 +375,8 @@ def parse_target(kind: str, text: str) -> tuple[str, int, int]:
     return host, port, int(db_text) if slash else 0
 
 
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "0.0.0.0", "::"})
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _same_host(a: str, b: str) -> bool:
-    # Every name of this machine reaches the same server, so loopback aliases are one host here.
-    return a == b or (_is_loopback(a) and _is_loopback(b))
+# Loopback aliases are one host (core/addresses.py, shared with the webhook allowlist).
+_same_host = same_host
 
 
 def _redis_url_target(url: str) -> tuple[str, int, int] | None:
@@ -461,6 +449,8 @@ def targets_for(settings, rows: Iterable[Mapping]) -> Targets:
     """A project's Targets from its sugo_targets rows (core/data/sugo_targets.py) and the settings."""
     by_kind: dict[str, set] = {"redis": set(), "hproxy": set(), "broker": set()}
     for row in rows:
+        if row["kind"] not in by_kind:
+            continue  # the project's webhook targets (core/webhooks.py) share the table
         address = (row["host"], row["port"], row["db"]) if row["kind"] == "redis" else (row["host"], row["port"])
         by_kind[row["kind"]].add(address)
     embedded = frozenset((h, p) for h, p in parse_address_list(settings.sugo_embedded_brokers, 80))

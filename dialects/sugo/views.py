@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 from flask import Blueprint, Response, g, jsonify, request
 
@@ -15,7 +14,7 @@ from app.auth import MISSING_TOKEN, TokenPolicy, require_project
 from app.auth import current_project as resolve_project
 from app.db import check_broker, get_db, settings
 from app.errors import ApiError
-from app.services import send_jobs
+from app.services import send_jobs, wait_for
 from cohort_engine.broker import DataSources, respond_query
 from core.data import jobs, sugo_targets
 from core.services.tags import TagService
@@ -30,8 +29,6 @@ bp = Blueprint("sugo", __name__)
 LOADERS = {"single": dialect.load_single, "multi": dialect.load_multi,
            "tag_user_group": dialect.load_tag_user_group, "tag_query": dialect.load_tag_query}
 SUGO_KINDS = frozenset(dialect.ENDPOINT_KINDS.values())
-POLL_FIRST_SECONDS = 0.01
-POLL_MAX_SECONDS = 0.2
 
 
 # Token-less calls are what Sugo's own clients make; they are accepted only when the operator named a
@@ -50,20 +47,6 @@ def current_project() -> dict:
 
 def wants_async() -> bool:
     return request.args.get("async", "").strip().lower() in ("1", "true", "yes")
-
-
-def wait_for(job_id: int, seconds: float) -> dict:
-    """The job once it has ended, or as it is when `seconds` have passed."""
-    conn = get_db()
-    deadline = time.monotonic() + seconds
-    pause = POLL_FIRST_SECONDS
-    while True:
-        job = jobs.get(conn, job_id)
-        conn.rollback()
-        if job["status"] in ("succeed", "failed") or time.monotonic() >= deadline:
-            return job
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(pause * 1.5, POLL_MAX_SECONDS)
 
 
 def accepted(job: dict):

@@ -13,7 +13,8 @@ TOKEN = {"name": "token", "in": "query", "required": False, "schema": {"type": "
 PROJECT = {"name": "projectId", "in": "query", "required": True,
            "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}, "description": "the token's project id"}
 CLUSTER_ID = {"name": "clusterId", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_COHORT_ID}}
-CLUSTER_NAME = {"name": "clusterName", "in": "query", "schema": {"type": "string", "pattern": f"^ *{NAME_PATTERN} *$"}}
+CLUSTER_NAME = {"name": "clusterName", "in": "query", "schema": {"type": "string", "pattern": f"^ *{NAME_PATTERN} *$"},
+                "example": "recent_7_days_consume"}  # the add example's name, so "Try it out" finds it
 EVENT = {
     "type": "object", "required": ["eventName", "taPropQuota"],
     "properties": {

@@ -45,7 +45,7 @@ def test_every_documented_request_example_is_accepted(service_settings, api_proj
     project_name, project_id, headers = api_project
     allow_sugo_targets(database_url, project_id, redis=["127.0.0.1:6379/2"], hproxy=["127.0.0.1:8085"])
     try:
-        check_examples(client, project_name, headers["Authorization"].split()[1])
+        check_examples(client, project_name, project_id, headers["Authorization"].split()[1])
     finally:
         # The accepted jobs were never run: nothing may run them later (a sweeper would resend a job left
         # `new`), so the project goes, with its jobs, cohorts and allowed targets, and so do their messages.
@@ -56,19 +56,32 @@ def test_every_documented_request_example_is_accepted(service_settings, api_proj
             connection.default_channel.client.delete(settings.queue, urgent_queue(settings.queue))
 
 
-def credentials(spec: dict, operation: dict, project_name: str, token: str) -> dict:
-    """The headers the operation's first documented security alternative asks for (Ark's appKey names the project)."""
-    headers = {}
+def credentials(spec: dict, operation: dict, project_name: str, token: str) -> tuple[dict, dict]:
+    """The headers and query parameters the operation's first documented security alternative asks for
+    (Ark's appKey names the project; ThinkingData's token is a query parameter)."""
+    headers, query = {}, {}
     for scheme_name in (operation.get("security") or [{}])[0]:
         scheme = spec["components"]["securitySchemes"][scheme_name]
         if scheme["type"] == "http":
             headers["Authorization"] = f"Bearer {token}"
         elif scheme["in"] == "header":
             headers[scheme["name"]] = project_name if scheme["name"] == "appKey" else token
-    return headers
+        elif scheme["in"] == "query":
+            query[scheme["name"]] = token
+    return headers, query
 
 
-def check_examples(client, project_name: str, token: str) -> None:
+def query_parameters(operation: dict, body, project_id: int, created: dict) -> dict:
+    """Required query parameters: ThinkingData's projectId (also in bodies) is this test's project, its
+    clusterId the cluster the add example created, any other its documented example."""
+    if isinstance(body, dict) and "projectId" in body:
+        body["projectId"] = project_id
+    values = {"projectId": project_id, "clusterId": created.get("/open/user-cluster-add", 0)}
+    return {p["name"]: values.get(p["name"], p.get("example")) for p in operation.get("parameters", [])
+            if p.get("in") == "query" and p.get("required")}
+
+
+def check_examples(client, project_name: str, project_id: int, token: str) -> None:
     spec = client.get("/openapi.json").get_json()
     created: dict[str, int] = {}
     tried = []
@@ -79,9 +92,11 @@ def check_examples(client, project_name: str, token: str) -> None:
                 entry["id"] = created["/segmenter/rule"]
         url = path.replace("{cohort_id}", str(created.get("/api/v1/cohorts", 0))).replace(
             "{tag_id}", str(created.get("/api/v1/tags", 0)))
-        headers = credentials(spec, spec["paths"][path][method], project_name, token)
+        operation = spec["paths"][path][method]
+        headers, query = credentials(spec, operation, project_name, token)
+        query.update(query_parameters(operation, body, project_id, created))
         response = getattr(client, method)(url, data=json.dumps(body), content_type="application/json",
-                                           headers=headers)
+                                           headers=headers, query_string=query)
         answer = response.get_json(silent=True)
         # Not refused as input; a state the example cannot bring about may still answer its documented 409
         # (pushing a tag that no worker has computed here).
@@ -98,6 +113,8 @@ def check_examples(client, project_name: str, token: str) -> None:
             created[path] = answer["tag"]["id"]
         if path == "/segmenter/rule":
             created[path] = answer["id"]
+        if path == "/open/user-cluster-add":
+            created[path] = answer["data"]
     # Every dialect with request bodies is there: native, Sensors, Sugo and the embedded broker.
     assert {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}", "POST /segmenter/rule", "POST /api/v1/tags",
             "POST /ant/usergroup/single", "POST /ant/usergroup/multi", "POST /druid/v2"} <= set(tried), tried

@@ -1,6 +1,7 @@
 """Schemathesis over /openapi.json against the WSGI app: every check, positive and negative data, no 5xx.
 
-Bounded (examples per operation and mode, seeded, deterministic) to stay near half a minute.
+Bounded (examples per operation and mode, seeded, deterministic) to stay near half a minute: with
+about 70 operations over five dialects, 40 examples each (it was 75 over 25 operations).
 For a deeper run: COHORTS_FUZZ_SCALE=10 COHORTS_FUZZ_SEED=<n>.
 """
 
@@ -16,7 +17,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS
 from schemathesis.config import HealthCheck
 
-MAX_EXAMPLES = int(75 * float(os.environ.get("COHORTS_FUZZ_SCALE", "1")))
+MAX_EXAMPLES = int(40 * float(os.environ.get("COHORTS_FUZZ_SCALE", "1")))
 SEED = int(os.environ.get("COHORTS_FUZZ_SEED", "8"))
 STATUSES: Counter = Counter()
 # A random object is rarely a valid rule tree, and JSON Schema cannot state the rules between a
@@ -39,7 +40,9 @@ CROSS_FIELD_BODIES = {"POST /api/v1/cohorts", "PUT /api/v1/cohorts/{cohort_id}",
                       "POST /api/v1/uploads", "POST /api/v1/cohorts/import", "PUT /api/v1/cohorts/{cohort_id}/import",
                       "POST /api/v1/tags/import", "PUT /api/v1/tags/{tag_id}/import",
                       # Its hproxy must be on the project's allowlist, which a generated body's is not.
-                      "POST /api/v1/tags/{tag_id}/push/sugo"}
+                      "POST /api/v1/tags/{tag_id}/push/sugo",
+                      # and a webhook URL must be on the project's allowlist (state, not schema).
+                      "POST /api/v1/cohorts/preview", "POST /api/v1/webhooks", "PATCH /api/v1/webhooks/{webhook_id}"}
 # Their bodies are ID files: any text is a string, so "schema-violating" text bodies are files too
 # (with IDs such as `{}`), and accepting them is right; the parser answers the bad ones 400.
 ID_FILE_BODIES = {"POST /api/v1/uploads", "POST /api/v1/cohorts/import", "PUT /api/v1/cohorts/{cohort_id}/import",
@@ -48,6 +51,18 @@ ID_FILE_BODIES = {"POST /api/v1/uploads", "POST /api/v1/cohorts/import", "PUT /a
 # so a schema-valid id is refused there too.
 MISSING_IS_400 = {"GET /uba/api/cohort/{cohort_id}", "DELETE /uba/api/cohort/{cohort_id}",
                   "POST /uba/api/cohort/{cohort_id}/recalculate"}
+
+
+@pytest.fixture
+def app(service_settings, celery_app):
+    """The app of conftest, but previews answer 202 at once: waiting for each generated preview's job (it is
+    computed either way) would make this test many seconds longer; test_history_api.py covers the 200 path."""
+    from dataclasses import replace
+
+    from app import create_app
+
+    return create_app({"TESTING": True, "SETTINGS": replace(service_settings, preview_wait_seconds=0.0),
+                       "CELERY": celery_app})
 
 
 @pytest.fixture
@@ -85,4 +100,10 @@ def test_api_conforms_to_its_openapi_document(case):
         excluded = [CHECKS.get_one("negative_data_rejection")]
     response = case.call_and_validate(excluded_checks=excluded)
     STATUSES[response.status_code] += 1
+    if case.operation.label == "GET /healthz" and response.status_code == 503:
+        # An honest "unhealthy" (e.g. a worker too busy to answer the 1 s inspect on a loaded machine)
+        # is an answer, not a crash: it must say which check failed.
+        body = response.json()
+        assert body["ok"] is False and any(not c["ok"] for c in body["checks"].values()), body
+        return
     assert response.status_code < 500, (case.operation.label, response.status_code, response.text[:500])

@@ -128,6 +128,25 @@ def urlsplit_port(url: str) -> str:
     return f"{parts.hostname}:{parts.port or 5432}"
 
 
+def test_webhook_targets_share_the_allowlist(env, project, database_url, capsys):
+    from urllib.parse import urlsplit
+
+    name, project_id = project
+    assert manage.main(["allow", name, "--webhook", "Hooks.Example.com:443", "--redis", "10.0.0.7:6379/2"]) == 0
+    assert manage.main(["targets", name]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == ["redis 10.0.0.7:6379/2", "webhook hooks.example.com:443"]
+    with db.connection(database_url) as conn:
+        assert sugo_targets.for_project(conn, project_id, "webhook") == [
+            {"kind": "webhook", "host": "hooks.example.com", "port": 443, "db": 0}]
+    # Any of the service's own stores (PostgreSQL too, on any loopback alias) is refused as a webhook target.
+    for url in (database_url, env.engine.redis_url):
+        parts = urlsplit(url)
+        assert manage.main(["allow", name, "--webhook", f"localhost:{parts.port}"]) == 2
+        assert "own stores" in capsys.readouterr().err
+    assert manage.main(["deny", name, "--webhook", "hooks.example.com:443"]) == 0
+    assert [t["kind"] for t in targets(database_url, project_id)] == ["redis"]
+
+
 def _daily_state(database_url, project_id):
     with db.connection(database_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT daily_refresh_time FROM projects WHERE id = %s", (project_id,))

@@ -50,6 +50,10 @@ def test_push_is_refused_before_anything_is_contacted(client, worker, loaded, hp
                        ({"hproxyUrl": "http://127.0.0.1:1/x"}, "hproxy"), ({"dataSource": "a/b"}, "dataSource")):
         response = client.post(f"/api/v1/tags/{last['id']}/push/sugo", headers=headers, json={**body, **bad})
         assert response.status_code == 400 and field in response.get_json()["errors"], (bad, response.get_json())
-    waiting = create(client, headers, "uploaded", {"kind": "import", "type": "string"})["tag"]
+    # A tag without a version (an import whose IDs match nobody): 409.
+    uploaded = client.post("/api/v1/tags/import", query_string={"name": "uploaded", "type": "string"},
+                           data=b"nobody1,x\n", headers={**headers, "Content-Type": "text/csv"}).get_json()
+    assert poll_job(client, headers, uploaded["job"]["id"])[0]["error_code"] == "import_no_match"
+    waiting = uploaded["tag"]
     assert client.post(f"/api/v1/tags/{waiting['id']}/push/sugo", headers=headers, json=body).status_code == 409
     assert hproxy.requests == []
