@@ -28,7 +28,7 @@ ERROR_ANSWERS = {
     "413": "request body larger than COHORTS_MAX_BODY_BYTES (ID uploads: COHORTS_IMPORT_MAX_BYTES)",
     "415": "unsupported Content-Type (ID uploads: text/csv or multipart/form-data)",
     "422": "the computation ended failed (error_code and the job in the body)",
-    "503": "PostgreSQL or Redis unreachable; nothing was written",
+    "503": "PostgreSQL, Redis or the project's Druid broker unreachable; nothing was written",
 }
 
 
