@@ -69,7 +69,10 @@ def confined_path(settings, path: str) -> Path:
     if path.startswith("/") or "\\" in path or any(part in ("..", "") for part in path.split("/")):
         raise ValueError("must be a relative path under the import directory, without '..' or empty parts")
     root = Path(settings.import_dir).resolve()
-    target = (root / path).resolve()  # follows symlinks: a link pointing out of the directory is refused
+    try:
+        target = (root / path).resolve()  # follows symlinks: a link pointing out of the directory is refused
+    except OSError as exc:  # a name longer than the file system takes, a link loop
+        raise ValueError(f"cannot be resolved under the import directory: {exc.strerror or exc}") from None
     if root not in target.parents:
         raise ValueError("resolves outside the import directory")
     return target
@@ -110,7 +113,11 @@ def check_source(conn, project_id: int, settings, source: dict) -> None:
     """ValueError naming what is wrong with a routine-import source (nothing is contacted)."""
     if "path" in source:
         target = confined_path(settings, source["path"])
-        if not target.is_file():
+        try:
+            found = target.is_file()
+        except OSError as exc:  # ENAMETOOLONG and the like: no file there either
+            raise ValueError(f"cannot be read under the import directory: {exc.strerror or exc}") from None
+        if not found:
             raise ValueError("no such file under the import directory")
     else:
         check_url(conn, project_id, source["url"])
