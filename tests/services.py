@@ -31,10 +31,11 @@ def start_maintenance_worker(env: dict, log_path: Path, name: str = "maintenance
                         queues=env.get("COHORTS_MAINTENANCE_QUEUE", "cohorts.maintenance"), loglevel=loglevel)
 
 
-def start_beat(env: dict, schedule_path: Path, log_path: Path):
+def start_beat(env: dict, schedule_path: Path, log_path: Path, loglevel: str = "INFO"):
+    """A beat process; at DEBUG its log also shows each periodic send (quiet at INFO: docs/jobs.md)."""
     log = open(log_path, "ab")
     return subprocess.Popen(
-        [*CELERY, "beat", "--loglevel", "INFO", "--schedule", str(schedule_path)],
+        [*CELERY, "beat", "--loglevel", loglevel, "--schedule", str(schedule_path)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -68,11 +68,10 @@ def confined_path(settings, path: str) -> Path:
         raise ValueError("path sources are disabled: this service has no import directory (COHORTS_IMPORT_DIR)")
     if path.startswith("/") or "\\" in path or any(part in ("..", "") for part in path.split("/")):
         raise ValueError("must be a relative path under the import directory, without '..' or empty parts")
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in path.split("/")):
+        raise ValueError("has a name longer than 255 bytes, which no file system here holds")
     root = Path(settings.import_dir).resolve()
-    try:
-        target = (root / path).resolve()  # follows symlinks: a link pointing out of the directory is refused
-    except OSError as exc:  # a name longer than the file system takes, a link loop
-        raise ValueError(f"cannot be resolved under the import directory: {exc.strerror or exc}") from None
+    target = (root / path).resolve()  # follows symlinks: a link pointing out of the directory is refused
     if root not in target.parents:
         raise ValueError("resolves outside the import directory")
     return target
@@ -114,10 +113,10 @@ def check_source(conn, project_id: int, settings, source: dict) -> None:
     if "path" in source:
         target = confined_path(settings, source["path"])
         try:
-            found = target.is_file()
-        except OSError as exc:  # ENAMETOOLONG and the like: no file there either
-            raise ValueError(f"cannot be read under the import directory: {exc.strerror or exc}") from None
-        if not found:
+            is_file = target.is_file()
+        except OSError as exc:  # e.g. a path too long for the file system
+            raise ValueError(f"cannot be read: {exc.strerror}") from None
+        if not is_file:
             raise ValueError("no such file under the import directory")
     else:
         check_url(conn, project_id, source["url"])

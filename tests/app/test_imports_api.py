@@ -270,7 +270,8 @@ def test_sources_are_confined_before_anything_is_contacted(client, loaded, serve
     for source, field in [({"path": "../secret.csv"}, "definition.source.path"),
                           ({"path": str(outside)}, "definition.source.path"),
                           ({"path": os.path.basename(link)}, "definition.source.path"),
-                          ({"path": "0" * 1000}, "definition.source.path"),  # longer than a file name may be
+                          ({"path": "0" * 300}, "definition.source.path"),  # too long a name: once a 500
+                          ({"path": "a/" + "0" * 250 + "/" + "1" * 250}, "definition.source.path"),
                           ({"url": served.url()}, "definition.source.url"),  # not allowed for this project
                           ({"url": "file:///etc/passwd"}, "definition.source.url")]:
         response = client.post("/api/v1/cohorts", headers=headers, json={

@@ -1,6 +1,7 @@
 """Schemathesis over /openapi.json against the WSGI app: every check, positive and negative data, no 5xx.
 
-Bounded (examples per operation and mode, seeded, deterministic) to stay near half a minute.
+Bounded (examples per operation and mode, seeded, deterministic) to stay near half a minute: with
+about 70 operations over five dialects, 40 examples each (it was 75 over 25 operations).
 For a deeper run: COHORTS_FUZZ_SCALE=10 COHORTS_FUZZ_SEED=<n>.
 """
 
@@ -16,7 +17,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS
 from schemathesis.config import HealthCheck
 
-MAX_EXAMPLES = int(75 * float(os.environ.get("COHORTS_FUZZ_SCALE", "1")))
+MAX_EXAMPLES = int(40 * float(os.environ.get("COHORTS_FUZZ_SCALE", "1")))
 SEED = int(os.environ.get("COHORTS_FUZZ_SEED", "8"))
 STATUSES: Counter = Counter()
 # A random object is rarely a valid rule tree, and JSON Schema cannot state the rules between a
@@ -85,4 +86,10 @@ def test_api_conforms_to_its_openapi_document(case):
         excluded = [CHECKS.get_one("negative_data_rejection")]
     response = case.call_and_validate(excluded_checks=excluded)
     STATUSES[response.status_code] += 1
+    if case.operation.label == "GET /healthz" and response.status_code == 503:
+        # An honest "unhealthy" (e.g. a worker too busy to answer the 1 s inspect on a loaded machine)
+        # is an answer, not a crash: it must say which check failed.
+        body = response.json()
+        assert body["ok"] is False and any(not c["ok"] for c in body["checks"].values()), body
+        return
     assert response.status_code < 500, (case.operation.label, response.status_code, response.text[:500])

@@ -70,9 +70,10 @@ def store(database_url, service_settings, tmp_path_factory):
 @pytest.fixture(scope="module")
 def beat(service_env, maintenance_worker, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sensors-beat")
-    process = start_beat(service_env, folder / "schedule", folder / "beat.log")
+    process = start_beat(service_env, folder / "schedule", folder / "beat.log", loglevel="DEBUG")
     try:
-        # A rule's first fire time is announced at creation: the scheduler must already be sending.
+        # A rule's first fire time is announced at creation: the scheduler must already be sending
+        # (beat logs its periodic sends at DEBUG only).
         wait_until(lambda: "schedule-dynamic-cohorts" in (folder / "beat.log").read_text(errors="replace"),
                    timeout=30, interval=0.1, what="beat to send the scheduler task")
         yield process
