@@ -148,6 +148,22 @@ def test_tag_leaves_in_cohorts(client, worker, loaded):
     assert client.delete(f"/api/v1/tags/{last['id']}", headers=headers).status_code == 409
 
 
+def test_values_tag_with_import_leaves(client, worker, loaded):
+    _, _, headers = loaded
+    stored = client.post("/api/v1/uploads", data=b"a\nc\nnobody\n", headers={**headers, "Content-Type": "text/csv"})
+    assert stored.status_code == 201, stored.get_json()
+    listed = {"type": "import", "upload_id": stored.get_json()["upload"]["id"]}
+    payer = {"type": "event", "event": "pay", "window": WINDOW, "cmp": "gte", "values": [1]}
+    tag = computed(client, headers, "listed", {"kind": "values", "values": [
+        {"value": "listed_payer", "definition": {"op": "and", "children": [listed, payer]}},
+        {"value": "listed", "definition": listed},
+        {"value": "vip", "definition": SEGMENT["values"][0]["definition"]}], "default": "other"})
+    # listed: a, c (nobody matches no user); payers: a, b, e; vip (level >= 3): b, c. First value wins:
+    # a listed_payer, c listed, b vip; d and e nothing of those: other.
+    assert csv_map(client, headers, tag["id"]) == {"a": "listed_payer", "b": "vip", "c": "listed", "d": "other",
+                                                   "e": "other"}
+
+
 def test_refused_at_save(client, loaded):
     _, _, headers = loaded
 
