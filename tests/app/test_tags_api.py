@@ -118,6 +118,8 @@ def test_number_tag_reads_and_range(client, worker, loaded):
     assert csv_map(client, headers, tag["id"]) == {"a": "13", "b": "20", "c": "0", "d": "0", "e": "5"}
     assert csv_map(client, headers, tag["id"], "?min=5&max=20") == {"a": "13", "e": "5"}
     assert client.get(f"/api/v1/tags/{tag['id']}/values/b", headers=headers).get_json()["value"] == 20
+    too_long = client.get(f"/api/v1/tags/{tag['id']}/values/{'k' * 513}", headers=headers)
+    assert too_long.status_code == 400 and "user_key" in too_long.get_json()["errors"], too_long.get_json()
     dist = client.get(f"/api/v1/tags/{tag['id']}/distribution", headers=headers).get_json()
     assert dist["kind"] == "values" and dist["min"] == 0 and dist["max"] == 20 and dist["sum"] == 38
     assert [(v["value"], v["count"]) for v in dist["values"]] == [(0, 2), (5, 1), (13, 1), (20, 1)]
