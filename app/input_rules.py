@@ -16,6 +16,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.routing import IntegerConverter
 
 from app.errors import ApiError
+from cohort_engine.definition import MAX_USER_KEY
 
 # Deep enough for a definition at its own limit (32 levels, two JSON levels each) inside a body.
 MAX_JSON_DEPTH = 100
@@ -30,6 +31,13 @@ NOT_FINITE_MESSAGE = "must be a finite number (NaN, Infinity and numbers beyond 
 
 def input_error(path: str, message: str) -> ApiError:
     return ApiError(400, "invalid input; nothing was written", errors={path or "_body": [message]})
+
+
+def user_key_arg(key: str) -> str:
+    """A user key named in a URL path, or a 400: no stored key is longer than an ids leaf or upload allows."""
+    if len(key) > MAX_USER_KEY:
+        raise input_error("user_key", f"a user key has at most {MAX_USER_KEY} characters")
+    return key
 
 
 def _path(trail) -> str:

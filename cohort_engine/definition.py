@@ -32,6 +32,7 @@ MAX_UNITS = {"minute": 100 * 366 * 24 * 60, "hour": 100 * 366 * 24, "day": 100 *
              "month": 100 * 12}
 MIN_DATE, MAX_DATE = date(1000, 1, 1), date(9998, 12, 31)
 MAX_COHORT_ID = 2**31 - 1  # cohort ids are PostgreSQL integers
+MAX_USER_KEY = 512  # characters of one user key, wherever a request names one
 _regex_check = threading.local()
 
 
@@ -263,7 +264,7 @@ class TagLeafSchema(Schema):
 
 class IdsLeafSchema(Schema):
     type = fields.Constant("ids", required=True)
-    keys = fields.List(fields.String(validate=validate.Length(min=1, max=512)), required=True)
+    keys = fields.List(fields.String(validate=validate.Length(min=1, max=MAX_USER_KEY)), required=True)
 
 
 MAX_UPLOAD_ID = 2**63 - 1  # uploads ids are PostgreSQL bigints

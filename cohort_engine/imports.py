@@ -20,6 +20,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from .bitmaps import to_bitmap
+from .definition import MAX_USER_KEY
 from .dictionary import MISSING
 from .errors import EngineError
 
@@ -41,7 +42,7 @@ class Limits:
     max_bytes: int = 256 * 1024 * 1024
     max_rows: int = 2_000_000
     max_line: int = 4096
-    max_key: int = 512
+    max_key: int = MAX_USER_KEY
     max_value: int = 1024
 
 

@@ -102,14 +102,18 @@ class ProjectEngine:
             session.close()
 
     def compute_tag(self, definition: dict, base_time=None, load_cohort=None, progress=None, load_tag=None,
-                    load_import=None, on_cancel=None) -> TagResult:
-        """Each user's value of a parsed tag definition at base_time (default: now); on_cancel as compute's."""
+                    load_import=None, load_import_tag=None, on_cancel=None) -> TagResult:
+        """Each user's value of a parsed tag definition at base_time (default: now).
+
+        load_import reads the import leaves of its trees (as in compute); load_import_tag an import
+        tag's uploaded values; on_cancel as compute's.
+        """
         session = self.open_session()
         if on_cancel is not None and hasattr(session, "cancel"):
             on_cancel(session.cancel)
         try:
-            ctx = self._context(session, base_time, load_cohort, progress, load_tag)
-            return compute_tag(definition, ctx, load_import=load_import)
+            ctx = self._context(session, base_time, load_cohort, progress, load_tag, load_import)
+            return compute_tag(definition, ctx, load_import_tag=load_import_tag)
         finally:
             session.close()
 

@@ -31,10 +31,11 @@ class TagResult:
 
 
 def compute_tag(definition: dict, ctx: EvalContext,
-                load_import: Callable[[dict], UserValues] | None = None) -> TagResult:
+                load_import_tag: Callable[[dict], UserValues] | None = None) -> TagResult:
     """The values of a parsed tag definition (the caller closes ctx.session).
 
-    load_import(definition) gives an import tag's uploaded values (the uploads code; docs/tags.md).
+    load_import_tag(definition) gives an import tag's uploaded values (the uploads code; docs/tags.md);
+    the import leaves of a values tag's trees are read by ctx.load_import, as in a cohort.
     """
     if ctx.base_time.tzinfo is None:
         ctx = replace(ctx, base_time=ctx.base_time.replace(tzinfo=ctx.tz))
@@ -45,9 +46,9 @@ def compute_tag(definition: dict, ctx: EvalContext,
     if ctx.progress:
         ctx.progress(0, 1)
     if kind == "import":
-        if load_import is None:
+        if load_import_tag is None:
             raise EngineError("unsupported", "import tags need their upload; this engine was given none")
-        found = load_import(definition)
+        found = load_import_tag(definition)
         _check_type(found, value_type, "the upload")
         uids, values = found.uids, found.values
     else:

@@ -13,7 +13,7 @@ from app import schemas
 from app.api import history, imports, tags, webhooks
 from app.api.definition_schema import add_definition_schemas
 from app.input_rules import MAX_PATH_INT
-from cohort_engine.definition import MAX_COHORT_ID
+from cohort_engine.definition import MAX_COHORT_ID, MAX_USER_KEY
 from core import dialects
 
 bp = Blueprint("docs", __name__)
@@ -95,7 +95,7 @@ def build_spec() -> dict:
     job_id = {"name": "job_id", "in": "path", "required": True,
               "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PATH_INT}}
     user_key = {"name": "user_key", "in": "path", "required": True,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[^\\x00]+$"}}
+                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_USER_KEY, "pattern": "^[^\\x00]+$"}}
     spec.path("/api/v1/cohorts", operations={
         "post": _operation("Create a cohort; its first version is computed by a job",
                            _responses("202", "CohortWithJob", "cohort created, job queued", "403", "409",

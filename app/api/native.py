@@ -7,6 +7,7 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from app.auth import require_project
 from app.db import get_db, get_redis, settings
 from app.errors import ApiError
+from app.input_rules import user_key_arg
 from app.schemas import (
     EDITABLE,
     CohortCreateSchema,
@@ -194,7 +195,7 @@ def list_members(cohort_id):
 @require_project
 def is_member(cohort_id, user_key):
     bitmap = published_bitmap(cohort_id)
-    uid = ProjectEngine(settings().engine, g.project["name"]).lookup(user_key)
+    uid = ProjectEngine(settings().engine, g.project["name"]).lookup(user_key_arg(user_key))
     return jsonify({"member": uid is not None and uid in bitmap})
 
 

@@ -12,9 +12,11 @@ from app.api.native import change_cohort, cohort_view, json_body
 from app.auth import require_project
 from app.db import check_broker, get_db, get_redis, settings
 from app.errors import ApiError
+from app.input_rules import user_key_arg
 from app.schemas import EDITABLE
 from app.services import send_jobs
 from app.tag_schemas import TagCreateSchema, TagListQuery, TagPatchSchema, TagUpdateSchema, TagValuesQuery
+from cohort_engine.definition import MAX_USER_KEY
 from core.data import cohorts, jobs
 from core.services.tags import TagService, render, render_text
 
@@ -177,7 +179,7 @@ def list_values(tag_id):
 def user_value(tag_id, user_key):
     service = tag_service()
     tag = service.get(tag_id)
-    version, value = service.value_of(tag, user_key)
+    version, value = service.value_of(tag, user_key_arg(user_key))
     return jsonify({"key": user_key, "value": render(value, service.tz), "value_type": tag["value_type"],
                     "version_id": version["id"]})
 
@@ -200,7 +202,7 @@ def add_paths(spec, docs) -> None:
     tag_id = {"name": "tag_id", "in": "path", "required": True,
               "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}}
     user_key = {"name": "user_key", "in": "path", "required": True,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[^\\x00/]+$"}}
+                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_USER_KEY, "pattern": "^[^\\x00/]+$"}}
     change = docs.responses("202", "TagWithJob", "updated; the job computes the new definition", "403", "409",
                             body=True)
     change["200"] = {"description": "updated; the definition is unchanged, so no job (job: null)",

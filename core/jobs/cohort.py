@@ -36,15 +36,8 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
                            timezone=project["timezone"])
     check_backend(run, engine)
     prefix = run.settings.engine.key_prefix
-
-    def load_cohort(cohort_id: int):
-        return bitmaps.load_cached(run.redis, bitmaps.cohort_key(prefix, project["id"], cohort_id),
-                                   lambda: durable_bitmap(run, cohort_id))
-
-    load_import = imports.loader(lambda: db.connection(run.dsn), project["id"], run.settings)
-    result = engine.compute(parse_definition(definition), base_time=job["base_time"], load_cohort=load_cohort,
-                            progress=run.progress, load_import=load_import, load_tag=tag_loader(run),
-                            on_cancel=run.on_cancel)
+    result = engine.compute(parse_definition(definition), base_time=job["base_time"], progress=run.progress,
+                            **leaf_loaders(run), on_cancel=run.on_cancel)
     if cohort is None:
         outcome = {"count": result.count, **({"imports": result.imports} if result.imports else {})}
         if job["kind"] == PREVIEW_KIND:
@@ -70,6 +63,18 @@ def check_backend(run: JobRun, engine: ProjectEngine) -> None:
         problem = outbound_problem(conn, run.settings, engine)
     if problem:
         raise JobStopped("not_allowed", f"{problem}; nothing was contacted")
+
+
+def leaf_loaders(run: JobRun) -> dict:
+    """load_cohort, load_import and load_tag: what the cohort, import and tag leaves of a tree read (cohorts and tags)."""
+    prefix, project_id = run.settings.engine.key_prefix, run.project["id"]
+
+    def load_cohort(cohort_id: int):
+        return bitmaps.load_cached(run.redis, bitmaps.cohort_key(prefix, project_id, cohort_id),
+                                   lambda: durable_bitmap(run, cohort_id))
+
+    return {"load_cohort": load_cohort, "load_tag": tag_loader(run),
+            "load_import": imports.loader(lambda: db.connection(run.dsn), project_id, run.settings)}
 
 
 def tag_loader(run: JobRun):

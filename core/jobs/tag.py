@@ -11,7 +11,7 @@ from cohort_engine.project import ProjectEngine
 from cohort_engine.tag_column import TagColumn
 from cohort_engine.tag_definition import parse_tag_definition
 from cohort_engine.tags import TagResult
-from core.jobs.cohort import check_backend, durable_bitmap, publish, tag_loader
+from core.jobs.cohort import check_backend, leaf_loaders, publish
 from core.jobs.runner import JobRun, JobStopped
 from core.services import imports
 
@@ -24,17 +24,11 @@ def compute_tag(run: JobRun, job: dict) -> dict:
     definition = parse_tag_definition(tag["definition"])
     engine = ProjectEngine(run.settings.engine, project["name"], project_id=project["id"], timezone=project["timezone"])
     check_backend(run, engine)
-    # An import tag's values: its stored upload matched to users now (docs/imports.md).
-    load_import = imports.tag_loader(lambda: db.connection(run.dsn), engine, project)
-    prefix = run.settings.engine.key_prefix
-
-    def load_cohort(cohort_id: int):
-        return bitmaps.load_cached(run.redis, bitmaps.cohort_key(prefix, project["id"], cohort_id),
-                                   lambda: durable_bitmap(run, cohort_id))
-
-    result = engine.compute_tag(definition, base_time=job["base_time"], load_cohort=load_cohort,
-                                progress=run.progress, load_tag=tag_loader(run), load_import=load_import,
-                                on_cancel=run.on_cancel)
+    # An import tag's values: its stored upload matched to users now (docs/imports.md); the import
+    # leaves of a values tag's trees read their uploads as a cohort's do.
+    load_import_tag = imports.tag_loader(lambda: db.connection(run.dsn), engine, project)
+    result = engine.compute_tag(definition, base_time=job["base_time"], progress=run.progress,
+                                load_import_tag=load_import_tag, **leaf_loaders(run), on_cancel=run.on_cancel)
     return publish_column(run, job, result)
 
 

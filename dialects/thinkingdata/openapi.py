@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cohort_engine.definition import MAX_COHORT_ID
+from cohort_engine.tag_definition import VALUE_TYPES
 from dialects.thinkingdata.answers import CODES
 from dialects.thinkingdata.translate import CATALOGS, CLUSTER_TYPES, NAME_PATTERN, TAG_KINDS
 
@@ -38,6 +39,8 @@ UPLOAD_SETTINGS = [
                                                          "pattern": TEXT},
      "description": "the profile property the IDs are values of (#account_id), or #distinct_id for the user key"},
     {"name": "remarks", "in": "query", "schema": {"type": "string", "maxLength": 500, "pattern": TEXT}},
+    {"name": "selectType", "in": "query", "schema": {"type": "string", "enum": list(VALUE_TYPES)},
+     "description": "a tag upload's value type (default string; a modify keeps the tag's); clusters: string only"},
 ]
 QP = {
     "type": "object", "description": "a condition cluster (docs/dialects/thinkingdata.md)",
@@ -97,10 +100,11 @@ def _responses(description: str) -> dict:
 
 
 def _upload(summary: str, parameters: list) -> dict:
-    """An ID-upload operation: query settings and a text/csv body, one ID a line."""
+    """An ID-upload operation: query settings and a text/csv body, one ID a line (tags: `id,value`)."""
     operation = _operation(summary, [*parameters, *UPLOAD_SETTINGS])
     operation["requestBody"] = {"required": True, "content": {"text/csv": {
-        "schema": {"type": "string", "description": "one ID a line (UTF-8; a header line naming the column is skipped)"},
+        "schema": {"type": "string", "description": "one ID a line, or `id,value` rows for a tag (UTF-8; a header"
+                                                    " line naming the column is skipped)"},
         "example": "acc0000001\nacc0000002\n"}}}
     return operation
 
@@ -145,7 +149,8 @@ def add_paths(spec, docs) -> None:
         "/open/user-cluster-refresh-progress-by-name": {"get": _operation("The same, by name", [PROJECT, *by_name])},
     }
     new_upload = [PROJECT, {"name": "clusterName", "in": "query", "schema": {"type": "string", "pattern": f"^{NAME_PATTERN}$"}},
-                  {"name": "clusterCatalog", "in": "query", "schema": {"type": "string", "enum": ["catalog_cluster"]}}]
+                  {"name": "clusterCatalog", "in": "query", "schema": {"type": "string", "enum": list(CATALOGS)},
+                   "description": "catalog_cluster (default): one ID a line; catalog_tag: `id,value` rows"}]
     paths["/open/import-id-cluster-add"] = {"post": _upload(
         "A cluster of the uploaded IDs (data: clusterId, uploadNum, userNum, unmatchedNum, tagValueNullNum)", new_upload)}
     paths["/open/import-id-cluster-modify"] = {"post": _upload("Replace an upload cluster's IDs", [PROJECT, *by_id])}

@@ -25,7 +25,7 @@ from app.db import get_db, settings
 from app.errors import ApiError
 from app.services import cohort_service
 from cohort_engine.definition import MAX_COHORT_ID, DefinitionError, flatten_errors
-from cohort_engine.tag_definition import parse_tag_definition
+from cohort_engine.tag_definition import VALUE_TYPES, parse_tag_definition
 from core.crons import daily_cron
 from core.data import cohorts
 from core.errors import Conflict, DomainError, DuplicateName, Forbidden, NotFound, Unavailable
@@ -412,8 +412,11 @@ def main_column(text: str) -> str | None:
     return None if text in USER_KEY_COLUMNS else text
 
 
-def import_settings(*, creating: bool, stored: dict | None = None) -> dict:
-    """The upload's query parameters: displayName, mainColumnName, clusterCatalog, clusterName, remarks."""
+def import_settings(*, creating: bool, stored: dict | None = None, current: dict | None = None) -> dict:
+    """The upload's query parameters: displayName, mainColumnName, clusterCatalog, selectType, clusterName, remarks.
+
+    current: the cluster a modify replaces (its catalog and, for a tag, its value type are kept).
+    """
     args = {key: value.strip() for key, value in request.args.items()}
     stored = stored or {}
     display = args.get("displayName") or (None if creating else stored.get("displayName"))
@@ -428,17 +431,34 @@ def import_settings(*, creating: bool, stored: dict | None = None) -> dict:
     for failed, message in checks:
         if failed:
             raise TdError(-1001, message)
-    catalog = args.get("clusterCatalog") or stored.get("clusterCatalog") or "catalog_cluster"
+    catalog = args.get("clusterCatalog") or (catalog_of(current) if current else "catalog_cluster")
     if catalog not in ("catalog_cluster", "catalog_tag"):
         raise TdError(-1001, f"clusterCatalog must be catalog_cluster or catalog_tag, got {catalog!r}")
-    if catalog == "catalog_tag":
-        raise TdError(-1006, "ID-upload tags (catalog_tag: id,value rows) are not available yet on this service")
+    if current is not None and catalog != catalog_of(current):
+        raise TdError(-1007, f"cluster {current['id']} is a {catalog_of(current)}; its catalog cannot change")
+    value_type = upload_value_type(args.get("selectType"), catalog, current)
     name = args.get("clusterName") if creating else None
     if name and not re.fullmatch(NAME_PATTERN, name):
         raise TdError(-1001, "clusterName: letters, digits and _ only, at most 24 characters")
+    tag = catalog == "catalog_tag"
     return {"clusterName": name or f"import_{uuid.uuid4().hex[:12]}", "displayName": display,
-            "mainColumnName": column, "clusterCatalog": catalog, "clusterType": "cluster_by_import",
-            "remarks": args.get("remarks", stored.get("remarks", ""))}
+            "mainColumnName": column, "clusterCatalog": catalog,
+            "clusterType": "tag_by_import" if tag else "cluster_by_import",
+            **({"selectType": value_type} if tag else {}), "remarks": args.get("remarks", stored.get("remarks", ""))}
+
+
+def upload_value_type(given: str | None, catalog: str, current: dict | None) -> str:
+    """A tag upload's value type: selectType (string unless given; a modify keeps the tag's); clusters are strings."""
+    if catalog == "catalog_cluster":
+        if given and given != "string":
+            raise TdError(-1001, f"selectType {given!r} is for tag uploads (clusterCatalog=catalog_tag); a cluster"
+                                 " upload has no values")
+        return "string"
+    if not given:
+        return (current or {}).get("value_type") or "string"
+    if given not in VALUE_TYPES:
+        raise TdError(-1001, f"selectType must be one of {', '.join(VALUE_TYPES)}, got {given[:40]!r}")
+    return given
 
 
 def upload_answer(outcome) -> dict:
@@ -447,15 +467,26 @@ def upload_answer(outcome) -> dict:
             "unmatchedNum": counts["unmatched_ids"], "uploadNum": counts["rows"], "userNum": counts["users"]}
 
 
+def upload_ids(body: dict, cohort: dict | None = None):
+    """Store the body's IDs (tags: `id,value` rows) into a new cluster or tag, or as cohort's new version."""
+    tag = body["clusterCatalog"] == "catalog_tag"
+    service = service_for(body["clusterCatalog"])
+    if cohort is not None:
+        cohort = service.get(cohort["id"], lock=True, dialect=DIALECT)
+    outcome = imports.import_ids(service, body_chunks(), kind="tag" if tag else "cohort",
+                                 match=main_column(body["mainColumnName"]), cohort=cohort,
+                                 name=None if cohort else body["clusterName"], display_name=body["displayName"],
+                                 header="auto", dialect=DIALECT, request_body=body,
+                                 value_type=body["selectType"] if tag else None)
+    log.info("cluster=%s project=%s type=%s uploaded", outcome.cohort["id"], g.project["id"], body["clusterType"])
+    return answer(envelope(upload_answer(outcome)))
+
+
 @bp.post("/import-id-cluster-add")
 @require_token
 def import_add():
     query_project()
-    body = import_settings(creating=True)
-    outcome = imports.import_ids(cohort_service(noun="cluster"), body_chunks(), match=main_column(body["mainColumnName"]),
-                                 name=body["clusterName"], display_name=body["displayName"], header="auto",
-                                 dialect=DIALECT, request_body=body)
-    return answer(envelope(upload_answer(outcome)))
+    return upload_ids(import_settings(creating=True))
 
 
 def import_modify(by_name: bool):
@@ -465,13 +496,8 @@ def import_modify(by_name: bool):
     if stored.get("clusterType") not in ("cluster_by_import", "tag_by_import"):
         raise TdError(-1007, f"cluster {row['id']} is a {stored.get('clusterType')} cluster, not an ID upload;"
                              " change it with /open/user-cluster-update")
-    body = {**stored, **import_settings(creating=False, stored=stored), "clusterName": row["name"]}
-    service = cohort_service(noun="cluster")
-    cohort = service.get(row["id"], lock=True, dialect=DIALECT)
-    outcome = imports.import_ids(service, body_chunks(), match=main_column(body["mainColumnName"]), cohort=cohort,
-                                 display_name=body["displayName"], header="auto", dialect=DIALECT,
-                                 request_body=body)
-    return answer(envelope(upload_answer(outcome)))
+    body = {**stored, **import_settings(creating=False, stored=stored, current=row), "clusterName": row["name"]}
+    return upload_ids(body, row)
 
 
 @bp.post("/import-id-cluster-modify")

@@ -71,6 +71,8 @@ def test_create_cohort_computes_first_version(client, worker, loaded):
     assert client.get(f"/api/v1/cohorts/{cohort_id}/members/e", headers=headers).get_json() == {"member": True}
     assert client.get(f"/api/v1/cohorts/{cohort_id}/members/b", headers=headers).get_json() == {"member": False}
     assert client.get(f"/api/v1/cohorts/{cohort_id}/members/nobody", headers=headers).get_json() == {"member": False}
+    too_long = client.get(f"/api/v1/cohorts/{cohort_id}/members/{'k' * 513}", headers=headers)
+    assert too_long.status_code == 400 and "user_key" in too_long.get_json()["errors"], too_long.get_json()
 
 
 def test_update_list_and_delete(client, worker, loaded, redis_client, service_settings):

@@ -17,6 +17,7 @@ from marshmallow import Schema
 from app.api import definition_schema
 from cohort_engine import db
 from cohort_engine import definition as engine_definition
+from core.data import sugo_targets
 from core.queue import urgent_queue
 from tests.services import allow_sugo_targets
 
@@ -44,6 +45,8 @@ def test_every_documented_request_example_is_accepted(service_settings, api_proj
     client = create_app({"TESTING": True, "SETTINGS": settings, "CELERY": sender}).test_client()
     project_name, project_id, headers = api_project
     allow_sugo_targets(database_url, project_id, redis=["127.0.0.1:6379/2"], hproxy=["127.0.0.1:8085"])
+    with db.connection(database_url) as conn:  # the webhook example's receiver (never called: no worker)
+        sugo_targets.add(conn, project_id, "webhook", "127.0.0.1", 9000)
     try:
         check_examples(client, project_name, project_id, headers["Authorization"].split()[1])
     finally:

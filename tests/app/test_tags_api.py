@@ -118,6 +118,8 @@ def test_number_tag_reads_and_range(client, worker, loaded):
     assert csv_map(client, headers, tag["id"]) == {"a": "13", "b": "20", "c": "0", "d": "0", "e": "5"}
     assert csv_map(client, headers, tag["id"], "?min=5&max=20") == {"a": "13", "e": "5"}
     assert client.get(f"/api/v1/tags/{tag['id']}/values/b", headers=headers).get_json()["value"] == 20
+    too_long = client.get(f"/api/v1/tags/{tag['id']}/values/{'k' * 513}", headers=headers)
+    assert too_long.status_code == 400 and "user_key" in too_long.get_json()["errors"], too_long.get_json()
     dist = client.get(f"/api/v1/tags/{tag['id']}/distribution", headers=headers).get_json()
     assert dist["kind"] == "values" and dist["min"] == 0 and dist["max"] == 20 and dist["sum"] == 38
     assert [(v["value"], v["count"]) for v in dist["values"]] == [(0, 2), (5, 1), (13, 1), (20, 1)]
@@ -146,6 +148,22 @@ def test_tag_leaves_in_cohorts(client, worker, loaded):
     assert job["status"] == "failed" and job["error_code"] == "tag_not_ready", job
     # A tag that refers to the tag: deleting the referred one is refused while it is used.
     assert client.delete(f"/api/v1/tags/{last['id']}", headers=headers).status_code == 409
+
+
+def test_values_tag_with_import_leaves(client, worker, loaded):
+    _, _, headers = loaded
+    stored = client.post("/api/v1/uploads", data=b"a\nc\nnobody\n", headers={**headers, "Content-Type": "text/csv"})
+    assert stored.status_code == 201, stored.get_json()
+    listed = {"type": "import", "upload_id": stored.get_json()["upload"]["id"]}
+    payer = {"type": "event", "event": "pay", "window": WINDOW, "cmp": "gte", "values": [1]}
+    tag = computed(client, headers, "listed", {"kind": "values", "values": [
+        {"value": "listed_payer", "definition": {"op": "and", "children": [listed, payer]}},
+        {"value": "listed", "definition": listed},
+        {"value": "vip", "definition": SEGMENT["values"][0]["definition"]}], "default": "other"})
+    # listed: a, c (nobody matches no user); payers: a, b, e; vip (level >= 3): b, c. First value wins:
+    # a listed_payer, c listed, b vip; d and e nothing of those: other.
+    assert csv_map(client, headers, tag["id"]) == {"a": "listed_payer", "b": "vip", "c": "listed", "d": "other",
+                                                   "e": "other"}
 
 
 def test_refused_at_save(client, loaded):

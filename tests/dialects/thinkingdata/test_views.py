@@ -333,7 +333,9 @@ def test_id_uploads_match_on_a_property_or_the_user_key(client, worker, td):
 
 
 @pytest.mark.parametrize("params, lines, status, code, words", [
-    ({"clusterCatalog": "catalog_tag"}, ["a,1"], 400, -1006, "catalog_tag"),
+    ({"clusterCatalog": "catalog_tag"}, ["a"], 400, -1001, "line 1: expected 2 fields"),
+    ({"clusterCatalog": "catalog_tag", "selectType": "date"}, ["a,1"], 400, -1001, "selectType"),
+    ({"selectType": "number"}, ["a"], 400, -1001, "selectType"),
     ({"displayName": ""}, ["a"], 400, -1001, "displayName"),
     ({"mainColumnName": "no_such_column"}, ["a"], 400, -1001, "no_such_column"),
     ({"clusterName": "bad name"}, ["a"], 400, -1001, "clusterName"),
@@ -345,6 +347,73 @@ def test_bad_uploads_are_refused_and_write_nothing(client, td, pg, params, lines
     got, answer = upload(client, url, lines)
     assert (got, answer["return_code"]) == (status, code) and words in answer["return_message"], answer
     assert cluster_rows(pg, td.id) == before
+
+
+def expected_tag_upload(rows: list[tuple[str, str]], users_of: dict) -> tuple[dict, dict]:
+    """(the answer's counts, {user key: value}) of `id,value` rows, worked out here: the last value of an ID wins,
+    an empty one gives no value; users_of maps an ID to the users it matches."""
+    last = dict(rows)
+    values = {user: value for key, value in last.items() if value for user in users_of.get(key, ())}
+    counts = {"uploadNum": len(rows), "tagValueNullNum": sum(1 for _, value in rows if not value),
+              "unmatchedNum": sum(1 for key in last if not users_of.get(key)),
+              "userNum": len({user for key in last for user in users_of.get(key, ())})}
+    return counts, values
+
+
+def native_values(client, td, tag_id) -> dict:
+    page = client.get(f"/api/v1/tags/{tag_id}/values", query_string={"format": "json", "per_page": 1000},
+                      headers={"Authorization": f"Bearer {td.token}"}).get_json()
+    return {row["key"]: row["value"] for row in page["values"]}
+
+
+def test_id_upload_tags_take_id_value_rows(client, worker, td, pg):
+    by_account = {}
+    for p in td.ref.data.profiles:
+        if p.get("#account_id"):
+            by_account.setdefault(p["#account_id"], []).append(p["key"])
+    a = sorted(by_account)[:5]
+    # a[0] twice (the last value wins), a[1] empty, a[4] empty then valued, an ID matching nobody.
+    rows = [(a[0], "gold"), (a[1], ""), (a[2], "silver"), (a[0], "platinum"), ("acc_nobody", "bronze"),
+            (a[3], "gold"), (a[4], ""), (a[4], "late")]
+    counts, values = expected_tag_upload(rows, by_account)
+    assert counts["tagValueNullNum"] == 2 and counts["unmatchedNum"] == 1 and len(values) == 4
+    url = seed_import_url(td, clusterCatalog="catalog_tag", clusterName="tier_upload", remarks="tiers")
+    status, answer = upload(client, url, ["#account_id,tag_value", *(f"{key},{value}" for key, value in rows)])
+    assert status == 200 and answer["return_code"] == 0, answer
+    tag_id = answer["data"].pop("clusterId")
+    assert answer["data"] == counts
+    wait_done(client, td, tag_id)
+    seen = detail(client, td, tag_id)
+    assert (seen["clusterType"], seen["usersNum"]) == ("tag_by_import", len(values))  # users with a value
+    assert native_values(client, td, tag_id) == values
+    status, listed = post(client, f"/open/user-cluster-list?token={td.token}", {
+        "projectId": td.id, "clusterTypes": ["tag_by_import"]})
+    (entry,) = listed["data"]["userClusters"]
+    assert (entry["id"], entry["clusterCatalog"], entry["selectType"], entry["mainColumnName"], entry["remarks"]) == (
+        tag_id, "catalog_tag", "string", "#account_id", "tiers")
+
+    # A new version on the user key with numbers (selectType, kept by the next modify).
+    keys = sorted(p["key"] for p in td.ref.data.profiles)[:3]
+    rows = [(keys[0], "3.5"), (keys[1], "-2"), (keys[2], ""), ("nobody", "1")]
+    counts, texts = expected_tag_upload(rows, {key: [key] for key in keys})
+    values = {key: float(text) for key, text in texts.items()}
+    url = seed_import_url(td, "/open/import-id-cluster-modify", clusterId=tag_id, mainColumnName="#distinct_id",
+                          selectType="number")
+    status, answer = upload(client, url, [f"{key},{value}" for key, value in rows])
+    assert status == 200 and answer["data"] == {"clusterId": tag_id, **counts}, answer
+    wait_done(client, td, tag_id)
+    assert native_values(client, td, tag_id) == values == {keys[0]: 3.5, keys[1]: -2}
+    by_name = (f"/open/import-id-cluster-modify-by-name?token={td.token}&projectId={td.id}"
+               f"&clusterName=%20tier_upload")
+    before = cluster_rows(pg, td.id)
+    status, answer = upload(client, by_name, [f"{keys[0]},lots"])  # still a number tag
+    assert (status, answer["return_code"]) == (400, -1001) and "line 1" in answer["return_message"], answer
+    status, answer = upload(client, by_name + "&clusterCatalog=catalog_cluster", [keys[0]])
+    assert (status, answer["return_code"]) == (409, -1007), answer
+    assert cluster_rows(pg, td.id) == before and native_values(client, td, tag_id) == values
+    status, answer = post(client, f"/open/user-cluster-refresh?token={td.token}&projectId={td.id}&clusterId={tag_id}")
+    assert (status, answer["return_code"]) == (409, -1007)
+    assert post(client, f"/open/user-cluster-delete?token={td.token}&projectId={td.id}&clusterId={tag_id}") == (200, OK)
 
 
 def test_condition_clusters_are_not_modified_by_upload(client, worker, td):
