@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 from marshmallow import fields
+
+
+def numeric(value) -> int | float | None:
+    """A JSON number or a numeric string ("4", " 2.5 ") as a finite number within int64, else None.
+
+    Vendors send counts both ways; float() alone would also read "nan", "inf" and "1e400".
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"-?\d{1,18}", text):
+            return int(text)
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and math.isfinite(value) and -2**63 <= value < 2**63:
+        return value
+    return None
 
 
 class StrictBoolean(fields.Boolean):

@@ -6,13 +6,13 @@ docs/dialects/ark.md.
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import date, datetime, timedelta
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from cohort_engine.definition import MAX_DATE, MIN_DATE, DefinitionError, check_values, parse_definition
+from core.fields import numeric
 
 # Ark's user id (`user.xwho`): the service's user key, not a profile property.
 USER_KEY = "xwho"
@@ -97,19 +97,9 @@ def _whole(value, what: str) -> int:
 
 def _number(value) -> int | float:
     """A count to compare with: a JSON number or a numeric string ("1", "2.5")."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return value
-    if isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"-?\d{1,18}", text):
-            return int(text)
-        try:
-            number = float(text)
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(number):  # float() reads "nan", "inf" and "1e400"
-                return number
+    number = numeric(value)
+    if number is not None:
+        return number
     raise Refused(f"must be numbers (or numeric strings), got {value!r}")
 
 

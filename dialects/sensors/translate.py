@@ -5,7 +5,6 @@ Semantics of every function, aggregator and time form: docs/dialects/sensors.md.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -24,7 +23,7 @@ from cohort_engine.definition import (
     parse_definition,
 )
 from core.crons import check_fires
-from core.fields import StrictBoolean
+from core.fields import StrictBoolean, numeric
 
 CohortResolver = Callable[[str], "int | None"]
 
@@ -78,20 +77,9 @@ def _whole_number(value, what: str) -> int:
 
 
 def _number(value):
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"-?\d{1,18}", text):
-            return int(text)
-        try:
-            number = float(text)
-        except ValueError:
-            pass
-        else:
-            # float() reads "inf", "nan" and "1e400" (inf), which JSON and PostgreSQL cannot store.
-            if math.isfinite(number):
-                return number
+    number = numeric(value)
+    if number is not None:
+        return number
     raise ValidationError(f"metric comparisons take numbers, got {value!r}")
 
 

@@ -19,6 +19,7 @@ from cohort_engine.definition import (
     check_values,
     parse_definition,
 )
+from core.fields import numeric
 
 CATALOGS = ("catalog_cluster", "catalog_tag")
 # clusterType -> (catalog, how it is built). Condition kinds compute here; import kinds are built by
@@ -91,13 +92,8 @@ class ProjectId(fields.Field):
 
 def _number(text: str, what: str):
     """A number from TA's string form ("4", "2.5")."""
-    if re.fullmatch(r"-?\d{1,18}", text):
-        return int(text)
-    try:
-        number = float(text)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or not -2**63 <= number < 2**63:
+    number = numeric(text)
+    if number is None:
         raise ValidationError(f"{what} must be a number, got {text!r}")
     return number
 
