@@ -210,15 +210,18 @@ def large_project(ctx: BenchContext) -> tuple[str, str]:
 
 def large_child(ctx: BenchContext, project: str, what: str = "cohort") -> dict:
     """Compute the cohort (or the metric tag) in a fresh process; its wall time, count and peak RSS."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run(
+    child = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.engine", "--child", project, ctx.database_url, str(ctx.work_dir / "store"),
-         what],
-        check=True, capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    measured = json.loads(done.stdout.strip().splitlines()[-1])
-    # ru_maxrss of children is the largest child so far; the child also reports its own.
-    measured["peak_rss_kb"] = max(measured["self_peak_rss_kb"], after if after > before else 0)
+         what], stdout=subprocess.PIPE, text=True)
+    out = child.stdout.read()
+    child.stdout.close()
+    # wait4 gives this child's own peak; RUSAGE_CHILDREN would be the largest of every child so far.
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise RuntimeError(f"benchmark child {what} exited {child.returncode}")
+    measured = json.loads(out.strip().splitlines()[-1])
+    measured["peak_rss_kb"] = usage.ru_maxrss
     return measured
 
 
