@@ -171,10 +171,15 @@ class ErrorsSchema(Schema):
                          metadata={"description": "field path -> messages (invalid input)"})
 
 
-class CohortPageSchema(Schema):
+class PageSchema(Schema):
+    """The envelope of a paged answer; each subclass adds its list."""
+
     total = fields.Integer()
     page = fields.Integer()
     per_page = fields.Integer()
+
+
+class CohortPageSchema(PageSchema):
     cohorts = fields.List(fields.Nested(CohortSchema))
 
 
@@ -184,10 +189,7 @@ class JobPageSchema(Schema):
     jobs = fields.List(fields.Nested(JobSchema))
 
 
-class MembersPageSchema(Schema):
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
+class MembersPageSchema(PageSchema):
     members = fields.List(fields.String(), metadata={"description": "user keys"})
 
 
@@ -274,10 +276,7 @@ class VersionHistorySchema(Schema):
         "description": "per leaf: {leaf (path), type, seconds, count}"})
 
 
-class VersionPageSchema(Schema):
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
+class VersionPageSchema(PageSchema):
     versions = fields.List(fields.Nested(VersionHistorySchema))
 
 
@@ -381,10 +380,7 @@ class WebhookSchema(Schema):
     secret = fields.String(metadata={"description": "only in the answer that creates it (or sets a new one)"})
 
 
-class WebhookPageSchema(Schema):
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
+class WebhookPageSchema(PageSchema):
     webhooks = fields.List(fields.Nested(WebhookSchema))
 
 
@@ -413,8 +409,5 @@ class DeliverySchema(Schema):
     finished_at = fields.DateTime(allow_none=True)
 
 
-class DeliveryPageSchema(Schema):
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
+class DeliveryPageSchema(PageSchema):
     deliveries = fields.List(fields.Nested(DeliverySchema))

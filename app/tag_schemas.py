@@ -10,6 +10,7 @@ from app.schemas import (
     CohortSchema,
     CohortUpdateSchema,
     JobSchema,
+    PageSchema,
     page_field,
 )
 from cohort_engine.definition import DefinitionError
@@ -74,10 +75,7 @@ class TagWithJobSchema(Schema):
     job = fields.Nested(JobSchema, allow_none=True)
 
 
-class TagPageSchema(Schema):
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
+class TagPageSchema(PageSchema):
     tags = fields.List(fields.Nested(TagSchema))
 
 
@@ -86,10 +84,7 @@ class TagValueRowSchema(Schema):
     value = fields.Raw(metadata={"description": "string, number, boolean, or ISO 8601 time"})
 
 
-class TagValuesPageSchema(Schema):
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
+class TagValuesPageSchema(PageSchema):
     value_type = fields.String()
     version_id = fields.Integer()
     values = fields.List(fields.Nested(TagValueRowSchema))

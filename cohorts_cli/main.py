@@ -105,19 +105,25 @@ def request_body(args) -> dict | None:
     return body
 
 
-def cmd_submit(args) -> int:
+def submit(args, noun: str) -> int:
+    """Create a cohort or a tag from the definition file; follow its job with --wait."""
     body = request_body(args)
     if body is None:
-        note("error: give the cohort a name with --name")
+        note(f"error: give the {noun} a name with --name")
         return 2
     client = service(args)
-    created = client.create_cohort(body)
-    cohort, job = created["cohort"], created["job"]
-    out(f"cohort {cohort['id']} {cohort['name']}: job {job['id']} {job['status']}")
+    created = client.create_tag(body) if noun == "tag" else client.create_cohort(body)
+    made, job = created[noun], created["job"]
+    typed = f" ({made['value_type']})" if noun == "tag" else ""
+    out(f"{noun} {made['id']} {made['name']}{typed}: job {job['id']} {job['status']}")
     if not args.wait:
         note(f"follow it: cohorts job {job['id']} --wait")
         return 0
     return follow(args, client, job["id"])
+
+
+def cmd_submit(args) -> int:
+    return submit(args, "cohort")
 
 
 def job_line(job: dict) -> str:
@@ -211,18 +217,7 @@ def write_lines(lines, stream, bar, header: str | None = None) -> int:
 
 
 def cmd_tag_submit(args) -> int:
-    body = request_body(args)
-    if body is None:
-        note("error: give the tag a name with --name")
-        return 2
-    client = service(args)
-    created = client.create_tag(body)
-    tag, job = created["tag"], created["job"]
-    out(f"tag {tag['id']} {tag['name']} ({tag['value_type']}): job {job['id']} {job['status']}")
-    if not args.wait:
-        note(f"follow it: cohorts job {job['id']} --wait")
-        return 0
-    return follow(args, client, job["id"])
+    return submit(args, "tag")
 
 
 def cmd_tag_list(args) -> int:
