@@ -13,12 +13,26 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MEMORY_SHARE = 0.75
 
 
+# Leaf answers are bitmaps of up to ~1.25 MB per 10M-user id range: 64 MiB keeps some fifty of the
+# largest, small next to DuckDB's share (docs/store.md "Leaf-result cache").
+DEFAULT_LEAF_CACHE_BYTES = 64 * 2**20
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+_SIZE = re.compile(r"(\d+)\s*([A-Za-z]*)")
 _MEMORY_SIZE = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 
 
 def machine_memory() -> int:
     """Physical memory in bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def parse_size(value: str, name: str) -> int:
+    """Bytes from "67108864", "64MB" or "64MiB"; ValueError naming the setting otherwise."""
+    match = _SIZE.fullmatch(value.strip())
+    unit = match.group(2).upper() if match else None
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"{name}={value!r}: give a size in bytes, or such as 64MB or 64MiB")
+    return int(match.group(1)) * _SIZE_UNITS[unit]
 
 
 def default_memory_limit(environ) -> str:
@@ -39,6 +53,8 @@ class EngineConfig:
     # directory it spills to beyond it (None: no spilling, a query past the limit fails).
     memory_limit: str | None = None
     spill_dir: str | None = None
+    # The bound of this process's leaf-result cache (docs/store.md "Leaf-result cache"); 0 disables it.
+    leaf_cache_bytes: int = DEFAULT_LEAF_CACHE_BYTES
 
     @classmethod
     def from_env(cls, environ=None) -> EngineConfig:
@@ -57,6 +73,8 @@ class EngineConfig:
             threads=int(threads) if threads else None,
             memory_limit=memory_limit,
             spill_dir=env.get("COHORTS_DUCKDB_SPILL_DIR") or os.path.join(store_dir, ".spill"),
+            leaf_cache_bytes=parse_size(env.get("COHORTS_LEAF_CACHE_BYTES") or str(DEFAULT_LEAF_CACHE_BYTES),
+                                        "COHORTS_LEAF_CACHE_BYTES"),
         )
 
     def duckdb_limits(self) -> DuckDBLimits:

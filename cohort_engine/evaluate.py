@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -9,12 +10,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from pyroaring import BitMap
+from pyroaring import BitMap, FrozenBitMap
 
 from . import imports
 from .backends import Session
 from .bitmaps import to_bitmap
 from .errors import EngineError
+from .leafcache import LeafCache, leaf_key
 from .values import NEGATIONS
 
 __all__ = ["EngineError", "EvalContext", "Result", "count_steps", "evaluate", "evaluate_many"]
@@ -22,6 +24,10 @@ __all__ = ["EngineError", "EvalContext", "Result", "count_steps", "evaluate", "e
 log = logging.getLogger(__name__)
 
 BACKEND_LEAVES = ("profile", "event", "sequence")
+# Leaves answered from stored versions: reused within one evaluation only, since the versions they
+# read are not part of the backend's snapshot. `ids` and `import` leaves are never reused: their key
+# would be as long as their ID lists, and an import leaf reports match counts per occurrence.
+STORED_LEAVES = ("cohort", "tag")
 
 
 @dataclass
@@ -38,6 +44,10 @@ class EvalContext:
     load_import: Callable[[dict], list[str]] | None = None
     # A tag's latest good version (a cohort_engine.tag_column.TagColumn), or None when it has none.
     load_tag: Callable[[int], object | None] | None = None
+    # This process's leaf-result cache and the project its keys are namespaced by; without either,
+    # leaves are reused within the evaluation only (docs/store.md "Leaf-result cache").
+    leaf_cache: LeafCache | None = None
+    project_id: int | None = None
 
 
 @dataclass
@@ -56,23 +66,23 @@ def evaluate(tree: dict, ctx: EvalContext) -> Result:
     """The member bitmap of a validated canonical tree (the caller closes ctx.session)."""
     if ctx.base_time.tzinfo is None:
         ctx = replace(ctx, base_time=ctx.base_time.replace(tzinfo=ctx.tz))
-    evaluator = _Evaluator(ctx)
+    evaluator = _Evaluator(ctx, [tree])
     bitmap = evaluator.node(tree, "")
-    return Result(bitmap, evaluator.timings, evaluator.imports)
+    return Result(_owned(bitmap), evaluator.timings, evaluator.imports)
 
 
 def evaluate_many(trees: list[dict], ctx: EvalContext, path: str = "") -> list[Result]:
     """The member bitmaps of several trees in one walk (one progress scale), e.g. a values tag's rules."""
     if ctx.base_time.tzinfo is None:
         ctx = replace(ctx, base_time=ctx.base_time.replace(tzinfo=ctx.tz))
-    evaluator = _Evaluator(ctx)
+    evaluator = _Evaluator(ctx, trees)
     evaluator.total = sum(count_steps(t) for t in trees)
     if ctx.progress:
         ctx.progress(0, evaluator.total)
     results = []
     for i, tree in enumerate(trees):
         evaluator.timings = []
-        results.append(Result(evaluator.node(tree, f"{path}[{i}]"), evaluator.timings))
+        results.append(Result(_owned(evaluator.node(tree, f"{path}[{i}]")), evaluator.timings))
     return results
 
 
@@ -85,13 +95,56 @@ def count_steps(tree: dict) -> int:
     return 1
 
 
+def _owned(bitmap: BitMap) -> BitMap:
+    """A bitmap the caller may change: a frozen one (shared with a cache) is copied."""
+    return BitMap(bitmap) if isinstance(bitmap, FrozenBitMap) else bitmap
+
+
+def _leaves(tree: dict):
+    if "children" in tree:
+        for child in tree["children"]:
+            yield from _leaves(child)
+    elif "child" in tree:
+        yield from _leaves(tree["child"])
+    else:
+        yield tree
+
+
 class _Evaluator:
-    def __init__(self, ctx: EvalContext):
+    def __init__(self, ctx: EvalContext, trees: list[dict]):
         self.ctx = ctx
         self.total = 0
         self.done = 0
         self.timings: list[dict] = []
         self.imports: list[dict] = []
+        # Answers of leaves that occur more than once in this walk, frozen: computed once, shared.
+        self.memo: dict[str, FrozenBitMap] = {}
+        seen: set[str] = set()
+        self.repeated: set[str] = set()
+        for leaf in (leaf for tree in trees for leaf in _leaves(tree)):
+            key = self.reuse_key(leaf)
+            if key is not None:
+                (self.repeated if key in seen else seen).add(key)
+        self._shared_scope: tuple | None | bool = False
+
+    def reuse_key(self, leaf: dict) -> str | None:
+        """The key under which a leaf's answer is reused, or None for a leaf never reused."""
+        kind = leaf.get("type")
+        if kind in BACKEND_LEAVES:
+            return leaf_key(leaf, self.ctx.tz, self.ctx.base_time)
+        if kind in STORED_LEAVES:
+            # Same zone and base time throughout one walk: the leaf as written is its key.
+            return "stored:" + json.dumps(leaf, sort_keys=True, separators=(",", ":"), default=repr)
+        return None
+
+    def shared_scope(self) -> tuple | None:
+        """(project, snapshot) that backend leaves are cached under across evaluations, or None."""
+        if self._shared_scope is False:
+            cache, project_id = self.ctx.leaf_cache, self.ctx.project_id
+            snapshot_id = getattr(self.ctx.session, "snapshot_id", None)
+            snapshot = snapshot_id() if cache is not None and cache.enabled and snapshot_id else None
+            self._shared_scope = None if snapshot is None or project_id is None else (project_id, snapshot)
+        return self._shared_scope
 
     def step(self) -> None:
         self.done += 1
@@ -106,6 +159,8 @@ class _Evaluator:
         op = node.get("op")
         if op in ("and", "or"):
             parts = [self.node(c, f"{path}.children[{i}]".lstrip(".")) for i, c in enumerate(node["children"])]
+            # The answer takes the first part's class: a mutable part first keeps it a BitMap.
+            parts.sort(key=lambda part: isinstance(part, FrozenBitMap))
             result = BitMap.intersection(*parts) if op == "and" else BitMap.union(*parts)
             self.step()
             return result
@@ -114,11 +169,41 @@ class _Evaluator:
             self.step()
             return result
         started = time.perf_counter()
-        result = self.leaf(node)
-        self.timings.append({"leaf": path or "_root", "type": node["type"],
-                             "seconds": time.perf_counter() - started, "count": len(result)})
+        result, reused = self.reused_leaf(node)
+        timing = {"leaf": path or "_root", "type": node["type"],
+                  "seconds": time.perf_counter() - started, "count": len(result)}
+        if reused:
+            timing["reused"] = reused
+        self.timings.append(timing)
         self.step()
         return result
+
+    def reused_leaf(self, leaf: dict) -> tuple[BitMap, str | None]:
+        """A leaf's answer and where it was reused from ("evaluation", "process"; None: computed now).
+
+        A reused answer is frozen; a computed one is returned as computed, its caches holding copies.
+        """
+        key = self.reuse_key(leaf)
+        if key is None:
+            return self.leaf(leaf), None
+        found = self.memo.get(key)
+        if found is not None:
+            return found, "evaluation"
+        scope = self.shared_scope() if leaf["type"] in BACKEND_LEAVES else None
+        if scope is not None:
+            found = self.ctx.leaf_cache.get((*scope, key))
+            if found is not None:
+                if key in self.repeated:
+                    self.memo[key] = found
+                return found, "process"
+        result = self.leaf(leaf)
+        if scope is not None:
+            frozen = self.ctx.leaf_cache.put((*scope, key), result)
+            if key in self.repeated:
+                self.memo[key] = frozen
+        elif key in self.repeated:
+            self.memo[key] = FrozenBitMap(result)
+        return result, None
 
     def leaf(self, leaf: dict) -> BitMap:
         kind = leaf["type"]

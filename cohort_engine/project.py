@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from pyroaring import BitMap
 
-from . import bitmaps, db
+from . import bitmaps, db, leafcache
 from .backends import Backend, ProjectInfo, Session, open_backend
 from .config import EngineConfig
 from .dictionary import MISSING, UserKeyDictionary
@@ -57,6 +57,11 @@ class ProjectEngine:
             raise EngineError("unsupported", f"project {self.name!r} uses backend {self.info.kind!r}, "
                                              "which has no embedded event store")
         return store
+
+    @property
+    def leaf_cache(self) -> leafcache.LeafCache | None:
+        """This process's leaf-result cache (config.leaf_cache_bytes; None when 0)."""
+        return leafcache.shared(self.config.leaf_cache_bytes) if self.config.leaf_cache_bytes > 0 else None
 
     def open_session(self) -> Session:
         """A backend Session over the data as it is now; close it when done."""
@@ -120,7 +125,7 @@ class ProjectEngine:
     def _context(self, session, base_time, load_cohort, progress, load_tag, load_import=None) -> EvalContext:
         return EvalContext(session=session, tz=self.tz, base_time=parse_base_time(base_time, self.tz),
                            encode_keys=self.encode, load_cohort=load_cohort, progress=progress, load_tag=load_tag,
-                           load_import=load_import)
+                           load_import=load_import, leaf_cache=self.leaf_cache, project_id=self.project_id)
 
     def base_time(self, value) -> datetime:
         return parse_base_time(value, self.tz)

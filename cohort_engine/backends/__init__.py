@@ -110,6 +110,15 @@ class Session(Protocol):
         leaves: EngineError unknown_property, type_mismatch (sum of a string), backend_error.
         """
 
+    def snapshot_id(self) -> str | None:
+        """A name for the data this session reads, equal only for sessions whose every answer is equal, or None.
+
+        Optional. Leaf answers are cached across evaluations (cohort_engine.leafcache) under it, so
+        it must change with any change to the data a leaf can see (events, profiles, the universe).
+        A backend that cannot name its data so returns None (or lacks the method): no reuse across
+        evaluations, only within one.
+        """
+
     def close(self) -> None: ...
 
 

@@ -514,8 +514,11 @@ class EngineRunner:
             members = (cohorts or {}).get(cohort_id)
             return None if members is None else BitMap(self.engine.encode(sorted(members)).tolist())
 
+        # With the engine's leaf-result cache, as a job runs: trees and base times drawn later reuse
+        # the answers of earlier ones wherever their keys (resolved windows) say they may.
         return EvalContext(session=self.session, tz=self.engine.tz, base_time=base_time,
-                           encode_keys=self.engine.encode, load_cohort=load_cohort, load_tag=(tags or {}).get)
+                           encode_keys=self.engine.encode, load_cohort=load_cohort, load_tag=(tags or {}).get,
+                           leaf_cache=self.engine.leaf_cache, project_id=self.engine.project_id)
 
     def keys(self, uids) -> list[str]:
         from pyroaring import BitMap

@@ -60,6 +60,10 @@ class DruidSession:
     def columns(self) -> dict[str, dict[str, str]]:
         return self.catalog.kinds()
 
+    def snapshot_id(self) -> None:
+        """None: nothing names a Druid datasource's contents (docs/store.md "Leaf-result cache")."""
+        return None
+
     def universe(self) -> BitMap:
         """Everyone with an event or a profile row: the distinct user keys of both datasources."""
         if self._universe is None:

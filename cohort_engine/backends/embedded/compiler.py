@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -23,6 +26,7 @@ class EmbeddedSession:
     def __init__(self, snapshot: Snapshot):
         self.snapshot = snapshot
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._snapshot_id: str | None = None
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -32,6 +36,14 @@ class EmbeddedSession:
 
     def universe(self) -> BitMap:
         return self.snapshot.universe()
+
+    def snapshot_id(self) -> str:
+        """The store and its manifest: every ingest writes parts under new random names into a new manifest."""
+        if self._snapshot_id is None:
+            named = json.dumps({"root": str(self.snapshot.root.resolve()), "manifest": vars(self.snapshot.manifest)},
+                               sort_keys=True, default=str)
+            self._snapshot_id = hashlib.sha256(named.encode()).hexdigest()
+        return self._snapshot_id
 
     def columns(self) -> dict[str, dict[str, str]]:
         return {"event": _kinds(self.snapshot.event_columns, ("uid",)),
