@@ -1,0 +1,97 @@
+"""Leaf-result cache section (issue 15): a re-run with the cache warm, a repeated leaf, and the cost of keeping answers."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from cohort_engine import db, leafcache
+from cohort_engine.config import EngineConfig
+from cohort_engine.definition import parse_definition
+from cohort_engine.project import ProjectEngine
+
+from . import BenchContext, Row, section
+from .engine import BASE_TIME, COHORT, SCALES, _existing_project, _fresh_project, _ingest, _sample
+
+RUNS = 5
+# The engine section's cohort with its first leaf (paid twice in the last 30 days) asked again, as
+# the dates those 30 days are at BASE_TIME: the same members, one more leaf to answer.
+PAY_AS_DATES = {**COHORT["children"][0], "window": {"start": "2024-06-01", "end": "2024-06-30"}}
+REPEATED = {"op": "and", "children": [*COHORT["children"], PAY_AS_DATES]}
+
+
+def _project(ctx: BenchContext) -> tuple[ProjectEngine, str]:
+    """The engine section's 20M-event project (ingested here if that section has not run)."""
+    events, users = SCALES[ctx.scale]["main"]
+    label = f"{events / 1e6:g}M events / {users / 1e6:g}M users"
+    name = f"bench_{ctx.scale}_{events // 1_000_000}m"
+    engine = _existing_project(ctx, name, events)
+    if engine is None:
+        engine = _fresh_project(ctx, name)
+        _ingest(engine, _sample(ctx, events, users))
+    return engine, label
+
+
+def _seconds(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _alternating(**subjects) -> dict[str, list[float]]:
+    """RUNS timings of each subject, taken in turns so the machine's noise falls on all alike."""
+    times: dict[str, list[float]] = {name: [] for name in subjects}
+    for fn in subjects.values():
+        fn()  # the page cache and DuckDB's metadata warm for every subject
+    for _ in range(RUNS):
+        for name, fn in subjects.items():
+            times[name].append(_seconds(fn))
+    return times
+
+
+@section("leaf_cache")
+def leaf_cache_section(ctx: BenchContext) -> list[Row]:
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    db.migrate(ctx.database_url)
+    engine, label = _project(ctx)
+    off = ProjectEngine(EngineConfig(**{**vars(engine.config), "leaf_cache_bytes": 0}), engine.name)
+    tree, repeated = parse_definition(COHORT), parse_definition(REPEATED)
+
+    def cold(subject=tree, on=engine):
+        leafcache.clear_shared()
+        return on.compute(subject, base_time=BASE_TIME)
+
+    def warm():
+        return engine.compute(tree, base_time=BASE_TIME)
+
+    expected = cold().bitmap
+    warm_result = warm()
+    if warm_result.bitmap != expected or cold(repeated).bitmap != expected:
+        raise AssertionError("a cached or repeated-leaf answer differs from the cold one")
+    reused = {t.get("reused") for t in warm_result.timings}
+    times = _alternating(cold=cold, warm=warm, repeated=lambda: cold(repeated), off=lambda: cold(tree, off))
+    med = {name: statistics.median(values) for name, values in times.items()}
+    pay_leaf = next(t for t in cold().timings if t["leaf"] == "children[0]")["seconds"]
+    rows = [
+        Row(f"cohort (3 conditions, 4 leaves), {label}: same cohort re-run, leaf cache warm", med["warm"], "s",
+            med["cold"], "the same run cold (cache cleared)", "ratio <= 0.1", med["warm"] / med["cold"] <= 0.1,
+            f"medians of {RUNS} alternating runs; every leaf reused from this process ({sorted(map(str, reused))})"),
+        Row(f"cohort with a repeated leaf (5 leaves, 4 distinct), {label}: cold", med["repeated"], "s",
+            med["cold"], "the cohort without the repeat, cold", "ratio <= 1.1", med["repeated"] / med["cold"] <= 1.1,
+            f"the repeat is the 30-day leaf written as dates (same bounds, one key); answering it again would "
+            f"add its own {pay_leaf:.3f} s"),
+        Row(f"cohort cold, {label}: leaf cache on (answers kept) vs off", med["cold"], "s",
+            med["off"], "COHORTS_LEAF_CACHE_BYTES=0", "ratio <= 1.1", med["cold"] / med["off"] <= 1.1,
+            f"what keeping frozen copies costs a first run; cache after one cold run: "
+            f"{_cache_note(engine)}"),
+    ]
+    print(f"  leaf cache: cold {med['cold']:.3f} s, warm {med['warm']:.4f} s, repeated {med['repeated']:.3f} s, "
+          f"off {med['off']:.3f} s", flush=True)
+    return rows
+
+
+def _cache_note(engine: ProjectEngine) -> str:
+    leafcache.clear_shared()
+    engine.compute(parse_definition(COHORT), base_time=BASE_TIME)
+    stats = engine.leaf_cache.stats()
+    return f"{stats['entries']} entries, {stats['bytes'] / 2**20:.2f} MiB of {stats['max_bytes'] / 2**20:.0f} MiB"
