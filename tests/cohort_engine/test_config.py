@@ -1,4 +1,4 @@
-"""Engine settings: DuckDB's memory limit and spill directory (docs/store.md "Memory")."""
+"""Engine settings: DuckDB's memory limit and spill directory (docs/store.md "Memory"), the leaf cache's bound."""
 
 from __future__ import annotations
 
@@ -26,6 +26,17 @@ def test_default_memory_limit_is_the_share_over_the_worker_concurrency():
     assert config.spill_dir == "/srv/store/.spill"
     explicit = EngineConfig.from_env({"COHORTS_DUCKDB_MEMORY_LIMIT": "3GB", "COHORTS_DUCKDB_SPILL_DIR": "/tmp/x"})
     assert (explicit.memory_limit, explicit.spill_dir) == ("3GB", "/tmp/x")
+
+
+def test_the_leaf_cache_bound_reads_bytes_or_sizes_and_refuses_anything_else():
+    assert EngineConfig.from_env({}).leaf_cache_bytes == 64 * 2**20
+    assert EngineConfig.from_env({"COHORTS_LEAF_CACHE_BYTES": "0"}).leaf_cache_bytes == 0
+    assert EngineConfig.from_env({"COHORTS_LEAF_CACHE_BYTES": "1000"}).leaf_cache_bytes == 1000
+    assert EngineConfig.from_env({"COHORTS_LEAF_CACHE_BYTES": "32MiB"}).leaf_cache_bytes == 32 * 2**20
+    assert EngineConfig.from_env({"COHORTS_LEAF_CACHE_BYTES": "2 GB"}).leaf_cache_bytes == 2 * 10**9
+    for bad in ("lots", "-1", "1.5GB", "64 parsecs"):
+        with pytest.raises(ValueError, match="COHORTS_LEAF_CACHE_BYTES"):
+            EngineConfig.from_env({"COHORTS_LEAF_CACHE_BYTES": bad})
 
 
 def test_a_memory_limit_duckdb_would_refuse_is_refused_at_start_up():
