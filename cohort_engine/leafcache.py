@@ -116,6 +116,11 @@ class LeafCache:
                 self.evictions += 1
         return frozen
 
+    def bitmaps(self) -> list[FrozenBitMap]:
+        """The cached answers, least recently used first."""
+        with self._lock:
+            return [bitmap for bitmap, _ in self._entries.values()]
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
