@@ -262,3 +262,20 @@ def test_project_engine_uses_this_process_cache_unless_disabled(engine_config, t
     off = ProjectEngine(EngineConfig(**{**vars(engine_config), "leaf_cache_bytes": 0}), shop.engine.name)
     assert off.leaf_cache is None
     assert all("reused" not in t for t in off.compute(raw, base_time=BASE).timings)
+
+
+def test_a_tag_reuses_the_leaves_a_cohort_computed(engine_config, tmp_path):
+    from cohort_engine.tag_definition import parse_tag_definition
+
+    leafcache.clear_shared()
+    shop = Shop(engine_config, tmp_path)
+    shop.engine.compute(parse_definition({"op": "and", "children": [pays(LAST_WEEK), PARIS]}), base_time=BASE)
+    tag = parse_tag_definition({"kind": "values", "type": "string", "values": [
+        {"value": "payer", "definition": pays(LAST_WEEK_AS_DATES)},
+        {"value": "parisian", "definition": {"op": "not", "child": {"op": "not", "child": PARIS}}}]})
+    result = shop.engine.compute_tag(tag, base_time=BASE)
+    assert [t.get("reused") for t in result.timings] == ["process", "process"]
+    by_uid = result.column.as_dict()
+    uids = sorted(by_uid)
+    values = dict(zip(shop.engine.iter_keys(BitMap(uids)), [by_uid[u] for u in uids], strict=True))
+    assert values == {"a": "payer", "b": "payer", "c": "parisian"}
