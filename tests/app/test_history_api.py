@@ -16,7 +16,7 @@ from cohort_engine import db
 from cohort_engine.definition import parse_definition
 from cohort_engine.project import ProjectEngine
 from tests.app.test_cohorts_api import poll_job
-from tests.cohort_engine.reference import Dataset, Reference, load_into
+from tests.cohort_engine.reference import Dataset, Reference, load_into, write_parquet
 from tests.services import wait_until
 
 BASE = datetime(2024, 3, 10, tzinfo=UTC)
@@ -101,6 +101,31 @@ def test_versions_and_diff_match_the_reference(client, worker, dataset):
     assert (latest["from"]["id"], latest["to"]["id"], latest["entered"], latest["left"]) == (v2["id"], v3["id"], 0, 0)
     paged = client.get(f"/api/v1/cohorts/{cohort_id}/versions?per_page=1&page=2", headers=headers).get_json()
     assert [v["id"] for v in paged["versions"]] == [v2["id"]] and paged["total"] == 3
+
+
+def test_refreshes_of_unchanged_data_reuse_leaf_answers_and_an_ingest_computes_them_again(
+        client, worker, dataset, service_settings, tmp_path):
+    (name, _), headers, data = dataset
+    created = client.post("/api/v1/cohorts", json={"name": "reused", "definition": SECOND, "dynamic": False},
+                          headers=headers)
+    computed(client, headers, created)
+    cohort_id = created.get_json()["cohort"]["id"]
+    for _ in range(3):
+        computed(client, headers, client.post(f"/api/v1/cohorts/{cohort_id}/refresh", headers=headers))
+    versions = client.get(f"/api/v1/cohorts/{cohort_id}/versions", headers=headers).get_json()["versions"]
+    assert [v["count"] for v in versions] == [len(members(data, SECOND))] * 4
+    # Four runs on the worker's two processes: each process computes its first, the rest reuse it.
+    reused = [v for v in versions if {t.get("reused") for t in v["timings"]} == {"process"}]
+    assert len(reused) >= 2
+    # A new ingest (new store snapshot): every leaf computed again, over the new data.
+    more = [{"key": p["key"], "event": "pay", "time": datetime(2024, 3, 5, 12, tzinfo=UTC)} for p in data.profiles[:20]]
+    data.events.extend(more)
+    write_parquet(more, {}, {"key": "distinct_id", "event": "event", "time": "time"}, tmp_path / "more.parquet")
+    ProjectEngine(service_settings.engine, name).ingest_events(tmp_path / "more.parquet")
+    computed(client, headers, client.post(f"/api/v1/cohorts/{cohort_id}/refresh", headers=headers))
+    latest = client.get(f"/api/v1/cohorts/{cohort_id}/versions", headers=headers).get_json()["versions"][0]
+    assert latest["count"] == len(members(data, SECOND)) != versions[0]["count"]
+    assert all("reused" not in t for t in latest["timings"])
 
 
 def test_diff_refuses_versions_it_cannot_compare(client, worker, dataset, database_url):

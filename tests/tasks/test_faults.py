@@ -89,7 +89,10 @@ def services(service_env, tmp_path_factory):
                "COHORTS_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/1",
                "COHORTS_STORE_DIR": str(folder / "store"), "COHORTS_QUEUE": QUEUE, "COHORTS_KEY_PREFIX": "faults",
                "COHORTS_STALE_AFTER": "2", "COHORTS_MAX_ATTEMPTS": "2", "COHORTS_RETRY_DELAY": "1",
-               "COHORTS_LOST_AFTER": "2"}
+               "COHORTS_LOST_AFTER": "2",
+               # Every job here must do its real work: the module's cohorts share one project and
+               # snapshot, so a worker's leaf cache would answer a later job's leaves at once.
+               "COHORTS_LEAF_CACHE_BYTES": "0"}
         s = Services(pg, redis_server, env, folder)
         s.settings = Settings.from_env(env)
         s.celery = create_celery(s.settings)
