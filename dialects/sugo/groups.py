@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 import uuid
 from binascii import crc_hqx
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import islice
 
 CHUNK_BYTES = 1_048_576
 # Ids are encoded this many at a time, so a writer never holds a second full copy of a huge group.
@@ -49,15 +50,39 @@ def parse(data: bytes | bytearray | memoryview) -> list[str]:
     head, tab, rest = text.partition("\t")
     if not tab or (rest and not rest.endswith("\t")):
         raise SugoGroupFormatError("user group text must be '<count>\\t' followed by ids each ending in a tab")
+    ids = rest.split("\t") if rest else [""]
+    ids.pop()
+    _check_count(head, len(ids))
+    return ids
+
+
+def parse_bytes(data: bytes | bytearray | memoryview) -> list[bytes]:
+    """The ids of a group as UTF-8 bytes, validated exactly as parse does (for set algebra that needs no text)."""
+    if not data:
+        return []
+    data = data if isinstance(data, bytes) else bytes(data)
+    try:
+        # Only to refuse what parse refuses: a tab is one byte never found inside a multi-byte
+        # character, so the ids of valid UTF-8 text are valid UTF-8 each, and bytes compare as text.
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SugoGroupFormatError(f"user group is not UTF-8 text: {exc}") from None
+    head, tab, rest = data.partition(b"\t")
+    if not tab or (rest and not rest.endswith(b"\t")):
+        raise SugoGroupFormatError("user group text must be '<count>\\t' followed by ids each ending in a tab")
+    ids = rest.split(b"\t") if rest else [b""]
+    ids.pop()
+    _check_count(head.decode("utf-8"), len(ids))
+    return ids
+
+
+def _check_count(head: str, found: int) -> None:
     try:
         count = int(head)
     except ValueError:
         raise SugoGroupFormatError(f"user group count {head[:40]!r} is not a number") from None
-    ids = rest.split("\t") if rest else [""]
-    ids.pop()
-    if count != len(ids):
-        raise SugoGroupFormatError(f"user group says it holds {count} ids but holds {len(ids)}")
-    return ids
+    if count != found:
+        raise SugoGroupFormatError(f"user group says it holds {count} ids but holds {found}")
 
 
 def _encoded_pieces(keys: Sequence[str]):
@@ -77,10 +102,35 @@ def _encoded_pieces(keys: Sequence[str]):
         yield text.encode("utf-8") + b"\t"
 
 
+def _encoded_byte_pieces(ids: Collection[bytes]):
+    """The group's bytes in pieces of about ENCODE_BATCH ids already UTF-8 (any iteration order)."""
+    yield f"{len(ids)}\t".encode()
+    remaining = iter(ids)
+    while batch := list(islice(remaining, ENCODE_BATCH)):
+        try:
+            joined = b"\t".join(batch)
+        except TypeError:
+            bad = next(k for k in batch if not isinstance(k, bytes))
+            raise SugoGroupFormatError(f"user group id {bad!r} is not bytes") from None
+        if joined.count(b"\t") != len(batch) - 1 or b"" in batch:
+            bad = next(k for k in batch if b"\t" in k or k == b"")
+            raise SugoGroupFormatError(f"user group id {bad.decode('utf-8', 'replace')!r} is empty or contains a tab")
+        try:
+            joined.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SugoGroupFormatError(f"user group ids are not UTF-8 text: {exc}") from None
+        yield joined + b"\t"
+
+
 def _chunks(keys: Sequence[str]):
     """Fixed CHUNK_BYTES pieces of the group's bytes, cut without regard to ids or characters."""
+    return _cut(_encoded_pieces(keys))
+
+
+def _cut(pieces: Iterable[bytes]):
+    """The bytes of pieces joined, in fixed CHUNK_BYTES chunks (the last one shorter)."""
     pending = bytearray()
-    for piece in _encoded_pieces(keys):
+    for piece in pieces:
         pending += piece
         if len(pending) >= CHUNK_BYTES:
             whole = len(pending) - len(pending) % CHUNK_BYTES
@@ -100,6 +150,15 @@ def encode(keys: Sequence[str]) -> list[bytes]:
 
 def read_group(redis, key: str) -> list[str]:
     """The ids of the group stored under key (a missing key is an empty group)."""
+    return _read_parsed(redis, key, parse)
+
+
+def read_group_bytes(redis, key: str) -> list[bytes]:
+    """The ids of the group stored under key as UTF-8 bytes, validated as read_group does."""
+    return _read_parsed(redis, key, parse_bytes)
+
+
+def _read_parsed(redis, key: str, parser):
     # One MULTI, so a writer's RENAME cannot fall between reading the type and the chunks, or
     # between two chunk ranges (also in Redis Cluster: one key, one slot).
     pipe = redis.pipeline(transaction=True)
@@ -113,7 +172,7 @@ def read_group(redis, key: str) -> list[str]:
     if isinstance(parts, Exception):
         raise parts
     try:
-        return parse(b"".join(parts))
+        return parser(b"".join(parts))
     except SugoGroupFormatError as exc:
         raise SugoGroupFormatError(f"Redis key {key!r}: {exc}") from None
 
@@ -206,11 +265,22 @@ def write_group(redis, key: str, keys: Sequence[str], lock: tuple[str, str] | No
     (from group_lock) the rename happens only while that lock is still held.
     """
     distinct = list(dict.fromkeys(keys))
+    _write_chunks(redis, key, _chunks(distinct), lock)
+    return len(distinct)
+
+
+def write_distinct_bytes(redis, key: str, ids: Collection[bytes], lock: tuple[str, str] | None = None) -> int:
+    """write_group for ids already distinct UTF-8 bytes (e.g. a set from read_group_bytes), in their iteration order."""
+    _write_chunks(redis, key, _cut(_encoded_byte_pieces(ids)), lock)
+    return len(ids)
+
+
+def _write_chunks(redis, key: str, chunks: Iterable[bytes], lock: tuple[str, str] | None) -> None:
     tmp = temp_key_for(key, uuid.uuid4().hex)
     try:
         pushed = 0
         pipe = redis.pipeline(transaction=False)
-        for chunk in _chunks(distinct):
+        for chunk in chunks:
             pipe.rpush(tmp, chunk)
             if pushed == 0:
                 # With the first chunk, so a writer that dies midway leaves nothing behind for long.
@@ -230,7 +300,6 @@ def write_group(redis, key: str, keys: Sequence[str], lock: tuple[str, str] | No
     except BaseException:
         redis.delete(tmp)
         raise
-    return len(distinct)
 
 
 def delete_groups(redis, keys: Iterable[str]) -> int:
@@ -250,3 +319,11 @@ def update_group(redis, key: str, compute: Callable[[list[str] | None], Sequence
     with group_lock(redis, key) as lock:
         current = read_group(redis, key) if read else None
         return write_group(redis, key, compute(current), lock=lock)
+
+
+def update_group_bytes(redis, key: str, compute: Callable[[list[bytes] | None], Collection[bytes]], *,
+                       read: bool = True) -> int:
+    """update_group on UTF-8 bytes: compute(current ids as bytes, or None) must return distinct ids."""
+    with group_lock(redis, key) as lock:
+        current = read_group_bytes(redis, key) if read else None
+        return write_distinct_bytes(redis, key, compute(current), lock=lock)

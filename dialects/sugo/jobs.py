@@ -171,6 +171,53 @@ class SugoRunner:
 
     def multi(self, entries: list[dict]) -> dict:
         """Sources applied left to right (or / and / exclude), written to the finalGroup; temporaries deleted."""
+        if not any(e["type"] in dialect.TEMPORARY_TYPES for e in entries):
+            return self.multi_on_keys(entries)
+        return self.multi_on_bitmaps(entries)
+
+    def multi_on_keys(self, entries: list[dict]) -> dict:
+        """multi when every source is a stored group: set algebra on the ids' bytes, no dictionary, no bitmap.
+
+        Nothing here needs a uid (no query result to combine, no bitmap kept), so mapping every id
+        to a uid and back would only add work; a set of the ids' UTF-8 bytes gives the same group.
+        """
+        final = next(e for e in entries if e["type"] == dialect.FINAL)
+        total = len(entries) + 1
+        accumulated: set[bytes] | None = None
+        done = 0
+        for index, entry in enumerate(entries):
+            if entry is final:
+                continue
+            config = entry["query"]["dataConfig"]
+            ids = sugo_groups.read_group_bytes(self.redis_for(config, f"[{index}].query.dataConfig"),
+                                               config["groupId"])
+            # The list itself, not a set of it: update / intersection_update / difference_update
+            # walk any iterable, so no second hash table is built per group.
+            if accumulated is None:
+                accumulated = set(ids)
+            elif entry["op"] == "or":
+                accumulated.update(ids)
+            elif entry["op"] == "and":
+                accumulated.intersection_update(ids)
+            else:
+                accumulated.difference_update(ids)
+            del ids
+            done += 1
+            self.step(done, total)
+
+        def with_current(current: list[bytes] | None) -> set[bytes]:
+            if current is not None:
+                accumulated.update(current)
+            return accumulated
+
+        final_config = final["query"]["dataConfig"]
+        client = self.redis_for(final_config, f"[{entries.index(final)}].query.dataConfig")
+        count = sugo_groups.update_group_bytes(client, final_config["groupId"], with_current, read=final["append"])
+        self.step(total - 1, total)
+        return {"count": count}
+
+    def multi_on_bitmaps(self, entries: list[dict]) -> dict:
+        """multi with tindex / uindex queries: their uid bitmaps and the groups' ids meet over the dictionary."""
         sources = [e for e in entries if e["type"] != dialect.FINAL]
         final = next(e for e in entries if e["type"] == dialect.FINAL)
         total = len(sources) + 2
