@@ -10,9 +10,8 @@ from __future__ import annotations
 import time
 import uuid
 from binascii import crc_hqx
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import islice
 
 CHUNK_BYTES = 1_048_576
 # Ids are encoded this many at a time, so a writer never holds a second full copy of a huge group.
@@ -52,31 +51,12 @@ def parse(data: bytes | bytearray | memoryview) -> list[str]:
         raise SugoGroupFormatError("user group text must be '<count>\\t' followed by ids each ending in a tab")
     ids = rest.split("\t") if rest else [""]
     ids.pop()
-    _check_count(head, len(ids))
+    check_count(head, len(ids))
     return ids
 
 
-def parse_bytes(data: bytes | bytearray | memoryview) -> list[bytes]:
-    """The ids of a group as UTF-8 bytes, validated exactly as parse does (for set algebra that needs no text)."""
-    if not data:
-        return []
-    data = data if isinstance(data, bytes) else bytes(data)
-    try:
-        # Only to refuse what parse refuses: a tab is one byte never found inside a multi-byte
-        # character, so the ids of valid UTF-8 text are valid UTF-8 each, and bytes compare as text.
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SugoGroupFormatError(f"user group is not UTF-8 text: {exc}") from None
-    head, tab, rest = data.partition(b"\t")
-    if not tab or (rest and not rest.endswith(b"\t")):
-        raise SugoGroupFormatError("user group text must be '<count>\\t' followed by ids each ending in a tab")
-    ids = rest.split(b"\t") if rest else [b""]
-    ids.pop()
-    _check_count(head.decode("utf-8"), len(ids))
-    return ids
-
-
-def _check_count(head: str, found: int) -> None:
+def check_count(head: str, found: int) -> None:
+    """Refuse a count text that is not a number or not the number of ids found."""
     try:
         count = int(head)
     except ValueError:
@@ -100,26 +80,6 @@ def _encoded_pieces(keys: Sequence[str]):
             bad = next(k for k in batch if "\t" in k or k == "")
             raise SugoGroupFormatError(f"user group id {bad!r} is empty or contains a tab")
         yield text.encode("utf-8") + b"\t"
-
-
-def _encoded_byte_pieces(ids: Collection[bytes]):
-    """The group's bytes in pieces of about ENCODE_BATCH ids already UTF-8 (any iteration order)."""
-    yield f"{len(ids)}\t".encode()
-    remaining = iter(ids)
-    while batch := list(islice(remaining, ENCODE_BATCH)):
-        try:
-            joined = b"\t".join(batch)
-        except TypeError:
-            bad = next(k for k in batch if not isinstance(k, bytes))
-            raise SugoGroupFormatError(f"user group id {bad!r} is not bytes") from None
-        if joined.count(b"\t") != len(batch) - 1 or b"" in batch:
-            bad = next(k for k in batch if b"\t" in k or k == b"")
-            raise SugoGroupFormatError(f"user group id {bad.decode('utf-8', 'replace')!r} is empty or contains a tab")
-        try:
-            joined.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SugoGroupFormatError(f"user group ids are not UTF-8 text: {exc}") from None
-        yield joined + b"\t"
 
 
 def _chunks(keys: Sequence[str]):
@@ -153,9 +113,9 @@ def read_group(redis, key: str) -> list[str]:
     return _read_parsed(redis, key, parse)
 
 
-def read_group_bytes(redis, key: str) -> list[bytes]:
-    """The ids of the group stored under key as UTF-8 bytes, validated as read_group does."""
-    return _read_parsed(redis, key, parse_bytes)
+def read_group_raw(redis, key: str) -> bytes:
+    """The joined bytes of the group stored under key, unparsed (a missing key: b"")."""
+    return _read_parsed(redis, key, bytes)
 
 
 def _read_parsed(redis, key: str, parser):
@@ -166,7 +126,7 @@ def _read_parsed(redis, key: str, parser):
     pipe.lrange(key, 0, -1)
     kind, parts = pipe.execute(raise_on_error=False)
     if kind in (b"none", "none"):
-        return []
+        return parser(b"")
     if kind not in (b"list", "list"):
         raise SugoGroupFormatError(f"Redis key {key!r} holds a {kind!r}, not a user group list")
     if isinstance(parts, Exception):
@@ -269,10 +229,9 @@ def write_group(redis, key: str, keys: Sequence[str], lock: tuple[str, str] | No
     return len(distinct)
 
 
-def write_distinct_bytes(redis, key: str, ids: Collection[bytes], lock: tuple[str, str] | None = None) -> int:
-    """write_group for ids already distinct UTF-8 bytes (e.g. a set from read_group_bytes), in their iteration order."""
-    _write_chunks(redis, key, _cut(_encoded_byte_pieces(ids)), lock)
-    return len(ids)
+def write_raw(redis, key: str, pieces: Iterable[bytes], lock: tuple[str, str] | None = None) -> None:
+    """write_group for a group's text already encoded (in pieces of any size), swapped in the same way."""
+    _write_chunks(redis, key, _cut(pieces), lock)
 
 
 def _write_chunks(redis, key: str, chunks: Iterable[bytes], lock: tuple[str, str] | None) -> None:
@@ -321,9 +280,8 @@ def update_group(redis, key: str, compute: Callable[[list[str] | None], Sequence
         return write_group(redis, key, compute(current), lock=lock)
 
 
-def update_group_bytes(redis, key: str, compute: Callable[[list[bytes] | None], Collection[bytes]], *,
-                       read: bool = True) -> int:
-    """update_group on UTF-8 bytes: compute(current ids as bytes, or None) must return distinct ids."""
+def update_group_raw(redis, key: str, compute: Callable[[bytes | None], Iterable[bytes]], *, read: bool = True) -> None:
+    """update_group on a group's text: compute(its joined bytes now, or None) returns the new text in pieces."""
     with group_lock(redis, key) as lock:
-        current = read_group_bytes(redis, key) if read else None
-        return write_distinct_bytes(redis, key, compute(current), lock=lock)
+        current = read_group_raw(redis, key) if read else None
+        write_raw(redis, key, compute(current), lock=lock)
