@@ -175,7 +175,7 @@ def sugo_section(ctx: BenchContext) -> list[Row]:
             target="ratio <= 1.0", passed=e2e / baseline <= 1.0,
             note=f"median of {RUNS} runs after a warm-up, alternating; output {counts.pop():,} ids, equal id for id "
                  f"on both sides; 9 ops or/and/exclude over a {len(universe):,}-key universe; usergroup sources only, "
-                 "so the service runs set algebra on the ids' bytes without the dictionary"),
+                 "so the service combines the raw groups with Arrow, without the dictionary"),
         Row("Sugo group parse", parse_rate, "ids/s", target=">= 2M/s", passed=parse_rate >= 2_000_000,
             note=f"{size:,} ids of about {len(members[0][0])} bytes"),
         Row("Sugo group encode", encode_rate, "ids/s", target=">= 2M/s", passed=encode_rate >= 2_000_000),
