@@ -12,7 +12,9 @@ import uuid
 from binascii import crc_hqx
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
+T = TypeVar("T")
 CHUNK_BYTES = 1_048_576
 # Ids are encoded this many at a time, so a writer never holds a second full copy of a huge group.
 ENCODE_BATCH = 200_000
@@ -110,15 +112,11 @@ def encode(keys: Sequence[str]) -> list[bytes]:
 
 def read_group(redis, key: str) -> list[str]:
     """The ids of the group stored under key (a missing key is an empty group)."""
-    return _read_parsed(redis, key, parse)
+    return read_parsed(redis, key, parse)
 
 
-def read_group_raw(redis, key: str) -> bytes:
-    """The joined bytes of the group stored under key, unparsed (a missing key: b"")."""
-    return _read_parsed(redis, key, bytes)
-
-
-def _read_parsed(redis, key: str, parser):
+def read_parsed(redis, key: str, parser: Callable[[bytes], T]) -> T:
+    """parser(the joined bytes of the group under key; b"" if missing), its format errors naming key."""
     # One MULTI, so a writer's RENAME cannot fall between reading the type and the chunks, or
     # between two chunk ranges (also in Redis Cluster: one key, one slot).
     pipe = redis.pipeline(transaction=True)
@@ -280,8 +278,9 @@ def update_group(redis, key: str, compute: Callable[[list[str] | None], Sequence
         return write_group(redis, key, compute(current), lock=lock)
 
 
-def update_group_raw(redis, key: str, compute: Callable[[bytes | None], Iterable[bytes]], *, read: bool = True) -> None:
-    """update_group on a group's text: compute(its joined bytes now, or None) returns the new text in pieces."""
+def update_group_raw(redis, key: str, compute: Callable[[T | None], Iterable[bytes]], parser: Callable[[bytes], T],
+                     *, read: bool = True) -> None:
+    """update_group on a group's text: compute(parser(its bytes now), or None) returns the new text in pieces."""
     with group_lock(redis, key) as lock:
-        current = read_group_raw(redis, key) if read else None
+        current = read_parsed(redis, key, parser) if read else None
         write_raw(redis, key, compute(current), lock=lock)

@@ -190,7 +190,7 @@ class SugoRunner:
                 continue
             config = entry["query"]["dataConfig"]
             client = self.redis_for(config, f"[{index}].query.dataConfig")
-            sources.append(group_algebra.ids_of(sugo_groups.read_group_raw(client, config["groupId"])))
+            sources.append(sugo_groups.read_parsed(client, config["groupId"], group_algebra.ids_of))
             if len(sources) > 1:
                 ops.append(entry["op"])
             self.step(len(sources), total)
@@ -198,16 +198,17 @@ class SugoRunner:
         del sources
         count = 0
 
-        def with_current(current: bytes | None) -> list[bytes]:
+        def with_current(current) -> list[bytes]:
             nonlocal result, count
             if current is not None:
-                result = group_algebra.combine([result, group_algebra.ids_of(current)], ["or"])
+                result = group_algebra.combine([result, current], ["or"])
             count = len(result)
             return group_algebra.group_bytes(result)
 
         final_config = final["query"]["dataConfig"]
         client = self.redis_for(final_config, f"[{entries.index(final)}].query.dataConfig")
-        sugo_groups.update_group_raw(client, final_config["groupId"], with_current, read=final["append"])
+        sugo_groups.update_group_raw(client, final_config["groupId"], with_current, group_algebra.ids_of,
+                                     read=final["append"])
         self.step(total - 1, total)
         return {"count": count}
 

@@ -105,9 +105,10 @@ def test_raw_groups_round_trip_through_redis_over_chunk_boundaries(redis_client)
     second = [f"用户{i:07d}-{'é' * (i % 5)}" for i in range(100_000, 200_000)]
     try:
         sugo_groups.write_group(redis_client, key, first)
-        ids = [group_algebra.ids_of(sugo_groups.read_group_raw(redis_client, key)), group_algebra.ids_of(text(second))]
+        ids = [sugo_groups.read_parsed(redis_client, key, group_algebra.ids_of), group_algebra.ids_of(text(second))]
         result = group_algebra.combine(ids, ["exclude"])
-        sugo_groups.update_group_raw(redis_client, key, lambda current: group_algebra.group_bytes(result), read=False)
+        sugo_groups.update_group_raw(redis_client, key, lambda current: group_algebra.group_bytes(result), bytes,
+                                     read=False)
         assert sugo_groups.read_group(redis_client, key) == first[:100_000]
         appended = []
 
@@ -115,9 +116,12 @@ def test_raw_groups_round_trip_through_redis_over_chunk_boundaries(redis_client)
             appended.append(current)
             return group_algebra.group_bytes(group_algebra.combine([result, group_algebra.ids_of(current)], ["or"]))
 
-        sugo_groups.update_group_raw(redis_client, key, union)
+        sugo_groups.update_group_raw(redis_client, key, union, bytes)
         assert appended[0] == b"".join(sugo_groups.encode(first[:100_000]))
         assert sugo_groups.read_group(redis_client, key) == first[:100_000]
+        redis_client.rpush(key, b"x\t")
+        with pytest.raises(SugoGroupFormatError, match=f"Redis key '{key}': user group says it holds 100000 ids"):
+            sugo_groups.read_parsed(redis_client, key, group_algebra.ids_of)
     finally:
         redis_client.delete(key)
-    assert sugo_groups.read_group_raw(redis_client, key) == b""
+    assert sugo_groups.read_parsed(redis_client, key, bytes) == b""

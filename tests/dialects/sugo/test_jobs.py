@@ -453,6 +453,14 @@ def test_failure_midway_keeps_the_previous_group(client, groups, brute):
     response = client.post("/ant/usergroup/multi", json=body)
     assert response.status_code == 400 and response.get_json()["error"] == "bad_group"
     assert read(groups, f"{tag}-out") == previous
+    # A list whose count is wrong: refused naming its key, on the stored-groups-only path too.
+    groups.rpush(f"{tag}-miscounted", b"2\tonly-one\t")
+    body[1]["query"]["dataConfig"]["groupId"] = f"{tag}-miscounted"
+    response = client.post("/ant/usergroup/multi", json=body)
+    error = response.get_json()
+    assert response.status_code == 400 and error["error"] == "bad_group"
+    assert f"Redis key '{tag}-miscounted': user group says it holds 2 ids but holds 1" in error["errorMessage"]
+    assert read(groups, f"{tag}-out") == previous
 
 
 # -- holes closed: concurrent appends, cluster/sentinel addresses, shapes that crashed the worker ---------
