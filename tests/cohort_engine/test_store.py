@@ -252,3 +252,81 @@ def test_unknown_format_and_missing_file_are_clear_errors(engine_config, project
     with pytest.raises(IngestError, match="empty"):
         engine.ingest_events(_write(tmp_path / "empty.csv", ""))
     assert engine.store.is_empty()
+
+
+def _parquet(path: Path, columns: dict) -> Path:
+    pq.write_table(pa.table(columns), path, row_group_size=2)  # several row groups: rows counted across them
+    return path
+
+
+_T = datetime(2024, 3, 1, 8, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("kind", "name", "columns", "message"), [
+    ("events", "empty_key.parquet", {"distinct_id": ["ok", "ok", "ok", "", "ok", None],
+                                     "event": ["pay"] * 6, "time": [_T] * 6}, "empty distinct_id at row 4, 6"),
+    ("events", "no_time.parquet", {"distinct_id": ["ok"] * 5, "event": ["pay"] * 5,
+                                   "time": [_T, _T, _T, _T, None]}, "time is missing or not a time at row 5"),
+    ("events", "empty_event.parquet", {"distinct_id": ["ok"] * 3, "event": ["pay", "pay", ""], "time": [_T] * 3},
+     "empty event at row 3"),
+    ("events", "wrong_type.parquet", {"distinct_id": ["ok"] * 3, "event": ["pay"] * 3, "time": [_T] * 3,
+                                      "price": ["1.5", "2", "cheap"]},
+     "column 'price' holds a value that is not a number at row 3"),
+    ("events", "named_rows.parquet", {"distinct_id": ["ok", ""], "event": ["pay"] * 2, "time": [_T] * 2,
+                                      "file_row_number": [7, 8]}, "empty distinct_id at row 2"),
+    ("users", "bool.parquet", {"distinct_id": ["ok", "ok", "bad"], "vip": ["true", "false", "7"]},
+     "column 'vip' holds a value that is not a boolean at row 3"),
+    ("users", "empty_user.parquet", {"distinct_id": ["ok", None, "ok"]}, "empty distinct_id at row 2"),
+])
+def test_malformed_parquet_rows_are_reported_by_row_and_nothing_is_committed(engine_config, project, tmp_path, kind,
+                                                                             name, columns, message):
+    engine = _engine(engine_config, project)
+    _write(tmp_path / "base_events.csv", "distinct_id,event,time,price\nbase,pay,2024-02-01 00:00:00,1.5\n")
+    _write(tmp_path / "base_users.csv", "distinct_id,vip\nbase,false\n")
+    engine.ingest_events(tmp_path / "base_events.csv")
+    engine.ingest_users(tmp_path / "base_users.csv")
+    before = _state(engine)
+    ingest = engine.ingest_events if kind == "events" else engine.ingest_users
+    with pytest.raises(IngestError) as caught:
+        ingest(_parquet(tmp_path / name, columns))
+    assert message in str(caught.value)
+    assert name in str(caught.value)
+    assert _state(engine) == before
+    assert engine.lookup("ok") is None
+
+
+def test_a_damaged_parquet_file_is_rejected_and_leaves_nothing(engine_config, project, tmp_path):
+    engine = _engine(engine_config, project)
+    good = _parquet(tmp_path / "good.parquet", {"distinct_id": [f"k{i}" for i in range(64)], "event": ["pay"] * 64,
+                                                "time": [_T] * 64, "note": [f"n{i}" * 50 for i in range(64)]})
+    # Garble the data pages of one property column chunk, keeping the footer: the file opens, its
+    # statistics answer the checks, and it fails only when the write reads those pages.
+    chunk = pq.ParquetFile(good).metadata.row_group(16).column(3)
+    data = bytearray(good.read_bytes())
+    start = chunk.data_page_offset
+    data[start:start + chunk.total_compressed_size] = b"\xff" * chunk.total_compressed_size
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(bytes(data))
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(good.read_bytes()[:-20])
+    for path in (damaged, truncated):
+        with pytest.raises(IngestError, match=f"{path.name}: .*nothing was ingested"):
+            engine.ingest_events(path)
+    assert engine.store.is_empty()
+    leftovers = [p for p in engine.store.root.rglob("*") if p.is_file() and p.name != ".lock"]
+    assert leftovers == []
+
+
+def test_parquet_events_and_profiles_keep_file_order(engine_config, project, tmp_path):
+    engine = _engine(engine_config, project)
+    keys = [f"u{i % 5}" for i in range(23)]
+    engine.ingest_users(_parquet(tmp_path / "users.parquet", {"distinct_id": keys, "level": list(range(23))}))
+    # The last row of each key wins: row i holds level i.
+    assert _users(engine, "level") == {f"u{k}": (max(i for i in range(23) if i % 5 == k),) for k in range(5)}
+    times = [datetime(2024, 3, 1, i, tzinfo=UTC) for i in range(23)]
+    engine.ingest_events(_parquet(tmp_path / "events.parquet", {
+        "distinct_id": keys, "event": ["pay", "view"] * 11 + ["pay"], "time": times,
+        "file_row_number": list(range(100, 123))}))
+    assert _events(engine, "file_row_number") == sorted(
+        (keys[i], ["pay", "view"][i % 2] if i < 22 else "pay", times[i].replace(tzinfo=None), 100 + i)
+        for i in range(23))
