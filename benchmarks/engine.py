@@ -260,7 +260,7 @@ def engine_section(ctx: BenchContext) -> list[Row]:
     users_seconds, events_seconds = _ingest(engine, data)
     rows.append(Row(f"ingest events from Parquet ({label}, keys known)", events / events_seconds, "events/s",
                     target=">= 1,000,000/s", passed=events / events_seconds >= 1_000_000,
-                    note=f"{len(data['events'])} files; each part is sorted by event and written with zstd"))
+                    note=f"{len(data['events'])} files, each read in place and written as one part sorted by event (zstd)"))
     rows.append(Row(f"ingest profiles from Parquet ({users / 1e6:g}M users, new keys)", users / users_seconds, "users/s"))
     rows.append(_cohort_vs_sql(ctx, engine, label))
     print(f"  cohort at {label}: engine {rows[-1].value:.2f} s, SQL {rows[-1].baseline:.2f} s", flush=True)
