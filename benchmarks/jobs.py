@@ -19,8 +19,9 @@ from core.data.projects import set_token
 from . import REPO, BenchContext, Row, section
 
 PORT = 6071
-BROKER = "redis://127.0.0.1:6379/9"
-BITMAPS = "redis://127.0.0.1:6379/8"
+# Overridable, so that benches run side by side (e.g. the sugo section's own Redis databases) do not collide.
+BROKER = os.environ.get("BENCH_JOBS_BROKER_URL", "redis://127.0.0.1:6379/9")
+BITMAPS = os.environ.get("BENCH_JOBS_REDIS_URL", "redis://127.0.0.1:6379/8")
 SUBMITTERS = 4
 
 
@@ -223,8 +224,8 @@ def jobs_section(ctx: BenchContext) -> list[Row]:
     per_round = "; rounds (value/baseline): "
     return [
         Row(f"trivial cohort jobs over HTTP ({count} a round, 2 worker processes)", job_rate, "jobs/s",
-            baseline=raw_rate, baseline_label="raw Celery tasks/s", target="ratio >= 0.5",
-            passed=job_rate / raw_rate >= 0.5,
+            baseline=raw_rate, baseline_label="raw Celery tasks/s", target="ratio >= 0.7",
+            passed=job_rate / raw_rate >= 0.7,
             note="baseline: cohorts.ping tasks (a Redis INCR each, so completion can be counted) on the same "
                  f"broker and worker; jobs: POST /api/v1/cohorts with an ids leaf from {SUBMITTERS} clients, "
                  "timed until every job is succeed; median round" + per_round + _rounds(throughput)),
