@@ -162,14 +162,19 @@ def _job_rate(ctx: BenchContext, headers: dict, count: int) -> tuple[float, list
     job_ids: list[int] = []
     lock = threading.Lock()
 
+    errors: list[Exception] = []
+
     def submitter(offset: int):
         session = requests.Session()
-        for i in range(offset, count, SUBMITTERS):
-            response = session.post(f"http://127.0.0.1:{PORT}/api/v1/cohorts", headers=headers, json={
-                "name": f"trivial-{run}-{i}", "definition": {"type": "ids", "keys": [f"u{i}"]}})
-            response.raise_for_status()
-            with lock:
-                job_ids.append(response.json()["job"]["id"])
+        try:
+            for i in range(offset, count, SUBMITTERS):
+                response = session.post(f"http://127.0.0.1:{PORT}/api/v1/cohorts", headers=headers, json={
+                    "name": f"trivial-{run}-{i}", "definition": {"type": "ids", "keys": [f"u{i}"]}})
+                response.raise_for_status()
+                with lock:
+                    job_ids.append(response.json()["job"]["id"])
+        except Exception as exc:  # said at once, instead of waiting for jobs that were never created
+            errors.append(exc)
 
     started = time.perf_counter()
     clients = [threading.Thread(target=submitter, args=(n,)) for n in range(SUBMITTERS)]
@@ -177,6 +182,8 @@ def _job_rate(ctx: BenchContext, headers: dict, count: int) -> tuple[float, list
         c.start()
     for c in clients:
         c.join()
+    if errors:
+        raise RuntimeError(f"benchmark: {len(errors)} submitters failed, first: {errors[0]!r}")
 
     def all_done():
         with db.connection(ctx.database_url) as conn, conn.cursor() as cur:
