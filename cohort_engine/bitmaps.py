@@ -40,6 +40,14 @@ def publish(redis, key: str, bitmap: BitMap, also: tuple[str, ...] = (), payload
     return payload
 
 
+def store(redis, keys: list[str], payload: bytes) -> None:
+    """Set every key to payload in one round trip (a SET is atomic: readers see the old or the new, whole)."""
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.set(key, payload)
+    pipe.execute()
+
+
 def load(redis, key: str) -> BitMap | None:
     """The bitmap stored under key, or None."""
     payload = redis.get(key)

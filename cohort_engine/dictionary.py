@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 
 import numpy as np
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE as _IDLE
 
 MISSING = np.uint32(0xFFFFFFFF)
 BLOCK_SIZE = 65536
@@ -173,6 +174,17 @@ class UserKeyDictionary:
         if len(keys) == 0:
             return np.empty(0, dtype=np.uint32)
         cache = _process_cache(self.conn.dsn, self.project_id, create=len(keys) >= CACHE_THRESHOLD)
+        if cache is None and not self.conn.autocommit and self.conn.get_transaction_status() == _IDLE:
+            # A few keys, most often all known: read them as a statement of its own (one round trip,
+            # where BEGIN, the read and COMMIT were three); only new keys need the writer's transaction.
+            self.conn.autocommit = True
+            try:
+                with self.conn.cursor() as cur:
+                    found = self._read_buckets(cur, keys)
+            finally:
+                self.conn.autocommit = False
+            if not create or all(k in found for k in keys):
+                return self._ids(found, keys)
         try:
             with self.conn.cursor() as cur:
                 if cache is not None:
@@ -223,6 +235,10 @@ class UserKeyDictionary:
             if fresh:
                 self._append(cur, fresh, next_id)
                 found.update(zip(fresh, range(next_id, next_id + len(fresh)), strict=True))
+        return self._ids(found, keys)
+
+    @staticmethod
+    def _ids(found: dict[str, int], keys: Sequence[str]) -> np.ndarray:
         missing_value = int(MISSING)
         return np.fromiter((found.get(k, missing_value) for k in keys), dtype=np.uint32, count=len(keys))
 

@@ -117,6 +117,32 @@ def list_by_dialect(conn, project_id: int, dialect: str, entity: str = "cohort")
         return cur.fetchall()
 
 
+def lock_for_publish(conn, cohort_id: int) -> tuple[dict, dict] | None:
+    """Lock a cohort row to publish a version of it; (cohort, facts) in one statement, or None if it is gone.
+
+    facts: latest (id, definition_version, base_time of the published version, or None), kept (how
+    many versions still hold a bitmap) and hooked (whether any active webhook of the project could
+    take an event of it): what the publisher decides on without a round trip each.
+    """
+    names = [c.strip() for c in COLUMNS.split(",")]
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT " + ", ".join("c." + n for n in names) + ", v.id, v.definition_version, v.base_time,"
+            " (SELECT count(*) FROM cohort_versions k WHERE k.cohort_id = c.id AND k.bitmap_key IS NOT NULL),"
+            " EXISTS (SELECT 1 FROM webhooks w WHERE w.project_id = c.project_id AND w.active"
+            " AND (w.cohort_id IS NULL OR w.cohort_id = c.id))"
+            " FROM cohorts c LEFT JOIN cohort_versions v ON v.id = c.latest_version_id WHERE c.id = %s"
+            " FOR UPDATE OF c", (cohort_id,))
+        row = cur.fetchone()
+    if row is None:
+        return None
+    cohort = dict(zip(names, row[:len(names)], strict=True))
+    latest_id, latest_definition, latest_base, kept, hooked = row[len(names):]
+    latest = None if latest_id is None else {"id": latest_id, "definition_version": latest_definition,
+                                             "base_time": latest_base}
+    return cohort, {"latest": latest, "kept": kept, "hooked": hooked}
+
+
 def set_latest_version(conn, cohort_id: int, version_id: int) -> None:
     with conn.cursor() as cur:
         cur.execute("UPDATE cohorts SET latest_version_id = %s, updated_at = now() WHERE id = %s", (version_id, cohort_id))

@@ -165,6 +165,49 @@ def claim(conn, job_id: int, token: str, stale_seconds: float, resume: str | Non
         return cur.fetchone(), "claimed"
 
 
+def _names(columns: str) -> list[str]:
+    return [c.strip() for c in columns.split(",")]
+
+
+def claim_new(conn, job_id: int, token: str, project_columns: str, cohort_columns: str
+              ) -> tuple[dict, dict, dict | None] | None:
+    """The common claim in one round trip: a new job with attempts left, with its project (and backend) and cohort.
+
+    Returns (job, project, cohort or None) or None when the job is not a plain new one (then claim()
+    decides). conn must be idle: the statement is its own transaction (autocommit), one round trip
+    where BEGIN, the claim and COMMIT were three. It commits without waiting for the WAL flush: a
+    claim lost with the server leaves the job `new` and marked enqueued, which the sweeper resends
+    when the broker lost it too, and a publish after it fails its claim check. Final status writes
+    stay durable.
+    """
+    job_names, project_names, cohort_names = _names(COLUMNS), _names(project_columns) + ["backend"], _names(cohort_columns)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            # set_config(..., true) lasts to the end of this statement's transaction: its commit is asynchronous.
+            cur.execute(
+                "WITH j AS (UPDATE jobs SET status = 'computing', attempts = attempts + 1, worker = %s, progress = 0,"
+                " started_at = coalesce(started_at, now()), heartbeat_at = now() WHERE id = %s AND status = 'new'"
+                " AND attempts < max_attempts AND NOT cancel_requested RETURNING " + COLUMNS + ")"
+                " SELECT j.*, " + ", ".join("p." + n for n in project_names) + ", "
+                + ", ".join("c." + n for n in cohort_names) + ", set_config('synchronous_commit', 'off', true)"
+                " FROM j JOIN projects p ON p.id = j.project_id LEFT JOIN cohorts c ON c.id = j.cohort_id",
+                (token, job_id))
+            row = cur.fetchone()
+    finally:
+        conn.autocommit = False
+    if row is None:
+        return None
+    row = row[:-1]
+    job = dict(zip(job_names, row[:len(job_names)], strict=True))
+    rest = row[len(job_names):]
+    project = dict(zip(project_names, rest[:len(project_names)], strict=True))
+    cohort = dict(zip(cohort_names, rest[len(project_names):], strict=True)) if job["cohort_id"] is not None else None
+    if cohort is not None and cohort["id"] is None:
+        cohort = None  # deleted meanwhile (the job row cascades with it, so this is a race only)
+    return job, project, cohort
+
+
 def touch(conn, job_id: int, token: str, progress: int | None = None) -> dict | None:
     """Heartbeat (and raise progress); returns {cancel_requested, status} or None if the claim was lost."""
     with conn.cursor(cursor_factory=RealDictCursor) as cur:

@@ -11,16 +11,24 @@ COLUMNS = ("id, cohort_id, definition_version, base_time, status, count, bitmap_
 
 
 def insert_succeeded(conn, cohort_id: int, definition_version: int, base_time, count: int, bitmap_key: str,
-                     tag_meta: dict | None = None, *, job: dict | None = None, timings: list | None = None) -> dict:
+                     tag_meta: dict | None = None, *, job: dict | None = None, timings: list | None = None,
+                     payload: bytes | None = None, change: tuple | None = None) -> dict:
     """A computed version (a tag's with its meta), with the job that wrote it (its id and first start) and its
-    per-leaf timings."""
+    per-leaf timings.
+
+    payload: its durable copy; change: (previous_version_id, entered, left) against the version
+    published before (set_change's fields), when the publisher knows them already: one statement.
+    """
+    previous, entered, left = change or (None, None, None)
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(
             "INSERT INTO cohort_versions (cohort_id, definition_version, base_time, status, count, bitmap_key,"
-            " finished_at, tag_meta, job_id, started_at, timings)"
-            " VALUES (%s, %s, %s, 'succeed', %s, %s, now(), %s, %s, %s, %s) RETURNING " + COLUMNS,
+            " finished_at, tag_meta, job_id, started_at, timings, bitmap, previous_version_id, entered_count,"
+            " left_count) VALUES (%s, %s, %s, 'succeed', %s, %s, now(), %s, %s, %s, %s, %s, %s, %s, %s)"
+            " RETURNING " + COLUMNS,
             (cohort_id, definition_version, base_time, count, bitmap_key, Json(tag_meta) if tag_meta else None,
-             *_job_fields(job), None if timings is None else Json(timings)))
+             *_job_fields(job), None if timings is None else Json(timings),
+             None if payload is None else psycopg2.Binary(payload), previous, entered, left))
         return cur.fetchone()
 
 

@@ -32,8 +32,7 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
         return compute_tag(run, job)
     definition = cohort["definition"] if cohort else job["params"]["definition"]
     definition_version = cohort["definition_version"] if cohort else 0
-    engine = ProjectEngine(run.settings.engine, project["name"], project_id=project["id"],
-                           timezone=project["timezone"])
+    engine = project_engine(run)
     check_backend(run, engine)
     prefix = run.settings.engine.key_prefix
     result = engine.compute(parse_definition(definition), base_time=job["base_time"], progress=run.progress,
@@ -46,12 +45,20 @@ def compute_cohort(run: JobRun, job: dict) -> dict:
         return run.finish(job, None, outcome)
     # One key per attempt: a stale earlier claim finishing late cannot overwrite this one's bitmap.
     version_key = bitmaps.cohort_key(prefix, project["id"], cohort["id"], f"j{job['id']}a{job['attempts']}")
-    payload = bitmaps.publish(run.redis, version_key, result.bitmap)
+    payload = result.bitmap.serialize()
     try:
         return publish(run, job, definition_version, version_key, result, payload)
     except BaseException:
         run.redis.delete(version_key)  # no version row will name it
         raise
+
+
+def project_engine(run: JobRun) -> ProjectEngine:
+    """The engine of the run's project, with the backend setting the claim loaded (no query of its own)."""
+    project = run.project
+    backend = (project["backend"] or {"kind": "embedded"}) if "backend" in project else None
+    return ProjectEngine(run.settings.engine, project["name"], project_id=project["id"], timezone=project["timezone"],
+                         backend=backend)
 
 
 def check_backend(run: JobRun, engine: ProjectEngine) -> None:
@@ -106,46 +113,54 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
     """Record the version, mark the job succeed and, if it is the newest, publish it: one transaction.
 
     result has count and timings; payload is the version's bytes (a cohort's bitmap, a tag's column,
-    whose layout and distribution are tag_meta).
+    whose layout and distribution are tag_meta), written under version_key here (and under the
+    cohort's key when it is the newest) in one Redis round trip before the commit.
     """
     settings = run.settings
     prefix = settings.engine.key_prefix
     with db.connection(run.dsn) as conn:
-        # The cohort row lock orders publishers: an older run never overwrites a newer version.
-        cohort = cohorts.get_any(conn, job["cohort_id"], lock=True)
-        if cohort is None:
+        # The cohort row lock orders publishers: an older run never overwrites a newer version. The
+        # same statement tells what is published, how many bitmaps are kept and whether any webhook
+        # may listen, so a trivial job pays no round trip for what it has not got.
+        locked = cohorts.lock_for_publish(conn, job["cohort_id"])
+        if locked is None:
             raise JobStopped("cohort_deleted", "the cohort was deleted while its job ran")
+        cohort, facts = locked
         if cohort["definition_version"] != definition_version:
             raise JobStopped("superseded", "the cohort's definition changed while this job ran; "
                                            "the job for the new definition publishes instead")
         leaves = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()} for t in result.timings]
-        version = versions.insert_succeeded(conn, cohort["id"], definition_version, job["base_time"],
-                                            result.count, version_key, tag_meta, job=job, timings=leaves)
-        # The durable copy commits with the version row: a version that exists survives Redis.
-        versions.store_bitmap(conn, version["id"], payload)
-        latest = versions.get(conn, cohort["latest_version_id"])
+        latest = facts["latest"]
         is_newest = latest is None or (latest["definition_version"], latest["base_time"]) <= (
             definition_version, job["base_time"])
+        change = None
+        if is_newest:
+            # A tag version's payload is a value column: its change is a distribution diff (history.py).
+            change = (change_of(conn, latest, result.bitmap) if cohort["entity"] == "cohort"
+                      else (latest and latest["id"], None, None))
+        # The durable copy commits with the version row: a version that exists survives Redis.
+        version = versions.insert_succeeded(conn, cohort["id"], definition_version, job["base_time"],
+                                            result.count, version_key, tag_meta, job=job, timings=leaves,
+                                            payload=payload, change=change)
         outcome = {"count": result.count, "version_id": version["id"], "published": is_newest, "leaves": leaves}
         if getattr(result, "imports", None):  # a cohort's import leaves (a TagResult has none)
             outcome["imports"] = result.imports
         # Also locks the job row, so the reaper cannot take the job before this commits.
         run.mark_succeeded(conn, outcome, version["id"])
+        # One key per attempt, and the cohort's own key when this is the newest; before the commit,
+        # so a committed version always has its bitmap (and a failed commit deletes the version key).
+        keys = [version_key] + ([bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"])] if is_newest else [])
+        bitmaps.store(run.redis, keys, payload)
         deliveries = []
         if is_newest:
-            if cohort["entity"] == "cohort":
-                version = record_change(conn, version, latest, result.bitmap)
-            else:  # a tag version's payload is a value column: its change is a distribution diff (history.py)
-                versions.set_change(conn, version["id"], latest and latest["id"], None, None)
-                version = {**version, "previous_version_id": latest and latest["id"]}
             cohorts.set_latest_version(conn, cohort["id"], version["id"])
-            bitmaps.publish(run.redis, bitmaps.cohort_key(prefix, cohort["project_id"], cohort["id"]),
-                            None, payload=payload)
-            deliveries = webhooks.record(conn, cohort, "version.published", version=version, job=job,
-                                         project=run.project)
+            if facts["hooked"]:
+                deliveries = webhooks.record(conn, cohort, "version.published", version=version, job=job,
+                                             project=run.project)
         if job["kind"] == "cron":
             cohorts.record_outcome(conn, cohort["id"], False, settings.backoff_base, settings.backoff_max)
-        expired = expire_old_versions(conn, settings, cohort["id"])
+        # Nothing to prune while the kept bitmaps (this one included) fit COHORTS_KEEP_VERSIONS.
+        expired = expire_old_versions(conn, settings, cohort["id"]) if facts["kept"] + 1 > settings.keep_versions else []
     drop_bitmaps(run.redis, cohort["id"], expired)  # after the commit: a rolled-back prune keeps its bitmaps
     webhooks.send(run.sender, deliveries)  # after the commit, as jobs are (core/queue.py)
     log.info("job=%s cohort=%s status=succeed count=%s published=%s", job["id"], job["cohort_id"], result.count,
@@ -153,16 +168,15 @@ def publish(run: JobRun, job: dict, definition_version: int, version_key: str, r
     return outcome
 
 
-def record_change(conn, version: dict, previous: dict | None, bitmap) -> dict:
-    """Count who entered and left against the previously published version (everyone entered a first one)."""
+def change_of(conn, previous: dict | None, bitmap) -> tuple:
+    """(previous version id, entered, left) against the previously published version (everyone entered a first one).
+
+    All None when the previous version has no durable bitmap (from before durable bitmaps).
+    """
     if previous is None:
-        entered, left = len(bitmap), 0
-    else:
-        payload = versions.bitmap_of(conn, previous["id"])
-        if payload is None:
-            return version  # a version from before durable bitmaps: nothing to compare with
-        before = BitMap.deserialize(payload)
-        entered, left = bitmap.difference_cardinality(before), before.difference_cardinality(bitmap)
-    versions.set_change(conn, version["id"], previous and previous["id"], entered, left)
-    return {**version, "previous_version_id": previous and previous["id"], "entered_count": entered,
-            "left_count": left}
+        return None, len(bitmap), 0
+    payload = versions.bitmap_of(conn, previous["id"])
+    if payload is None:
+        return None, None, None  # a version from before durable bitmaps: nothing to compare with
+    before = BitMap.deserialize(payload)
+    return previous["id"], bitmap.difference_cardinality(before), before.difference_cardinality(bitmap)

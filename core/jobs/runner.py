@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -61,42 +63,47 @@ def handler_for(settings, kind: str) -> Handler:
     return handler
 
 
-class Heartbeat(threading.Thread):
-    """Touches the job row every interval while the job runs, on a connection of its own.
+class Heartbeat:
+    """Touches the job row every interval while the job runs (beaten by the process's heartbeat thread).
 
     The same write tells it whether a cancel was asked for: then the callbacks of on_cancel run once
     (e.g. to cancel a remote broker query), so no second thread polls the row.
     """
 
     def __init__(self, dsn: str, job_id: int, token: str, interval: float):
-        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
         self.dsn, self.job_id, self.token, self.interval = dsn, job_id, token, interval
-        self.stopped = threading.Event()
         self.cancelled = False
         self._callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
     def on_cancel(self, callback: Callable[[], None]) -> None:
-        """Call callback (once, on this thread) when a cancel is seen; at once if it was seen already."""
+        """Call callback (once, on the heartbeat thread) when a cancel is seen; at once if it was seen already."""
         with self._lock:
             if not self.cancelled:
                 self._callbacks.append(callback)
                 return
         callback()
 
-    def run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            try:
-                with db.connection(self.dsn) as conn:
-                    state = jobs.touch(conn, self.job_id, self.token)
-                    if state is None and self._callbacks:
-                        # The claim was lost; a cancel asked for meanwhile must still stop remote work.
-                        state = jobs.get(conn, self.job_id)
-            except Exception:  # a missed beat is retried at the next interval
-                log.warning("job=%s heartbeat failed", self.job_id, exc_info=True)
-                continue
-            if state is not None and state["cancel_requested"] and not self.cancelled:
-                self._cancel()
+    def start(self) -> None:
+        """Beat every interval from now on (the first beat one interval from now: the claim just touched the row)."""
+        _beater().add(self)
+
+    def stop(self) -> None:
+        """No more beats; waits for one in progress (at most interval + 5 s)."""
+        _beater().remove(self, timeout=self.interval + 5)
+
+    def beat(self) -> None:
+        try:
+            with db.connection(self.dsn) as conn:
+                state = jobs.touch(conn, self.job_id, self.token)
+                if state is None and self._callbacks:
+                    # The claim was lost; a cancel asked for meanwhile must still stop remote work.
+                    state = jobs.get(conn, self.job_id)
+        except Exception:  # a missed beat is retried at the next interval
+            log.warning("job=%s heartbeat failed", self.job_id, exc_info=True)
+            return
+        if state is not None and state["cancel_requested"] and not self.cancelled:
+            self._cancel()
 
     def _cancel(self) -> None:
         with self._lock:
@@ -109,9 +116,76 @@ class Heartbeat(threading.Thread):
             except Exception:  # the job still ends cancelled at its next progress check
                 log.warning("job=%s cancel callback failed", self.job_id, exc_info=True)
 
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=self.interval + 5)
+
+class _Beater(threading.Thread):
+    """The one thread of a process that beats every running job's Heartbeat.
+
+    Started once per process: starting a thread per job cost a few ms of every trivial job on a
+    busy machine (Thread.start waits until the new thread runs), more than the rest of its claim.
+    """
+
+    def __init__(self):
+        super().__init__(daemon=True, name="heartbeats")
+        self.cond = threading.Condition()
+        self.due: dict[Heartbeat, float] = {}
+        self.beating: Heartbeat | None = None
+        # When the thread wakes next (inf: nothing to beat); an add wakes it only if due before.
+        self.wakes_at = math.inf
+
+    def add(self, heartbeat: Heartbeat) -> None:
+        with self.cond:
+            when = time.monotonic() + heartbeat.interval
+            self.due[heartbeat] = when
+            if when < self.wakes_at:
+                self.cond.notify()
+
+    def remove(self, heartbeat: Heartbeat, timeout: float) -> None:
+        with self.cond:
+            self.due.pop(heartbeat, None)
+            if threading.current_thread() is not self:
+                self.cond.wait_for(lambda: self.beating is not heartbeat, timeout)
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                heartbeat = self._next_due()
+                self.beating = heartbeat
+                self.due[heartbeat] = time.monotonic() + heartbeat.interval
+            try:
+                heartbeat.beat()
+            finally:
+                with self.cond:
+                    self.beating = None
+                    self.cond.notify_all()
+
+    def _next_due(self) -> Heartbeat:
+        """Wait (holding cond) until some heartbeat is due; that one."""
+        while True:
+            if self.due:
+                heartbeat, when = min(self.due.items(), key=lambda item: item[1])
+                delay = when - time.monotonic()
+                if delay <= 0:
+                    self.wakes_at = math.inf
+                    return heartbeat
+            else:
+                delay = None
+            self.wakes_at = math.inf if delay is None else time.monotonic() + delay
+            self.cond.wait(delay)
+
+
+_beater_state: dict = {"pid": None, "thread": None}
+_beater_lock = threading.Lock()
+
+
+def _beater() -> _Beater:
+    """This process's heartbeat thread, started on first use (a forked child starts its own)."""
+    with _beater_lock:
+        thread = _beater_state["thread"]
+        if _beater_state["pid"] != os.getpid() or thread is None or not thread.is_alive():
+            thread = _Beater()
+            thread.start()
+            _beater_state.update(pid=os.getpid(), thread=thread)
+        return thread
 
 
 def end_failed(conn, settings, job: dict, code: str, message: str, token: str | None = None,
@@ -169,12 +243,18 @@ class JobRun:
 
     def _run(self, outbox: list[int]) -> dict | None:
         with db.connection(self.dsn) as conn:
-            job, why = jobs.claim(conn, self.job_id, self.token, self.settings.stale_after, resume=self.resume)
-            if why == "claimed":
+            # The common case (a new job) with its project and cohort in one statement; claim() for the rest.
+            fast = None if self.resume else jobs.claim_new(conn, self.job_id, self.token, projects.COLUMNS,
+                                                           cohorts.COLUMNS)
+            if fast is not None:
+                (job, self.project, self.cohort), why = fast, "claimed"
                 self.claimed = True
-                # Loaded in the claim's transaction: one round trip fewer for every job.
-                self.project = projects.by_id(conn, job["project_id"])
-                self.cohort = cohorts.get_any(conn, job["cohort_id"]) if job["cohort_id"] else None
+            else:
+                job, why = jobs.claim(conn, self.job_id, self.token, self.settings.stale_after, resume=self.resume)
+                if why == "claimed":
+                    self.claimed = True
+                    self.project = projects.by_id(conn, job["project_id"])
+                    self.cohort = cohorts.get_any(conn, job["cohort_id"]) if job["cohort_id"] else None
             if why == "exhausted":
                 end_failed(conn, self.settings, job, "worker_lost",
                            f"the job was started {job['attempts']} times and its worker was lost each time "

@@ -7,11 +7,10 @@ import logging
 import numpy as np
 
 from cohort_engine import bitmaps, db
-from cohort_engine.project import ProjectEngine
 from cohort_engine.tag_column import TagColumn
 from cohort_engine.tag_definition import parse_tag_definition
 from cohort_engine.tags import TagResult
-from core.jobs.cohort import check_backend, leaf_loaders, publish
+from core.jobs.cohort import check_backend, leaf_loaders, project_engine, publish
 from core.jobs.runner import JobRun, JobStopped
 from core.services import imports
 
@@ -22,7 +21,7 @@ def compute_tag(run: JobRun, job: dict) -> dict:
     """Compute the job's tag and publish its values as a version; the job's result."""
     project, tag = run.project, run.cohort
     definition = parse_tag_definition(tag["definition"])
-    engine = ProjectEngine(run.settings.engine, project["name"], project_id=project["id"], timezone=project["timezone"])
+    engine = project_engine(run)
     check_backend(run, engine)
     # An import tag's values: its stored upload matched to users now (docs/imports.md); the import
     # leaves of a values tag's trees read their uploads as a cohort's do.
@@ -46,7 +45,7 @@ def publish_values(run: JobRun, job: dict, value_type: str, uids, values) -> dic
 
 
 def publish_column(run: JobRun, job: dict, result: TagResult) -> dict:
-    """Write the column under a key of this attempt, then publish it under the version guard."""
+    """Publish the column under the version guard (written under a key of this attempt)."""
     tag, project = run.cohort, run.project
     if result.column.value_type != tag["value_type"]:
         raise JobStopped("type_mismatch", f"the tag is of type {tag['value_type']} but its values are "
@@ -54,7 +53,6 @@ def publish_column(run: JobRun, job: dict, result: TagResult) -> dict:
     payload, meta = result.column.serialize()
     # One key per attempt: a stale earlier claim finishing late cannot overwrite this one's payload.
     key = bitmaps.cohort_key(run.settings.engine.key_prefix, project["id"], tag["id"], f"j{job['id']}a{job['attempts']}")
-    bitmaps.publish(run.redis, key, None, payload=payload)
     try:
         outcome = publish(run, job, tag["definition_version"], key, result, payload, tag_meta=meta)
     except BaseException:

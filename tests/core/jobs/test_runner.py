@@ -61,6 +61,36 @@ def test_a_cancel_still_reaches_the_callbacks_after_the_claim_was_lost(database_
         heartbeat.stop()
 
 
+def test_one_heartbeat_thread_beats_every_running_job_until_each_stops(database_url, project):
+    first, second = claimed_job(database_url, project[1], "tok-c"), claimed_job(database_url, project[1], "tok-d")
+    beats = [Heartbeat(database_url, first["id"], "tok-c", 0.05), Heartbeat(database_url, second["id"], "tok-d", 0.05)]
+    threads_before = threading.active_count()
+    for heartbeat in beats:
+        heartbeat.start()
+
+    def heartbeat_at(job):
+        with db.connection(database_url) as conn:
+            return jobs.get(conn, job["id"])["heartbeat_at"]
+
+    try:
+        started = [heartbeat_at(first), heartbeat_at(second)]
+        threading.Event().wait(0.4)
+        assert heartbeat_at(first) > started[0] and heartbeat_at(second) > started[1]
+        assert threading.active_count() <= threads_before + 1  # at most the process's one heartbeat thread
+        beats[0].stop()
+        stopped_at = heartbeat_at(first)
+        moving = heartbeat_at(second)
+        threading.Event().wait(0.4)
+        assert heartbeat_at(first) == stopped_at, "a stopped heartbeat still touched its job"
+        assert heartbeat_at(second) > moving, "stopping one heartbeat stopped the other"
+    finally:
+        for heartbeat in beats:
+            heartbeat.stop()
+    with db.connection(database_url) as conn:
+        for job in (first, second):
+            jobs.fail(conn, job["id"], "cancelled", "test over")
+
+
 def test_handlers_and_task_names_come_from_the_dialect_registry(service_settings):
     assert handler_for(service_settings, "usergroup") is run_sugo_job
     assert handler_for(service_settings, "batchUpdate") is run_sugo_job
