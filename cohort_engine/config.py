@@ -39,6 +39,9 @@ class EngineConfig:
     # directory it spills to beyond it (None: no spilling, a query past the limit fails).
     memory_limit: str | None = None
     spill_dir: str | None = None
+    # The embedded backend's planner: "auto" answers day-window count leaves from the daily
+    # rollups where they are exact, "raw" reads raw events only (docs/store.md).
+    planner: str = "auto"
 
     @classmethod
     def from_env(cls, environ=None) -> EngineConfig:
@@ -48,6 +51,9 @@ class EngineConfig:
         if not _MEMORY_SIZE.fullmatch(memory_limit):
             # Checked here, at start-up: DuckDB would refuse it in every job instead.
             raise ValueError(f"COHORTS_DUCKDB_MEMORY_LIMIT={memory_limit!r}: give a size such as 4GB or 512MB")
+        planner = env.get("COHORTS_PLANNER") or "auto"
+        if planner not in ("auto", "raw"):
+            raise ValueError(f"COHORTS_PLANNER={planner!r}: use auto or raw")
         store_dir = env.get("COHORTS_STORE_DIR", "var/store")
         return cls(
             database_url=env.get("COHORTS_DATABASE_URL", DEFAULT_DATABASE_URL),
@@ -57,6 +63,7 @@ class EngineConfig:
             threads=int(threads) if threads else None,
             memory_limit=memory_limit,
             spill_dir=env.get("COHORTS_DUCKDB_SPILL_DIR") or os.path.join(store_dir, ".spill"),
+            planner=planner,
         )
 
     def duckdb_limits(self) -> DuckDBLimits:
