@@ -152,7 +152,7 @@ class _Compiler:
                 # Every user with an event in the window passes (count and days are then >= 1):
                 # their uids are the answer, no aggregate needed.
                 PLAN_COUNTS["rollup_exists"] += 1
-                return self.query_ids(f"SELECT uid FROM rollups WHERE {where}", params)
+                return self.query_ids(f"SELECT DISTINCT uid FROM rollups WHERE {where}", params)
             PLAN_COUNTS["rollup"] += 1
         test_sql, test_params = _compare(agg_sql, cmp, values)
         if agg["fn"] in ZERO_WHEN_ABSENT and holds(0, cmp, values):
