@@ -28,6 +28,13 @@ def test_default_memory_limit_is_the_share_over_the_worker_concurrency():
     assert (explicit.memory_limit, explicit.spill_dir) == ("3GB", "/tmp/x")
 
 
+def test_the_planner_mode_is_read_and_checked_at_start_up():
+    assert EngineConfig.from_env({}).planner == "auto"
+    assert EngineConfig.from_env({"COHORTS_PLANNER": "raw"}).planner == "raw"
+    with pytest.raises(ValueError, match="COHORTS_PLANNER='rollup'"):
+        EngineConfig.from_env({"COHORTS_PLANNER": "rollup"})
+
+
 def test_a_memory_limit_duckdb_would_refuse_is_refused_at_start_up():
     with pytest.raises(ValueError, match="COHORTS_DUCKDB_MEMORY_LIMIT='lots'"):
         EngineConfig.from_env({"COHORTS_DUCKDB_MEMORY_LIMIT": "lots"})
