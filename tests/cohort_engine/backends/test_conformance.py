@@ -545,8 +545,7 @@ def test_each_plan_is_chosen_where_it_applies(world, counter, monkeypatch):
     from cohort_engine.backends.embedded import compiler
     from cohort_engine.backends.embedded.compiler import PLAN_COUNTS
 
-    if world.name.split("-")[0] != "embedded":
-        pytest.skip("the embedded backend's planner only")
+    embedded = world.name.split("-")[0] == "embedded"
     if counter == "sorted":
         # Rollup counts as for an id space too large for a counter per id.
         monkeypatch.setattr(compiler, "BINCOUNT_MAX_UIDS", 0)
@@ -576,7 +575,8 @@ def test_each_plan_is_chosen_where_it_applies(world, counter, monkeypatch):
         before = PLAN_COUNTS.copy()
         assert_same(world, case, base)
         chosen = +(PLAN_COUNTS - before)
-        assert chosen == {plan if world.plan == "auto" else "raw": 1}, f"{case}: {dict(chosen)}"
+        if embedded:  # other backends: the same cases, checked against the reference only
+            assert chosen == {plan if world.plan == "auto" else "raw": 1}, f"{case}: {dict(chosen)}"
 
 
 # -- tags -------------------------------------------------------------------------------------------
