@@ -266,7 +266,13 @@ def _rollup_rows(engine: ProjectEngine) -> list[tuple]:
     return sorted((_key(engine, r[0]), *r[1:]) for r in rows)
 
 
-def test_each_part_gets_a_daily_rollup_in_the_projects_local_days(engine_config, project, database_url, tmp_path):
+@pytest.mark.parametrize("batch_rows", [4_000_000, 1])
+def test_each_part_gets_a_daily_rollup_in_the_projects_local_days(engine_config, project, database_url, tmp_path,
+                                                                   batch_rows, monkeypatch):
+    from cohort_engine.backends.embedded import store
+
+    # One row a batch: a part's rollup is merged from its batches' counts.
+    monkeypatch.setattr(store, "ROLLUP_BATCH_ROWS", batch_rows)
     engine = _engine(engine_config, project, database_url, tz="Asia/Shanghai")
     _jsonl(tmp_path / "a.jsonl", [
         {"distinct_id": "u1", "event": "pay", "time": "2024-03-01 23:59:59"},

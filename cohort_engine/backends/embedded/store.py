@@ -539,7 +539,7 @@ def write_rollup(part: Path, target: Path, tz: ZoneInfo) -> int | None:
     None (nothing written) when the part is outside what the rollup's packed key holds (over 65535
     event names, or a time before 1970 or after 2149).
 
-    Built with numpy rather than SQL: one packed uint64 key (event code | day | uid) and np.unique
+    Built with numpy rather than SQL: one packed uint64 key (event code | day | uid) sorted in place
     measured 4x faster than DuckDB's GROUP BY + ORDER BY with its time-zone conversion (0.7 s vs
     3.0 s a 2M-event part on a loaded machine).
     """
@@ -609,11 +609,11 @@ def _local_date(micros: int, tz: ZoneInfo) -> date:
     return (_EPOCH + timedelta(microseconds=micros)).astimezone(tz).date()
 
 
-def _write_parquet(con, query: str, target: Path, row_group_size: int = ROW_GROUP_SIZE) -> int:
+def _write_parquet(con, query: str, target: Path) -> int:
     tmp = target.with_name(f".{target.name}.tmp")
     con.execute(
         f"COPY ({query}) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' "
-        f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {int(row_group_size)})"
+        f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
     )
     rows = pq.ParquetFile(tmp).metadata.num_rows
     os.replace(tmp, target)
