@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from datetime import UTC, date
 
@@ -20,7 +19,7 @@ from .store import Snapshot, property_kind, quote
 
 SQL_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 # auto: an event leaf reads the daily rollups where they answer it exactly, else raw events;
-# raw: raw events only (docs/store.md "Rollups and the planner").
+# raw: raw events only (docs/store.md "Daily rollups and the planner").
 PLANNER_MODES = ("auto", "raw")
 ROLLUP_AGGREGATES = {"count": "sum(n)", "days": "count(DISTINCT day)"}
 # Largest uid space counted with one counter per id (8 bytes each: 512 MB at most).
@@ -28,8 +27,6 @@ BINCOUNT_MAX_UIDS = 64_000_000
 # Leaves answered per plan in this process (rollup, rollup_exists, raw): the conformance tests check
 # that every plan was exercised.
 PLAN_COUNTS: Counter = Counter()
-
-log = logging.getLogger(__name__)
 
 
 class EmbeddedSession:
