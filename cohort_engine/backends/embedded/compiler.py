@@ -39,12 +39,22 @@ class EmbeddedSession:
         self.planner = planner
         self._con: duckdb.DuckDBPyConnection | None = None
         self._rollups: dict[str, bool] = {}
+        self._events = False
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
-            self._con = self.snapshot.connect()
+            # View `events` only when a leaf reads raw events: leaves the rollups answer never do.
+            self._con = self.snapshot.connect(events=False)
+            self._events, self._rollups = False, {}
         return self._con
+
+    def need_events(self) -> None:
+        """Make sure the connection has view `events`."""
+        con = self.con
+        if not self._events:
+            self.snapshot.create_events_view(con)
+            self._events = True
 
     def universe(self) -> BitMap:
         return self.snapshot.universe()
@@ -262,6 +272,7 @@ class _Compiler:
     # -- SQL pieces ---------------------------------------------------------------------------
 
     def event_scope(self, event: str, filter_: dict | None, window: dict) -> tuple[str, list]:
+        self.session.need_events()
         start, end = resolve_window(window, self.ctx.base_time, self.ctx.tz)
         where, params = ["time >= ?", "time < ?"], [start, end]
         if event != "*":

@@ -133,14 +133,21 @@ class Snapshot:
                 self._universe = BitMap()
         return self._universe
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with `events` and `users` views over this snapshot."""
+    def connect(self, events: bool = True) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with `events` (unless not asked for) and `users` views
+        over this snapshot."""
         con = duckdb.connect(":memory:")
         self.limits.apply(con)
-        con.execute(_view_sql("events", [self.root / p for p in self.manifest.events], self.event_columns))
+        if events:
+            self.create_events_view(con)
         users = [self.root / self.manifest.users] if self.manifest.users else []
         con.execute(_view_sql("users", users, self.user_columns))
         return con
+
+    def create_events_view(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create view `events` over every event part on con (binding it reads every part's footer:
+        ~75 ms for the 50 parts of 100M events)."""
+        con.execute(_view_sql("events", [self.root / p for p in self.manifest.events], self.event_columns))
 
     def create_rollup_view(self, con: duckdb.DuckDBPyConnection, tz_key: str) -> bool:
         """Create view `rollups` (uid, event, day, n) over every part's rollup on con; False when
