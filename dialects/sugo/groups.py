@@ -12,7 +12,9 @@ import uuid
 from binascii import crc_hqx
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
+T = TypeVar("T")
 CHUNK_BYTES = 1_048_576
 # Ids are encoded this many at a time, so a writer never holds a second full copy of a huge group.
 ENCODE_BATCH = 200_000
@@ -49,15 +51,20 @@ def parse(data: bytes | bytearray | memoryview) -> list[str]:
     head, tab, rest = text.partition("\t")
     if not tab or (rest and not rest.endswith("\t")):
         raise SugoGroupFormatError("user group text must be '<count>\\t' followed by ids each ending in a tab")
+    ids = rest.split("\t") if rest else [""]
+    ids.pop()
+    check_count(head, len(ids))
+    return ids
+
+
+def check_count(head: str, found: int) -> None:
+    """Refuse a count text that is not a number or not the number of ids found."""
     try:
         count = int(head)
     except ValueError:
         raise SugoGroupFormatError(f"user group count {head[:40]!r} is not a number") from None
-    ids = rest.split("\t") if rest else [""]
-    ids.pop()
-    if count != len(ids):
-        raise SugoGroupFormatError(f"user group says it holds {count} ids but holds {len(ids)}")
-    return ids
+    if count != found:
+        raise SugoGroupFormatError(f"user group says it holds {count} ids but holds {found}")
 
 
 def _encoded_pieces(keys: Sequence[str]):
@@ -79,8 +86,13 @@ def _encoded_pieces(keys: Sequence[str]):
 
 def _chunks(keys: Sequence[str]):
     """Fixed CHUNK_BYTES pieces of the group's bytes, cut without regard to ids or characters."""
+    return _cut(_encoded_pieces(keys))
+
+
+def _cut(pieces: Iterable[bytes]):
+    """The bytes of pieces joined, in fixed CHUNK_BYTES chunks (the last one shorter)."""
     pending = bytearray()
-    for piece in _encoded_pieces(keys):
+    for piece in pieces:
         pending += piece
         if len(pending) >= CHUNK_BYTES:
             whole = len(pending) - len(pending) % CHUNK_BYTES
@@ -100,6 +112,11 @@ def encode(keys: Sequence[str]) -> list[bytes]:
 
 def read_group(redis, key: str) -> list[str]:
     """The ids of the group stored under key (a missing key is an empty group)."""
+    return read_parsed(redis, key, parse)
+
+
+def read_parsed(redis, key: str, parser: Callable[[bytes], T]) -> T:
+    """parser(the joined bytes of the group under key; b"" if missing), its format errors naming key."""
     # One MULTI, so a writer's RENAME cannot fall between reading the type and the chunks, or
     # between two chunk ranges (also in Redis Cluster: one key, one slot).
     pipe = redis.pipeline(transaction=True)
@@ -107,13 +124,13 @@ def read_group(redis, key: str) -> list[str]:
     pipe.lrange(key, 0, -1)
     kind, parts = pipe.execute(raise_on_error=False)
     if kind in (b"none", "none"):
-        return []
+        return parser(b"")
     if kind not in (b"list", "list"):
         raise SugoGroupFormatError(f"Redis key {key!r} holds a {kind!r}, not a user group list")
     if isinstance(parts, Exception):
         raise parts
     try:
-        return parse(b"".join(parts))
+        return parser(b"".join(parts))
     except SugoGroupFormatError as exc:
         raise SugoGroupFormatError(f"Redis key {key!r}: {exc}") from None
 
@@ -206,11 +223,21 @@ def write_group(redis, key: str, keys: Sequence[str], lock: tuple[str, str] | No
     (from group_lock) the rename happens only while that lock is still held.
     """
     distinct = list(dict.fromkeys(keys))
+    _write_chunks(redis, key, _chunks(distinct), lock)
+    return len(distinct)
+
+
+def write_raw(redis, key: str, pieces: Iterable[bytes], lock: tuple[str, str] | None = None) -> None:
+    """write_group for a group's text already encoded (in pieces of any size), swapped in the same way."""
+    _write_chunks(redis, key, _cut(pieces), lock)
+
+
+def _write_chunks(redis, key: str, chunks: Iterable[bytes], lock: tuple[str, str] | None) -> None:
     tmp = temp_key_for(key, uuid.uuid4().hex)
     try:
         pushed = 0
         pipe = redis.pipeline(transaction=False)
-        for chunk in _chunks(distinct):
+        for chunk in chunks:
             pipe.rpush(tmp, chunk)
             if pushed == 0:
                 # With the first chunk, so a writer that dies midway leaves nothing behind for long.
@@ -230,7 +257,6 @@ def write_group(redis, key: str, keys: Sequence[str], lock: tuple[str, str] | No
     except BaseException:
         redis.delete(tmp)
         raise
-    return len(distinct)
 
 
 def delete_groups(redis, keys: Iterable[str]) -> int:
@@ -250,3 +276,11 @@ def update_group(redis, key: str, compute: Callable[[list[str] | None], Sequence
     with group_lock(redis, key) as lock:
         current = read_group(redis, key) if read else None
         return write_group(redis, key, compute(current), lock=lock)
+
+
+def update_group_raw(redis, key: str, compute: Callable[[T | None], Iterable[bytes]], parser: Callable[[bytes], T],
+                     *, read: bool = True) -> None:
+    """update_group on a group's text: compute(parser(its bytes now), or None) returns the new text in pieces."""
+    with group_lock(redis, key) as lock:
+        current = read_parsed(redis, key, parser) if read else None
+        write_raw(redis, key, compute(current), lock=lock)

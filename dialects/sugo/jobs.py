@@ -1,4 +1,4 @@
-"""Sugo jobs (`usergroup`, `batchUpdate`): user groups by Roaring set algebra, tag writes through hproxy.
+"""Sugo jobs (`usergroup`, `batchUpdate`): user-group set algebra (Roaring, or Arrow on the raw groups), tag writes.
 
 The plain logic lives in SugoRunner; `run_sugo_job` is the handler the Sugo dialect registers for
 its job kinds (dialects/sugo/__init__.py), run by the core job runner (claim, heartbeat and cancel,
@@ -23,6 +23,7 @@ from cohort_engine.druid.client import DruidClient, DruidError
 from cohort_engine.project import ProjectEngine
 from core.data import sugo_targets
 from core.jobs.runner import JobRun, JobStopped
+from dialects.sugo import group_algebra
 from dialects.sugo import groups as sugo_groups
 from dialects.sugo import schemas as dialect
 from dialects.sugo.broker_queries import QUERY_TYPES, row_event, user_group_uids
@@ -171,6 +172,48 @@ class SugoRunner:
 
     def multi(self, entries: list[dict]) -> dict:
         """Sources applied left to right (or / and / exclude), written to the finalGroup; temporaries deleted."""
+        if not any(e["type"] in dialect.TEMPORARY_TYPES for e in entries):
+            return self.multi_on_keys(entries)
+        return self.multi_on_bitmaps(entries)
+
+    def multi_on_keys(self, entries: list[dict]) -> dict:
+        """multi when every source is a stored group: set algebra on the groups' bytes, no dictionary, no bitmap.
+
+        Nothing here needs a uid (no query result to combine, no bitmap kept), so mapping every id
+        to a uid and back would only add work (group_algebra: Arrow over the raw bytes).
+        """
+        final = next(e for e in entries if e["type"] == dialect.FINAL)
+        total = len(entries) + 1
+        sources, ops = [], []
+        for index, entry in enumerate(entries):
+            if entry is final:
+                continue
+            config = entry["query"]["dataConfig"]
+            client = self.redis_for(config, f"[{index}].query.dataConfig")
+            sources.append(sugo_groups.read_parsed(client, config["groupId"], group_algebra.ids_of))
+            if len(sources) > 1:
+                ops.append(entry["op"])
+            self.step(len(sources), total)
+        result = group_algebra.combine(sources, ops)
+        del sources
+        count = 0
+
+        def with_current(current) -> list[bytes]:
+            nonlocal result, count
+            if current is not None:
+                result = group_algebra.combine([result, current], ["or"])
+            count = len(result)
+            return group_algebra.group_bytes(result)
+
+        final_config = final["query"]["dataConfig"]
+        client = self.redis_for(final_config, f"[{entries.index(final)}].query.dataConfig")
+        sugo_groups.update_group_raw(client, final_config["groupId"], with_current, group_algebra.ids_of,
+                                     read=final["append"])
+        self.step(total - 1, total)
+        return {"count": count}
+
+    def multi_on_bitmaps(self, entries: list[dict]) -> dict:
+        """multi with tindex / uindex queries: their uid bitmaps and the groups' ids meet over the dictionary."""
         sources = [e for e in entries if e["type"] != dialect.FINAL]
         final = next(e for e in entries if e["type"] == dialect.FINAL)
         total = len(sources) + 2

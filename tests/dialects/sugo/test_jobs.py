@@ -25,6 +25,7 @@ from marshmallow import ValidationError
 from werkzeug.serving import make_server
 
 from cohort_engine import db
+from cohort_engine.project import ProjectEngine
 from dialects.sugo import groups as sugo_groups
 from tests.redis_topologies import free_port, redis_cluster, redis_sentinel, redis_standalone  # noqa: F401
 from tests.services import (
@@ -342,6 +343,71 @@ def test_multi_set_algebra_matches_python_sets(client, groups, brute, ops, appen
     assert all(set(read(groups, n)) == s for n, s in zip(names, sets, strict=True))
 
 
+def stored(name: str) -> dict:
+    return {"hostAndPorts": REDIS, "db": SUGO_DB, "groupId": name}
+
+
+def multi_body(sources: list[tuple[str | None, dict]], output: str, append: bool = False) -> list[dict]:
+    """A multi request: (op, entry) per source, the first op None, then the finalGroup."""
+    body = [dict(entry, op=op) if op else entry for op, entry in sources]
+    return body + [{"type": "finalGroup", "append": append, "query": {"dataConfig": stored(output)}}]
+
+
+def usergroup(name: str) -> dict:
+    return {"type": "usergroup", "query": {"dataConfig": stored(name)}}
+
+
+@pytest.mark.parametrize("ops", [["or", "exclude", "and", "or"], ["exclude", "or", "or", "and"],
+                                 ["and", "exclude", "or", "exclude"]])
+def test_multi_of_stored_groups_only_edge_cases_match_python_sets(client, groups, sugo_settings, sample, ops):
+    """Duplicates as Sugo may store them, an empty group, a missing key; none of the ids reach the dictionary."""
+    tag = uuid.uuid4().hex[:6]
+    members = {
+        f"{tag}-dups": [f"{tag}-新{i % 7}" for i in range(40)],
+        f"{tag}-empty": [],
+        f"{tag}-big": [f"{tag}-新{i}" for i in range(0, 30, 2)] + [f"{tag}-x{i}" for i in range(20)],
+        f"{tag}-missing": None,
+        f"{tag}-small": [f"{tag}-新{i}" for i in range(3, 9)] + [f"{tag}-x3"],
+    }
+    for name, ids in members.items():
+        if ids is not None:
+            # The Java layout, duplicates and all (write_group would drop them).
+            groups.rpush(name, (f"{len(ids)}\t" + "".join(f"{i}\t" for i in ids)).encode())
+    names = list(members)
+    output = f"{tag}-out"
+    sugo_groups.write_group(groups, output, [f"{tag}-old"])
+    body = multi_body([(None, usergroup(names[0]))] + [(op, usergroup(n)) for op, n in zip(ops, names[1:], strict=True)],
+                      output, append=ops[0] == "or")
+    expected = set(members[names[0]])
+    for op, name in zip(ops, names[1:], strict=True):
+        current = set(members[name] or [])
+        expected = expected | current if op == "or" else expected & current if op == "and" else expected - current
+    if ops[0] == "or":
+        expected.add(f"{tag}-old")
+    assert row_count(client.post("/ant/usergroup/multi", json=body)) == len(expected)
+    written = read(groups, output)
+    assert len(written) == len(set(written)) and set(written) == expected
+    assert not groups.exists(f"{tag}-missing")
+    engine = ProjectEngine(sugo_settings.engine, sample[0])
+    assert all(engine.lookup(key) is None for ids in members.values() for key in ids or [])
+
+
+def test_multi_with_a_query_still_maps_group_ids_through_the_dictionary(client, groups, brute, sugo_settings, sample):
+    """A tindex source is a uid bitmap, so the stored group's ids meet it over the project dictionary."""
+    tag = uuid.uuid4().hex[:6]
+    outside = [f"{tag}-外部{i}" for i in range(5)]
+    kept = outside + brute["all"][:200:4]
+    sugo_groups.write_group(groups, f"{tag}-kept", kept)
+    query = dict(SEED_MULTI[0]["query"], dataConfig=stored(f"{tag}-tmp"))
+    body = multi_body([(None, usergroup(f"{tag}-kept")), ("or", {"type": "tindex", "brokerUrl": EMBEDDED, "query": query})],
+                      f"{tag}-out")
+    expected = set(kept) | brute["guangdong"]
+    assert row_count(client.post("/ant/usergroup/multi", json=body)) == len(expected)
+    assert set(read(groups, f"{tag}-out")) == expected
+    engine = ProjectEngine(sugo_settings.engine, sample[0])
+    assert all(engine.lookup(key) is not None for key in outside)
+
+
 def test_multi_across_sentinel_and_cluster(client, groups, brute, redis_sentinel, redis_cluster):  # noqa: F811
     tag = uuid.uuid4().hex[:6]
     sentinel_config = {"hostAndPorts": redis_sentinel.host_and_ports, "sentinelMode": True,
@@ -386,6 +452,14 @@ def test_failure_midway_keeps_the_previous_group(client, groups, brute):
                                                                           "groupId": f"{tag}-notalist"}}}
     response = client.post("/ant/usergroup/multi", json=body)
     assert response.status_code == 400 and response.get_json()["error"] == "bad_group"
+    assert read(groups, f"{tag}-out") == previous
+    # A list whose count is wrong: refused naming its key, on the stored-groups-only path too.
+    groups.rpush(f"{tag}-miscounted", b"2\tonly-one\t")
+    body[1]["query"]["dataConfig"]["groupId"] = f"{tag}-miscounted"
+    response = client.post("/ant/usergroup/multi", json=body)
+    error = response.get_json()
+    assert response.status_code == 400 and error["error"] == "bad_group"
+    assert f"Redis key '{tag}-miscounted': user group says it holds 2 ids but holds 1" in error["errorMessage"]
     assert read(groups, f"{tag}-out") == previous
 
 
