@@ -324,3 +324,7 @@ def test_stores_without_rollups_or_in_another_zone_read_raw_events(engine_config
     del manifest["rollups"]
     engine.store.manifest_path.write_text(json.dumps(manifest))
     assert members_and_plan(_engine(engine_config, project)) == (expected, {"raw"})
+    # Rollups built afterwards for the parts without one: the planner reads them again.
+    assert engine.store.build_missing_rollups(engine.tz) == 1
+    assert engine.store.build_missing_rollups(engine.tz) == 0
+    assert members_and_plan(_engine(engine_config, project)) == (expected, {"rollup_exists"})

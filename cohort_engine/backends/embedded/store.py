@@ -329,10 +329,32 @@ class EventStore:
             log.info("ingested kind=users file=%s rows=%d total=%d version=%d", path, added, total, manifest.version)
             return added
 
+    def build_missing_rollups(self, tz: ZoneInfo) -> int:
+        """Give every event part without a rollup in tz's days one (a store ingested before
+        rollups existed, or a project whose zone changed); return how many were built."""
+        with self._writer() as manifest:
+            missing = [p for p in manifest.events
+                       if manifest.rollups.get(p, {}).get("timezone") != tz.key]
+            built = 0
+            for part in missing:
+                rollup = self._write_rollup(part, tz)
+                if rollup:
+                    manifest.rollups[part] = rollup
+                    built += 1
+                else:
+                    manifest.rollups.pop(part, None)
+            if missing:
+                manifest.version += 1
+                self._publish(manifest)
+            log.info("rollups built=%d missing=%d version=%d", built, len(missing), manifest.version)
+            return built
+
     def _write_rollup(self, part: str, tz: ZoneInfo) -> dict | None:
         """Write the daily rollup of one written event part; its manifest entry (None: no rollup)."""
         started = time.perf_counter()
-        name = "rollups/" + Path(part).name
+        # A name of its own, never the part's: a rollup rebuilt in another zone must not replace
+        # the file an older snapshot still reads.
+        name = f"rollups/{Path(part).stem}-{uuid.uuid4().hex[:8]}.parquet"
         (self.root / "rollups").mkdir(exist_ok=True)
         rows = write_rollup(self.root / part, self.root / name, tz)
         log.info("rollup part=%s rows=%s seconds=%.2f", part, rows, time.perf_counter() - started)
