@@ -55,6 +55,9 @@ class EngineConfig:
     spill_dir: str | None = None
     # The bound of this process's leaf-result cache (docs/store.md "Leaf-result cache"); 0 disables it.
     leaf_cache_bytes: int = DEFAULT_LEAF_CACHE_BYTES
+    # The embedded backend's planner: "auto" answers day-window count leaves from the daily
+    # rollups where they are exact, "raw" reads raw events only (docs/store.md).
+    planner: str = "auto"
 
     @classmethod
     def from_env(cls, environ=None) -> EngineConfig:
@@ -64,6 +67,9 @@ class EngineConfig:
         if not _MEMORY_SIZE.fullmatch(memory_limit):
             # Checked here, at start-up: DuckDB would refuse it in every job instead.
             raise ValueError(f"COHORTS_DUCKDB_MEMORY_LIMIT={memory_limit!r}: give a size such as 4GB or 512MB")
+        planner = env.get("COHORTS_PLANNER") or "auto"
+        if planner not in ("auto", "raw"):
+            raise ValueError(f"COHORTS_PLANNER={planner!r}: use auto or raw")
         store_dir = env.get("COHORTS_STORE_DIR", "var/store")
         return cls(
             database_url=env.get("COHORTS_DATABASE_URL", DEFAULT_DATABASE_URL),
@@ -75,6 +81,7 @@ class EngineConfig:
             spill_dir=env.get("COHORTS_DUCKDB_SPILL_DIR") or os.path.join(store_dir, ".spill"),
             leaf_cache_bytes=parse_size(env.get("COHORTS_LEAF_CACHE_BYTES") or str(DEFAULT_LEAF_CACHE_BYTES),
                                         "COHORTS_LEAF_CACHE_BYTES"),
+            planner=planner,
         )
 
     def duckdb_limits(self) -> DuckDBLimits:

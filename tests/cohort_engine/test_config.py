@@ -37,6 +37,11 @@ def test_the_leaf_cache_bound_reads_bytes_or_sizes_and_refuses_anything_else():
     for bad in ("lots", "-1", "1.5GB", "64 parsecs"):
         with pytest.raises(ValueError, match="COHORTS_LEAF_CACHE_BYTES"):
             EngineConfig.from_env({"COHORTS_LEAF_CACHE_BYTES": bad})
+def test_the_planner_mode_is_read_and_checked_at_start_up():
+    assert EngineConfig.from_env({}).planner == "auto"
+    assert EngineConfig.from_env({"COHORTS_PLANNER": "raw"}).planner == "raw"
+    with pytest.raises(ValueError, match="COHORTS_PLANNER='rollup'"):
+        EngineConfig.from_env({"COHORTS_PLANNER": "rollup"})
 
 
 def test_a_memory_limit_duckdb_would_refuse_is_refused_at_start_up():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -330,3 +330,77 @@ def test_parquet_events_and_profiles_keep_file_order(engine_config, project, tmp
     assert _events(engine, "file_row_number") == sorted(
         (keys[i], ["pay", "view"][i % 2] if i < 22 else "pay", times[i].replace(tzinfo=None), 100 + i)
         for i in range(23))
+def _rollup_rows(engine: ProjectEngine) -> list[tuple]:
+    """(key, event, local day, count) of every rollup row of the store, sorted."""
+    snapshot = engine.store.snapshot()
+    con = snapshot.connect()
+    try:
+        assert snapshot.create_rollup_view(con, engine.tz.key)
+        rows = con.execute("SELECT uid, event, day, n FROM rollups").fetchall()
+    finally:
+        con.close()
+    return sorted((_key(engine, r[0]), *r[1:]) for r in rows)
+
+
+@pytest.mark.parametrize("batch_rows", [4_000_000, 1])
+def test_each_part_gets_a_daily_rollup_in_the_projects_local_days(engine_config, project, database_url, tmp_path,
+                                                                   batch_rows, monkeypatch):
+    from cohort_engine.backends.embedded import store
+
+    # One row a batch: a part's rollup is merged from its batches' counts.
+    monkeypatch.setattr(store, "ROLLUP_BATCH_ROWS", batch_rows)
+    engine = _engine(engine_config, project, database_url, tz="Asia/Shanghai")
+    _jsonl(tmp_path / "a.jsonl", [
+        {"distinct_id": "u1", "event": "pay", "time": "2024-03-01 23:59:59"},
+        {"distinct_id": "u1", "event": "pay", "time": "2024-03-01 00:00:00"},
+        {"distinct_id": "u1", "event": "pay", "time": "2024-03-02 00:00:00"},
+        # 2024-03-02 15:30 UTC is 23:30 local: still the 2nd.
+        {"distinct_id": "u2", "event": "login", "time": "2024-03-02T15:30:00Z"},
+        {"distinct_id": "u2", "event": "login", "time": "2024-03-02T16:00:00Z"},
+    ])
+    _jsonl(tmp_path / "b.jsonl", [{"distinct_id": "u1", "event": "pay", "time": "2024-03-01 12:00:00"}])
+    engine.ingest_events(tmp_path / "a.jsonl")
+    engine.ingest_events(tmp_path / "b.jsonl")
+    manifest = engine.store.snapshot().manifest
+    assert set(manifest.rollups) == set(manifest.events)
+    assert {r["timezone"] for r in manifest.rollups.values()} == {"Asia/Shanghai"}
+    assert _rollup_rows(engine) == [
+        # One row per part: a user's day in two parts is two rows, which the planner adds up.
+        ("u1", "pay", date(2024, 3, 1), 1),
+        ("u1", "pay", date(2024, 3, 1), 2),
+        ("u1", "pay", date(2024, 3, 2), 1),
+        ("u2", "login", date(2024, 3, 2), 1),
+        ("u2", "login", date(2024, 3, 3), 1),
+    ]
+
+
+def test_stores_without_rollups_or_in_another_zone_read_raw_events(engine_config, project, database_url, tmp_path):
+    from cohort_engine.backends.embedded.compiler import PLAN_COUNTS
+    from cohort_engine.definition import parse_definition
+
+    engine = _engine(engine_config, project)
+    _jsonl(tmp_path / "a.jsonl", [{"distinct_id": f"u{i}", "event": "pay", "time": f"2024-03-0{1 + i % 3} 10:00:00"}
+                                  for i in range(6)])
+    engine.ingest_events(tmp_path / "a.jsonl")
+    tree = parse_definition({"type": "event", "event": "pay", "window": {"start": "2024-03-02", "end": "2024-03-03"},
+                             "cmp": "gte", "values": [1]})
+
+    def members_and_plan(eng):
+        before = PLAN_COUNTS.copy()
+        members = sorted(eng.iter_keys(eng.compute(tree, base_time="2024-03-10T00:00:00").bitmap))
+        return members, set(+(PLAN_COUNTS - before))
+
+    expected = ["u1", "u2", "u4", "u5"]
+    assert members_and_plan(engine) == (expected, {"rollup_exists"})
+    # The project moved to another zone: the rollups' days are not its days.
+    assert members_and_plan(_engine(engine_config, project, database_url, tz="Asia/Shanghai"))[1] == {"raw"}
+    set_timezone(database_url, project[0], "UTC")
+    # A store written before rollups existed: its manifest has no `rollups`.
+    manifest = json.loads(engine.store.manifest_path.read_text())
+    del manifest["rollups"]
+    engine.store.manifest_path.write_text(json.dumps(manifest))
+    assert members_and_plan(_engine(engine_config, project)) == (expected, {"raw"})
+    # Rollups built afterwards for the parts without one: the planner reads them again.
+    assert engine.store.build_missing_rollups(engine.tz) == 1
+    assert engine.store.build_missing_rollups(engine.tz) == 0
+    assert members_and_plan(_engine(engine_config, project)) == (expected, {"rollup_exists"})

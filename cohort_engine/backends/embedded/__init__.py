@@ -19,7 +19,7 @@ class EmbeddedBackend(Backend):
         self.store = EventStore(config.store_dir, project.name, config.duckdb_limits())
 
     def open(self) -> EmbeddedSession:
-        return EmbeddedSession(self.store.snapshot())
+        return EmbeddedSession(self.store.snapshot(), self.config.planner)
 
 
 register(EmbeddedBackend.kind, EmbeddedBackend)

@@ -18,6 +18,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -30,6 +31,7 @@ from pyroaring import BitMap
 
 from ...bitmaps import to_bitmap
 from ...config import DuckDBLimits
+from ...timewin import local_midnight
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,10 @@ USER_COLUMNS = {"uid": "UINTEGER"}
 # can finish its query.
 GARBAGE_GRACE_SECONDS = 3600
 ROW_GROUP_SIZE = 122_880
+ROLLUP_COLUMNS = {"uid": "UINTEGER", "event": "VARCHAR", "day": "DATE", "n": "UINTEGER"}
+ROLLUP_ROW_GROUP_SIZE = 122_880
+# Rows of a part read at once while building its rollup (bounds the build's memory).
+ROLLUP_BATCH_ROWS = 4_000_000
 
 
 class IngestError(ValueError):
@@ -86,6 +92,9 @@ class Manifest:
     user_columns: dict[str, str] = field(default_factory=lambda: dict(USER_COLUMNS))
     event_rows: int = 0
     user_rows: int = 0
+    # Event part -> its daily rollup {"file": path, "timezone": the zone its days are local to}.
+    # Parts ingested before rollups existed (or whose rollup could not be built) have no entry.
+    rollups: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
@@ -102,6 +111,11 @@ class Snapshot:
         self.manifest = manifest
         self.limits = limits or DuckDBLimits()
         self._universe: BitMap | None = None
+
+    def has_rollups(self, tz_key: str) -> bool:
+        """Whether every event part has a rollup in days of zone tz_key (else raw events only)."""
+        entries = [self.manifest.rollups.get(part) for part in self.manifest.events]
+        return bool(entries) and all(e is not None and e["timezone"] == tz_key for e in entries)
 
     @property
     def event_columns(self) -> dict[str, str]:
@@ -120,14 +134,34 @@ class Snapshot:
                 self._universe = BitMap()
         return self._universe
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with `events` and `users` views over this snapshot."""
+    def connect(self, events: bool = True) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with `events` (unless not asked for) and `users` views
+        over this snapshot."""
         con = duckdb.connect(":memory:")
         self.limits.apply(con)
-        con.execute(_view_sql("events", [self.root / p for p in self.manifest.events], self.event_columns))
+        if events:
+            self.create_events_view(con)
         users = [self.root / self.manifest.users] if self.manifest.users else []
         con.execute(_view_sql("users", users, self.user_columns))
         return con
+
+    def create_events_view(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create view `events` over every event part on con (binding it reads every part's footer:
+        ~75 ms for the 50 parts of 100M events)."""
+        con.execute(_view_sql("events", [self.root / p for p in self.manifest.events], self.event_columns))
+
+    def create_rollup_view(self, con: duckdb.DuckDBPyConnection, tz_key: str) -> bool:
+        """Create view `rollups` (uid, event, day, n) over every part's rollup on con; False when
+        the rollups cannot stand in for the events (see has_rollups)."""
+        if not self.has_rollups(tz_key):
+            return False
+        listing = ", ".join("'" + str(self.root / self.manifest.rollups[p]["file"]).replace("'", "''") + "'"
+                            for p in self.manifest.events)
+        # Every rollup has exactly ROLLUP_COLUMNS, so no union_by_name, which reads every file's
+        # schema when the view is created (45-70 ms vs 3-11 ms for the 50 rollups of 100M events).
+        con.execute(f"CREATE VIEW rollups AS SELECT {', '.join(quote(c) for c in ROLLUP_COLUMNS)}"
+                    f" FROM read_parquet([{listing}])")
+        return True
 
 
 def _view_sql(name: str, files: list[Path], columns: dict[str, str]) -> str:
@@ -180,9 +214,10 @@ class EventStore:
         self._collect_garbage(manifest)
 
     def _collect_garbage(self, manifest: Manifest) -> None:
-        live = set(manifest.events) | {manifest.users, manifest.universe}
+        live = set(manifest.events) | {manifest.users, manifest.universe} | {
+            r["file"] for r in manifest.rollups.values()}
         cutoff = time.time() - GARBAGE_GRACE_SECONDS
-        for sub in ("events", "users", "universe"):
+        for sub in ("events", "users", "universe", "rollups"):
             for path in (self.root / sub).glob("*"):
                 rel = f"{sub}/{path.name}"
                 if rel not in live and path.stat().st_mtime < cutoff:
@@ -227,6 +262,9 @@ class EventStore:
                 self.root / part,
             )
             manifest.universe = self._write_universe(manifest, new_uids)
+            rollup = self._write_rollup(part, tz)
+            if rollup:
+                manifest.rollups[part] = rollup
             manifest.events.append(part)
             manifest.event_columns = columns
             manifest.event_rows += rows
@@ -288,6 +326,37 @@ class EventStore:
             self._publish(manifest)
             log.info("ingested kind=users file=%s rows=%d total=%d version=%d", path, added, total, manifest.version)
             return added
+
+    def build_missing_rollups(self, tz: ZoneInfo) -> int:
+        """Give every event part without a rollup in tz's days one (a store ingested before
+        rollups existed, or a project whose zone changed); return how many were built."""
+        with self._writer() as manifest:
+            missing = [p for p in manifest.events
+                       if manifest.rollups.get(p, {}).get("timezone") != tz.key]
+            built = 0
+            for part in missing:
+                rollup = self._write_rollup(part, tz)
+                if rollup:
+                    manifest.rollups[part] = rollup
+                    built += 1
+                else:
+                    manifest.rollups.pop(part, None)
+            if missing:
+                manifest.version += 1
+                self._publish(manifest)
+            log.info("rollups built=%d missing=%d version=%d", built, len(missing), manifest.version)
+            return built
+
+    def _write_rollup(self, part: str, tz: ZoneInfo) -> dict | None:
+        """Write the daily rollup of one written event part; its manifest entry (None: no rollup)."""
+        started = time.perf_counter()
+        # A name of its own, never the part's: a rollup rebuilt in another zone must not replace
+        # the file an older snapshot still reads.
+        name = f"rollups/{Path(part).stem}-{uuid.uuid4().hex[:8]}.parquet"
+        (self.root / "rollups").mkdir(exist_ok=True)
+        rows = write_rollup(self.root / part, self.root / name, tz)
+        log.info("rollup part=%s rows=%s seconds=%.2f", part, rows, time.perf_counter() - started)
+        return None if rows is None else {"file": name, "timezone": tz.key}
 
     def _write_universe(self, manifest: Manifest, new_uids: np.ndarray) -> str:
         old = self.snapshot().universe() if manifest.universe else BitMap()
@@ -531,6 +600,94 @@ def _attach_uids(con, key_column: str, encode_keys) -> np.ndarray:
     ids = encode_keys(coded.dictionary.to_pylist()).astype(np.uint32)
     con.register("uids", pa.table({"uid": ids[coded.indices.to_numpy(zero_copy_only=False)]}))
     return ids
+
+
+def local_day_starts(first: date, last: date, tz: ZoneInfo) -> np.ndarray:
+    """Naive-UTC microseconds of local midnight in tz for each day first..last+1: a rollup's days
+    and the planner's day-aligned windows are both cut at these instants."""
+    days = (last - first).days + 2
+    return np.array([int((local_midnight(first + timedelta(days=i), tz) - _EPOCH).total_seconds()) * 1_000_000
+                     for i in range(days)], dtype=np.int64)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1)
+
+
+def write_rollup(part: Path, target: Path, tz: ZoneInfo) -> int | None:
+    """Write the rollup of an event part: one row per (event, local day, uid) with its event count,
+    sorted by (event, day, uid) so a leaf's event and days select few row groups. Rows written, or
+    None (nothing written) when the part is outside what the rollup's packed key holds (over 65535
+    event names, or a time before 1970 or after 2149).
+
+    Built with numpy rather than SQL: one packed uint64 key (event code | day | uid) sorted in place
+    measured 4x faster than DuckDB's GROUP BY + ORDER BY with its time-zone conversion (0.7 s vs
+    3.0 s a 2M-event part on a loaded machine).
+    """
+    events = pq.read_table(part, columns=["event"], read_dictionary=["event"]).column("event")
+    names = sorted({v for chunk in events.chunks for v in chunk.dictionary.to_pylist()})
+    if len(names) > 0xFFFF:
+        return None
+    code_of = {name: i for i, name in enumerate(names)}
+    key_parts, count_parts = [], []
+    for batch in pq.ParquetFile(part).iter_batches(batch_size=ROLLUP_BATCH_ROWS, columns=["uid", "event", "time"]):
+        micros = batch.column(2).cast(pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        if not len(micros):
+            continue
+        first = _local_date(int(micros.min()), tz) - timedelta(days=1)
+        last = _local_date(int(micros.max()), tz) + timedelta(days=1)
+        first_number = (first - _EPOCH_DAY).days
+        if first_number < 0 or first_number + (last - first).days + 1 > 0xFFFF:
+            return None
+        starts = local_day_starts(first, last, tz)
+        day = (first_number + np.searchsorted(starts, micros, side="right") - 1).astype(np.uint64)
+        event = batch.column(1)
+        event = event if pa.types.is_dictionary(event.type) else event.dictionary_encode()
+        remap = np.array([code_of[v] for v in event.dictionary.to_pylist()], dtype=np.uint64)
+        codes = remap[event.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+        uid = batch.column(0).to_numpy(zero_copy_only=False).astype(np.uint64)
+        key, n = _distinct_counts((codes << np.uint64(48)) | (day << np.uint64(32)) | uid)
+        key_parts.append(key)
+        count_parts.append(n)
+    keys, counts = _merge_counts(key_parts, count_parts)
+    table = pa.table({
+        "uid": pa.array((keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)),
+        "event": pa.DictionaryArray.from_arrays(pa.array((keys >> np.uint64(48)).astype(np.int32)),
+                                                pa.array(names, pa.string())),
+        "day": pa.array(((keys >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int32), pa.date32()),
+        "n": pa.array(counts.astype(np.uint32)),
+    })
+    tmp = target.with_name(f".{target.name}.tmp")
+    # Dictionary pages and statistics only where they pay: pyarrow's default tries a dictionary of
+    # the uids too, which doubled the write (0.98 s vs 0.35 s a 2M-event part) for a larger file.
+    pq.write_table(table, tmp, compression="zstd", row_group_size=ROLLUP_ROW_GROUP_SIZE,
+                   use_dictionary=["event", "day"], write_statistics=["event", "day"])
+    os.replace(tmp, target)
+    return table.num_rows
+
+
+def _distinct_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct keys and how often each occurs (np.unique's work, sorting in place)."""
+    keys.sort()
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    return keys[starts], np.diff(np.append(starts, len(keys)))
+
+
+def _merge_counts(key_parts: list[np.ndarray], count_parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct keys and summed counts of several batches' (sorted keys, counts)."""
+    if not key_parts:
+        return np.empty(0, np.uint64), np.empty(0, np.int64)
+    if len(key_parts) == 1:
+        return key_parts[0], count_parts[0]
+    keys, counts = np.concatenate(key_parts), np.concatenate(count_parts)
+    order = np.argsort(keys, kind="stable")
+    keys, counts = keys[order], counts[order]
+    distinct, first = np.unique(keys, return_index=True)
+    return distinct, np.add.reduceat(counts, first)
+
+
+def _local_date(micros: int, tz: ZoneInfo) -> date:
+    return (_EPOCH + timedelta(microseconds=micros)).astimezone(tz).date()
 
 
 def _write_parquet(con, query: str, target: Path) -> int:
