@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cohort_engine import backends
+from cohort_engine import backends, leafcache
 from cohort_engine.config import EngineConfig
 from cohort_engine.definition import AGGREGATE_FUNCTIONS, PROPERTY_COMPARATORS, parse_definition
 from cohort_engine.project import ProjectEngine
@@ -572,6 +572,7 @@ def test_each_plan_is_chosen_where_it_applies(world, counter, monkeypatch):
         ("raw", leaf(agg={"fn": "count_distinct", "property": "item"})),
     ]
     for plan, case in cases:
+        leafcache.clear_shared()  # an answer kept by an earlier test would be reused, not planned
         before = PLAN_COUNTS.copy()
         assert_same(world, case, base)
         chosen = +(PLAN_COUNTS - before)
