@@ -27,7 +27,6 @@ from cohort_engine.druid.client import DruidClient
 from cohort_engine.errors import EngineError
 from cohort_engine.evaluate import EvalContext, evaluate
 from cohort_engine.project import ProjectEngine
-
 from cohort_engine.tag_definition import parse_tag_definition
 
 from ...reference import EngineRunner, Reference, create_project, load_into, reference_tag
