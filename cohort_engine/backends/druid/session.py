@@ -242,17 +242,12 @@ class DruidSession:
         page, offset = self.settings.page_size, 0
         query_id = f"cohorts-{self.project.id}-{uuid.uuid4().hex}"
         while True:
-            # One row past the page tells whether another page follows: an answer that ends on a page
-            # boundary costs no extra (empty) query, which re-runs the whole groupBy on the broker.
-            paged = {**query, "limitSpec": {"type": "default", "columns": columns, "limit": page + 1,
-                                            "offset": offset}}
+            paged = {**query, "limitSpec": {"type": "default", "columns": columns, "limit": page, "offset": offset}}
             rows = self._send(paged, query_id)
-            if len(rows) <= page:
-                if rows:
-                    yield rows
+            if rows:
+                yield rows
+            if len(rows) < page:
                 return
-            del rows[page:]
-            yield rows
             offset += page
 
     def _users(self, query: dict) -> BitMap:

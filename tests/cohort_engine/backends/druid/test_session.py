@@ -104,10 +104,9 @@ def test_small_pages_give_the_reference_answer_and_every_query_carries_its_conte
         context = query["context"]
         assert context["timeout"] == 45_000 and context["queryId"].startswith(f"cohorts-{engine.project_id}-")
         if query["queryType"] == "groupBy":
-            assert context["resultAsArray"] is True and query["limitSpec"]["limit"] == 5
+            assert context["resultAsArray"] is True and query["limitSpec"]["limit"] == 4
             pages.setdefault(context["queryId"], []).append(query["limitSpec"]["offset"])
-    # Pages of one paged query share its id and walk the offsets (4 rows a page, the 5th only says more
-    # follow); some queries needed many pages.
+    # Pages of one paged query share its id and walk the offsets; some queries needed many pages.
     assert all(offsets == list(range(0, 4 * len(offsets), 4)) for offsets in pages.values())
     assert max(len(o) for o in pages.values()) >= 5
 
