@@ -116,23 +116,20 @@ class DruidSession:
                 keyed = self._by_user(queries.distinct_pairs(spec), 1 if fn == "days" else 0)
                 return self._collect("number", ((key, float(len(rows))) for key, rows in keyed))
             query, at = queries.metric(spec)
+            # One row per user (the key is the only dimension), so each page is a batch as it stands.
             # A sum over only null values is null in Druid's SQL mode; the event leaf counts it as 0.
-            return self._collect("number", ((key, 0.0 if rows[0][at] is None else float(rows[0][at]))
-                                            for key, rows in self._by_user(query)))
+            return self._collect_pages("number", (
+                ([r[0] for r in rows if r[0] is not None],
+                 [0.0 if r[at] is None else float(r[at]) for r in rows if r[0] is not None])
+                for rows in self._pages(query)))
         query, f = queries.first_last(spec)
         convert, first = _converter(f), spec["which"] == "first"
         if spec["property"] == "time":
-            return self._collect("time", ((key, None if rows[0][1] is None else convert(rows[0][1]))
-                                          for key, rows in self._by_user(query)))
-
-        def pick(rows):
-            # Rows [key, value, its first/last time]: the smallest / largest (time, value) pair (the ties rule).
-            pairs = [(moment, convert(raw)) for _, raw, moment in rows if raw is not None and moment is not None]
-            if not pairs:
-                return None
-            return (min(pairs) if first else max(pairs))[1]
-
-        return self._collect(f.kind, ((key, pick(rows)) for key, rows in self._by_user(query)))
+            return self._collect_pages("time", (
+                ([r[0] for r in rows if r[0] is not None and r[1] is not None],
+                 [convert(r[1]) for r in rows if r[0] is not None and r[1] is not None])
+                for rows in self._pages(query)))
+        return self._collect_pages(f.kind, _picked(self._pages(query), convert, first))
 
     def match_profile(self, column: str, values) -> tuple[np.ndarray, np.ndarray]:
         """(index into values, uid) of the profiles whose property equals a value: `in` filters, MATCH_CHUNK values each."""
@@ -319,6 +316,18 @@ class DruidSession:
         order = np.argsort(uids, kind="stable")
         return UserValues(value_type, uids[order], values[order])
 
+    def _collect_pages(self, value_type: str, pages: Iterator[tuple[list[str], list]]) -> UserValues:
+        """UserValues of (keys, values) batches of distinct keys with non-null values, one encode a batch."""
+        uid_parts, value_parts = [], []
+        for keys, values in pages:
+            if keys:
+                uid_parts.append(self._encode(keys))
+                value_parts.append(_typed(value_type, values))
+        uids = np.concatenate(uid_parts).astype(np.uint32) if uid_parts else np.empty(0, np.uint32)
+        values = np.concatenate(value_parts) if value_parts else _typed(value_type, [])
+        order = np.argsort(uids, kind="stable")
+        return UserValues(value_type, uids[order], values[order])
+
     def _encode(self, keys: list[str]) -> np.ndarray:
         """uint32 ids of user keys (new keys get ids), in bulk."""
         with db.connection(self.config.database_url) as conn:
@@ -348,6 +357,31 @@ def _converter(f: Field):
             return lambda v: v != 0
         return lambda v: str(v).lower() == "true"
     return str
+
+
+def _picked(pages: Iterator[list[list]], convert, first: bool) -> Iterator[tuple[list[str], list]]:
+    """(keys, values) a page of first_last rows [key, value, its first/last time] in key order.
+
+    Each user's value is the one of its smallest (first) or largest (last) (time, value) pair, the
+    ties rule; a user's rows may continue on the next page, so the last user of a page waits for it.
+    """
+    current, best_moment, best_value = None, None, None
+    for rows in pages:
+        keys, values = [], []
+        for key, raw, moment in rows:
+            if key is None or raw is None or moment is None:
+                continue
+            value = convert(raw)
+            if key != current:
+                if current is not None:
+                    keys.append(current)
+                    values.append(best_value)
+                current, best_moment, best_value = key, moment, value
+            elif ((moment, value) < (best_moment, best_value)) if first else ((moment, value) > (best_moment, best_value)):
+                best_moment, best_value = moment, value
+        yield keys, values
+    if current is not None:
+        yield [current], [best_value]
 
 
 def _typed(value_type: str, values: list) -> np.ndarray:
