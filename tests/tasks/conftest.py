@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import date, datetime, timezone
 
 import numpy as np
@@ -34,9 +35,17 @@ def sample_project(database_url, service_settings, tmp_path_factory):
 
 
 def slow_definition(leaves: int = SLOW_LEAVES) -> dict:
-    """An `or` of many distinct-day leaves over all events: a few seconds of real work, leaf by leaf."""
+    """An `or` of many distinct-day leaves over all events: a few seconds of real work, leaf by leaf.
+
+    Each leaf carries a row filter every event passes (no item has that name, and `ne` keeps rows
+    without one), so the planner reads raw events: the daily rollups would answer these leaves in
+    milliseconds, and the tests using them need a job that takes time. The name is new on every
+    call, so no worker's leaf cache holds an answer from an earlier job either.
+    """
+    unseen = f"no such item {uuid.uuid4().hex}"
     return {"op": "or", "children": [
         {"type": "event", "event": "*", "agg": {"fn": "days"}, "window": {"last": 20 + i},
+         "filter": {"property": "item_name", "cmp": "ne", "values": [unseen]},
          "cmp": "gt", "values": [8 + i % 7]} for i in range(leaves)]}
 
 
