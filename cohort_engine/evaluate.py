@@ -15,6 +15,7 @@ from pyroaring import BitMap, FrozenBitMap
 from . import imports
 from .backends import Session
 from .bitmaps import to_bitmap
+from .definition import iter_leaves
 from .errors import EngineError
 from .leafcache import LeafCache, leaf_key
 from .values import NEGATIONS
@@ -100,16 +101,6 @@ def _owned(bitmap: BitMap) -> BitMap:
     return BitMap(bitmap) if isinstance(bitmap, FrozenBitMap) else bitmap
 
 
-def _leaves(tree: dict):
-    if "children" in tree:
-        for child in tree["children"]:
-            yield from _leaves(child)
-    elif "child" in tree:
-        yield from _leaves(tree["child"])
-    else:
-        yield tree
-
-
 class _Evaluator:
     def __init__(self, ctx: EvalContext, trees: list[dict]):
         self.ctx = ctx
@@ -121,7 +112,7 @@ class _Evaluator:
         self.memo: dict[str, FrozenBitMap] = {}
         seen: set[str] = set()
         self.repeated: set[str] = set()
-        for leaf in (leaf for tree in trees for leaf in _leaves(tree)):
+        for leaf in (leaf for tree in trees for leaf in iter_leaves(tree)):
             key = self.reuse_key(leaf)
             if key is not None:
                 (self.repeated if key in seen else seen).add(key)

@@ -198,6 +198,19 @@ def _state(engine: ProjectEngine) -> tuple:
     return (manifest_path.read_bytes() if manifest_path.exists() else None, files)
 
 
+def _engine_with_base(engine_config, project, tmp_path, with_count: bool = False):
+    """An engine holding a little committed data to keep intact, with typed columns (price, vip, and
+    count if asked) for the wrong-type cases; returns (engine, its state)."""
+    engine = _engine(engine_config, project)
+    extra = (",count", ",1") if with_count else ("", "")
+    _write(tmp_path / "base_events.csv",
+           f"distinct_id,event,time,price{extra[0]}\nbase,pay,2024-02-01 00:00:00,1.5{extra[1]}\n")
+    _write(tmp_path / "base_users.csv", "distinct_id,vip\nbase,false\n")
+    engine.ingest_events(tmp_path / "base_events.csv")
+    engine.ingest_users(tmp_path / "base_users.csv")
+    return engine, _state(engine)
+
+
 @pytest.mark.parametrize(("kind", "name", "text", "message"), [
     ("events", "bad_time.csv", "distinct_id,event,time\nok,pay,2024-03-01 00:00:00\nbad1,pay,yesterday\n"
      "ok2,pay,2024-03-01 00:00:00\nbad2,pay,\n", "time is missing or not a time at line 3, 5"),
@@ -223,13 +236,7 @@ def _state(engine: ProjectEngine) -> tuple:
 ])
 def test_malformed_rows_are_reported_and_nothing_is_committed(engine_config, project, tmp_path, kind, name, text,
                                                               message):
-    engine = _engine(engine_config, project)
-    # Existing typed columns for the wrong-type cases, and some committed data to keep intact.
-    _write(tmp_path / "base_events.csv", "distinct_id,event,time,price,count\nbase,pay,2024-02-01 00:00:00,1.5,1\n")
-    _write(tmp_path / "base_users.csv", "distinct_id,vip\nbase,false\n")
-    engine.ingest_events(tmp_path / "base_events.csv")
-    engine.ingest_users(tmp_path / "base_users.csv")
-    before = _state(engine)
+    engine, before = _engine_with_base(engine_config, project, tmp_path, with_count=True)
     path = _write(tmp_path / name, text)
     ingest = engine.ingest_events if kind == "events" else engine.ingest_users
     with pytest.raises(IngestError) as caught:
@@ -280,12 +287,7 @@ _T = datetime(2024, 3, 1, 8, tzinfo=UTC)
 ])
 def test_malformed_parquet_rows_are_reported_by_row_and_nothing_is_committed(engine_config, project, tmp_path, kind,
                                                                              name, columns, message):
-    engine = _engine(engine_config, project)
-    _write(tmp_path / "base_events.csv", "distinct_id,event,time,price\nbase,pay,2024-02-01 00:00:00,1.5\n")
-    _write(tmp_path / "base_users.csv", "distinct_id,vip\nbase,false\n")
-    engine.ingest_events(tmp_path / "base_events.csv")
-    engine.ingest_users(tmp_path / "base_users.csv")
-    before = _state(engine)
+    engine, before = _engine_with_base(engine_config, project, tmp_path)
     ingest = engine.ingest_events if kind == "events" else engine.ingest_users
     with pytest.raises(IngestError) as caught:
         ingest(_parquet(tmp_path / name, columns))
