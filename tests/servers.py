@@ -129,7 +129,7 @@ class ServedFile:
                 self.wfile.write(served.body)
 
             def log_message(self, *args):
-                pass
+                """Silent: the test output shows failures, not every request these servers answer."""
 
         self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.host, self.port = host, self.server.server_address[1]
@@ -178,7 +178,7 @@ class WebhookReceiver:
                 self.end_headers()
 
             def log_message(self, *args):
-                pass
+                """Silent: the test output shows failures, not every request these servers answer."""
 
         self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
         self.port = self.server.server_address[1]
